@@ -1,0 +1,161 @@
+//! The seam between the gateway core and business logic.
+//!
+//! The core calls a [`Backend`] for every upstream frame and reports session
+//! events to it. A backend answers with a reply for the sender, push orders
+//! (to users, rooms, connections) and session operations (join/leave a room,
+//! kick). The core executes those; the backend never touches connections.
+//!
+//! Each core owns its own backend instance (made by a [`BackendFactory`]), so
+//! nothing here needs locks. The embedded demo backend lives in [`embedded`];
+//! the NATS bridge will be another implementation of the same trait.
+
+pub mod embedded;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use gw_proto::{CloseReason, ErrorCode};
+
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// An upstream frame from an authenticated client.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub conn_id: u64,
+    pub user: Rc<str>,
+    pub device: Rc<str>,
+    pub route: String,
+    pub client_msg_id: String,
+    pub payload: Bytes,
+}
+
+/// Who a push goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of a user, on every core.
+    User(String),
+    /// Every local member of a room, on every core.
+    Room(String),
+    /// One connection (gateway-wide id).
+    Conn(u64),
+}
+
+/// A push a backend wants delivered.
+#[derive(Debug, Clone)]
+pub struct PushOrder {
+    pub target: Target,
+    pub route: String,
+    pub payload: Bytes,
+    pub ack_required: bool,
+    pub priority: gw_proto::pb::Priority,
+}
+
+/// A change to sessions a backend wants made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOp {
+    JoinRoom {
+        conn_id: u64,
+        room: String,
+    },
+    LeaveRoom {
+        conn_id: u64,
+        room: String,
+    },
+    /// Close every connection of a user (GoAway with reason KICKED).
+    KickUser {
+        user: String,
+        message: String,
+    },
+    /// Close one connection.
+    KickConn {
+        conn_id: u64,
+        message: String,
+    },
+}
+
+/// A backend's answer to one upstream frame.
+#[derive(Debug, Clone, Default)]
+pub struct BackendReply {
+    /// 0 = OK; an `ErrorCode` value, or a backend status >= 1000.
+    pub status: u32,
+    pub payload: Bytes,
+    /// For retryable statuses: how long the client should wait, ms.
+    pub retry_after_ms: u32,
+    pub pushes: Vec<PushOrder>,
+    pub ops: Vec<SessionOp>,
+}
+
+impl BackendReply {
+    pub fn ok(payload: Bytes) -> Self {
+        BackendReply {
+            payload,
+            ..Default::default()
+        }
+    }
+    pub fn error(code: ErrorCode, message: &str) -> Self {
+        BackendReply {
+            status: code as u32,
+            payload: Bytes::copy_from_slice(message.as_bytes()),
+            ..Default::default()
+        }
+    }
+}
+
+/// A push that was accepted but not acknowledged by the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndeliveredPush {
+    pub seq: u64,
+    pub route: String,
+    pub payload: Bytes,
+    /// Why: retries ran out, or the connection closed with this reason.
+    pub reason: UndeliveredReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UndeliveredReason {
+    RetriesExhausted,
+    ConnectionClosed(CloseReason),
+    /// The connection was gone (or never existed) when the push arrived.
+    NoConnection,
+}
+
+/// Session events the core reports.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Online {
+        conn_id: u64,
+        user: Rc<str>,
+        device: Rc<str>,
+        resume_seq: u64,
+        metadata: HashMap<String, String>,
+    },
+    Offline {
+        conn_id: u64,
+        user: Rc<str>,
+        device: Rc<str>,
+        reason: CloseReason,
+    },
+    Undelivered {
+        conn_id: u64,
+        user: Rc<str>,
+        device: Rc<str>,
+        pushes: Vec<UndeliveredPush>,
+    },
+}
+
+/// Business logic behind the gateway, one instance per core.
+pub trait Backend {
+    /// Handles one upstream frame. The core bounds how many are in flight and
+    /// how long each may take (`upstream_timeout_ms`).
+    fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply>;
+    /// Reports a session event; must not block.
+    fn event(&self, ev: SessionEvent);
+}
+
+/// Makes the backend of each core; shared by the cores' threads.
+pub trait BackendFactory: Send + Sync {
+    fn for_core(&self, core: usize) -> Rc<dyn Backend>;
+}

@@ -1,0 +1,139 @@
+//! Command line: every config option as a flag that overrides the TOML
+//! file, plus the `token` subcommand that mints demo tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+macro_rules! overrides {
+    ($($(#[$m:meta])* $field:ident : $ty:ty),* $(,)?) => {
+        /// Config overrides; each flag replaces the file's value.
+        #[derive(clap::Args, Debug, Default)]
+        pub struct Overrides {
+            $($(#[$m])* #[arg(long)] pub $field: Option<$ty>,)*
+        }
+        impl Overrides {
+            pub fn apply(self, cfg: &mut Config) {
+                $(if let Some(v) = self.$field { cfg.$field = v; })*
+            }
+        }
+    };
+}
+
+overrides! {
+    /// Name of this node, reported to backends and in AuthOk [default: gw-1]
+    node_id: String,
+    /// Client listener address [default: 0.0.0.0:7000]
+    listen: SocketAddr,
+    /// listen(2) backlog of each per-core listener [default: 4096]
+    listen_backlog: u32,
+    /// Data-plane cores, one pinned executor each; 0 = all [default: 0]
+    cores: usize,
+    /// Connections per core at most; also capped by RLIMIT_NOFILE [default: 1000000]
+    conns_per_core_max: u32,
+    /// File descriptors kept free of client connections [default: 64]
+    fd_reserve: u32,
+    /// Largest frame body, bytes [default: 65536]
+    frame_bytes_max: u32,
+    /// Time to authenticate after connecting, ms [default: 10000]
+    auth_timeout_ms: u32,
+    /// Heartbeat interval announced by default, ms [default: 30000]
+    heartbeat_interval_ms: u32,
+    /// Smallest heartbeat interval a client may ask for, ms [default: 5000]
+    heartbeat_interval_min_ms: u32,
+    /// Largest heartbeat interval a client may ask for, ms [default: 300000]
+    heartbeat_interval_max_ms: u32,
+    /// Silent intervals before a connection is reaped [default: 3]
+    idle_timeout_intervals: u32,
+    /// Resend an unacknowledged push after, ms [default: 5000]
+    ack_timeout_ms: u32,
+    /// Resends before a push is reported undelivered [default: 2]
+    ack_retries_max: u32,
+    /// Unacknowledged pushes per connection before it is a slow consumer [default: 128]
+    unacked_pushes_max: u32,
+    /// Rooms one connection may join [default: 64]
+    rooms_per_conn_max: u32,
+    /// Queued outbound bytes per connection before it is a slow consumer [default: 262144]
+    outbound_bytes_max: u32,
+    /// Upstream requests in flight per connection before BUSY [default: 32]
+    upstream_inflight_per_conn_max: u32,
+    /// Upstream requests in flight per core before BUSY [default: 10000]
+    upstream_inflight_per_core_max: u32,
+    /// Backend answer deadline, ms [default: 5000]
+    upstream_timeout_ms: u32,
+    /// retry_after_ms sent with BUSY and TIMEOUT [default: 1000]
+    busy_retry_after_ms: u32,
+    /// Messages queued to one core from other threads [default: 65536]
+    core_inbox_max: u32,
+    /// Timing-wheel resolution, ms [default: 100]
+    tick_ms: u32,
+    /// Drain deadline after SIGTERM, ms [default: 30000]
+    drain_deadline_ms: u32,
+    /// retry_after_ms in the drain GoAway [default: 1000]
+    goaway_retry_after_ms: u32,
+    /// Longest accept pause after EMFILE and the like, ms [default: 1000]
+    accept_backoff_max_ms: u32,
+    /// io_uring registered memory per core, bytes [default: 524288]
+    io_memory_bytes: u32,
+    /// Admin HTTP address; "" disables it [default: 127.0.0.1:9100]
+    admin_listen: String,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Connection gateway for IM and live-interaction systems.",
+    long_about = "Connection gateway for IM and live-interaction systems.\n\n\
+Options come from a TOML file (--config), then these flags. Token keys are configured in the file \
+([[auth.keys]]; secrets come from environment variables named there). --demo adds a public demo key \
+and serves the embedded demo backend: never in production. Logging: RUST_LOG (default info)."
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    /// Demo mode: adds the public HS256 demo key (kid "demo"); see `gateway token`.
+    #[arg(long, global = true)]
+    pub demo: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Print an HS256 token signed with the demo key (or the secret in $GATEWAY_TOKEN_SECRET).
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Device id (`did` claim).
+        #[arg(long)]
+        did: Option<String>,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
+    /// Check the configuration and exit.
+    CheckConfig,
+}
+
+impl Cli {
+    /// The effective config: file (or defaults), then flags.
+    pub fn config(self) -> anyhow::Result<(Config, Option<Cmd>)> {
+        let mut cfg = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        self.overrides.apply(&mut cfg);
+        if self.demo {
+            cfg.demo = true;
+        }
+        Ok((cfg, self.cmd))
+    }
+}

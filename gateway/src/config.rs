@@ -1,0 +1,355 @@
+//! Gateway configuration: a documented serde struct with named defaults, read
+//! from TOML, overridden by CLI flags (see `cli.rs`), checked by
+//! [`Config::validate`]. Every limit carries its unit in its name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{KeySpec, VerifyOptions};
+
+/// Secret of the demo key used by `--demo`. Public on purpose: demo only.
+pub const DEMO_SECRET: &str = "demo-secret-not-for-production-0123456789";
+/// Key id of the demo key.
+pub const DEMO_KID: &str = "demo";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this gateway node, reported to backends and in AuthOk.
+    pub node_id: String,
+    /// Client listener address (TCP, length-prefixed frames).
+    pub listen: SocketAddr,
+    /// listen(2) backlog of each per-core listener.
+    pub listen_backlog: u32,
+    /// Data-plane cores (one pinned executor each); 0 = every available core.
+    pub cores: usize,
+    /// Upper bound on connections per core; further capped by RLIMIT_NOFILE at start.
+    pub conns_per_core_max: u32,
+    /// File descriptors kept free of client connections (logs, admin, NATS).
+    pub fd_reserve: u32,
+    /// Largest frame body either side may send, bytes (after the 4-byte prefix).
+    pub frame_bytes_max: u32,
+    /// A connection must authenticate within this time, ms.
+    pub auth_timeout_ms: u32,
+    /// Heartbeat interval announced by default, ms.
+    pub heartbeat_interval_ms: u32,
+    /// Smallest interval a client may ask for, ms.
+    pub heartbeat_interval_min_ms: u32,
+    /// Largest interval a client may ask for, ms (keep under carrier NAT timeouts).
+    pub heartbeat_interval_max_ms: u32,
+    /// A connection silent for this many heartbeat intervals is reaped.
+    pub idle_timeout_intervals: u32,
+    /// Resend an unacknowledged push after this long, ms.
+    pub ack_timeout_ms: u32,
+    /// Resends of one push before it is reported undelivered.
+    pub ack_retries_max: u32,
+    /// Ack-required pushes in flight per connection; one more closes it as a slow consumer.
+    pub unacked_pushes_max: u32,
+    /// Rooms one connection may be in; further joins are refused with an Error frame.
+    pub rooms_per_conn_max: u32,
+    /// Bytes queued for one connection; past this it is closed as a slow consumer.
+    pub outbound_bytes_max: u32,
+    /// Upstream requests awaiting a backend answer, per connection; past it: BUSY.
+    pub upstream_inflight_per_conn_max: u32,
+    /// Upstream requests awaiting a backend answer, per core; past it: BUSY.
+    pub upstream_inflight_per_core_max: u32,
+    /// A backend answer later than this becomes a TIMEOUT reply, ms.
+    pub upstream_timeout_ms: u32,
+    /// retry_after_ms sent with BUSY / TIMEOUT replies.
+    pub busy_retry_after_ms: u32,
+    /// Messages queued to one core from other cores and the control plane.
+    pub core_inbox_max: u32,
+    /// Timing-wheel resolution (heartbeat, auth and ack deadlines), ms.
+    pub tick_ms: u32,
+    /// After SIGTERM, wait at most this long for clients to leave, ms.
+    pub drain_deadline_ms: u32,
+    /// retry_after_ms in the GoAway sent on drain.
+    pub goaway_retry_after_ms: u32,
+    /// Longest pause of the accept loop after EMFILE/ENFILE and similar, ms.
+    pub accept_backoff_max_ms: u32,
+    /// io_uring registered buffer memory per core, bytes (locked memory).
+    pub io_memory_bytes: u32,
+    /// Admin HTTP (/metrics, /healthz, /stats); empty string disables it.
+    pub admin_listen: String,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Verification keys ([[auth.keys]]).
+    pub keys: Vec<KeySpec>,
+    /// Clock skew allowed on exp / nbf, seconds.
+    pub leeway_s: u64,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Longer tokens are rejected before decoding, bytes.
+    pub token_bytes_max: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys: Vec::new(),
+            leeway_s: 5,
+            issuer: None,
+            audience: None,
+            token_bytes_max: 4096,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: "gw-1".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
+            listen_backlog: 4096,
+            cores: 0,
+            conns_per_core_max: 1_000_000,
+            fd_reserve: 64,
+            frame_bytes_max: 64 * 1024,
+            auth_timeout_ms: 10_000,
+            heartbeat_interval_ms: 30_000,
+            heartbeat_interval_min_ms: 5_000,
+            heartbeat_interval_max_ms: 300_000,
+            idle_timeout_intervals: 3,
+            ack_timeout_ms: 5_000,
+            ack_retries_max: 2,
+            unacked_pushes_max: 128,
+            outbound_bytes_max: 256 * 1024,
+            rooms_per_conn_max: 64,
+            upstream_inflight_per_conn_max: 32,
+            upstream_inflight_per_core_max: 10_000,
+            upstream_timeout_ms: 5_000,
+            busy_retry_after_ms: 1_000,
+            core_inbox_max: 65_536,
+            tick_ms: 100,
+            drain_deadline_ms: 30_000,
+            goaway_retry_after_ms: 1_000,
+            accept_backoff_max_ms: 1_000,
+            io_memory_bytes: 512 * 1024,
+            admin_listen: "127.0.0.1:9100".into(),
+            auth: AuthConfig::default(),
+            demo: false,
+        }
+    }
+}
+
+/// A configuration that cannot work, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Checks each limit and how limits relate; the error says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let nonzero = [
+            ("listen_backlog", self.listen_backlog),
+            ("conns_per_core_max", self.conns_per_core_max),
+            ("frame_bytes_max", self.frame_bytes_max),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("idle_timeout_intervals", self.idle_timeout_intervals),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("unacked_pushes_max", self.unacked_pushes_max),
+            ("outbound_bytes_max", self.outbound_bytes_max),
+            ("rooms_per_conn_max", self.rooms_per_conn_max),
+            (
+                "upstream_inflight_per_conn_max",
+                self.upstream_inflight_per_conn_max,
+            ),
+            (
+                "upstream_inflight_per_core_max",
+                self.upstream_inflight_per_core_max,
+            ),
+            ("upstream_timeout_ms", self.upstream_timeout_ms),
+            ("core_inbox_max", self.core_inbox_max),
+            ("tick_ms", self.tick_ms),
+            ("accept_backoff_max_ms", self.accept_backoff_max_ms),
+        ];
+        for (name, v) in nonzero {
+            if v == 0 {
+                return bad(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            return bad("node_id must be 1..=64 bytes".into());
+        }
+        if self.frame_bytes_max < 256 || self.frame_bytes_max > 16 << 20 {
+            return bad(format!(
+                "frame_bytes_max {} must be within 256..=16777216",
+                self.frame_bytes_max
+            ));
+        }
+        if self.outbound_bytes_max < self.frame_bytes_max + 4 {
+            return bad(format!(
+                "outbound_bytes_max ({}) must hold at least one frame of frame_bytes_max ({}) plus its 4-byte prefix",
+                self.outbound_bytes_max, self.frame_bytes_max
+            ));
+        }
+        let (lo, hb, hi) = (
+            self.heartbeat_interval_min_ms,
+            self.heartbeat_interval_ms,
+            self.heartbeat_interval_max_ms,
+        );
+        if !(lo <= hb && hb <= hi) {
+            return bad(format!(
+                "need heartbeat_interval_min_ms ({lo}) <= heartbeat_interval_ms ({hb}) <= heartbeat_interval_max_ms ({hi})"
+            ));
+        }
+        if lo < self.tick_ms {
+            return bad(format!(
+                "heartbeat_interval_min_ms ({lo}) must be at least tick_ms ({})",
+                self.tick_ms
+            ));
+        }
+        if self.idle_timeout_intervals < 2 {
+            return bad(
+                "idle_timeout_intervals must be at least 2, or one late ping reaps a live client"
+                    .into(),
+            );
+        }
+        if (hi as u64) * (self.idle_timeout_intervals as u64) > u32::MAX as u64 {
+            return bad(
+                "heartbeat_interval_max_ms * idle_timeout_intervals overflows 32 bits of ms".into(),
+            );
+        }
+        if self.ack_timeout_ms < self.tick_ms || self.auth_timeout_ms < self.tick_ms {
+            return bad(format!(
+                "ack_timeout_ms and auth_timeout_ms must be at least tick_ms ({})",
+                self.tick_ms
+            ));
+        }
+        if self.tick_ms > 1000 {
+            return bad("tick_ms must be at most 1000".into());
+        }
+        if self.ack_retries_max > 100 {
+            return bad("ack_retries_max must be at most 100".into());
+        }
+        if self.io_memory_bytes < 64 * 1024 {
+            return bad("io_memory_bytes must be at least 65536".into());
+        }
+        if self.auth.keys.is_empty() && !self.demo {
+            return bad("no token keys: add [[auth.keys]] to the config file (see OPERATIONS.md), or run with --demo for a throwaway setup".into());
+        }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "admin_listen {:?} is not an address like 127.0.0.1:9100 (empty disables the admin server)",
+                self.admin_listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// Options for the token verifier.
+    pub fn verify_options(&self) -> VerifyOptions {
+        VerifyOptions {
+            leeway_s: self.auth.leeway_s,
+            issuer: self.auth.issuer.clone(),
+            audience: self.auth.audience.clone(),
+            token_bytes_max: self.auth.token_bytes_max,
+        }
+    }
+
+    /// Idle timeout for a given heartbeat interval, ms.
+    pub fn idle_timeout_ms(&self, interval_ms: u32) -> u32 {
+        interval_ms.saturating_mul(self.idle_timeout_intervals)
+    }
+
+    /// Clamps a client's wanted interval into the configured bounds (0 = default).
+    pub fn clamp_heartbeat(&self, wanted_ms: u32) -> u32 {
+        if wanted_ms == 0 {
+            return self.heartbeat_interval_ms;
+        }
+        wanted_ms.clamp(
+            self.heartbeat_interval_min_ms,
+            self.heartbeat_interval_max_ms,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_needs_keys_or_demo() {
+        let mut c = Config::default();
+        assert!(c.validate().unwrap_err().to_string().contains("--demo"));
+        c.demo = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let mut c = Config {
+            demo: true,
+            ..Config::default()
+        };
+        c.heartbeat_interval_min_ms = 60_000;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("heartbeat_interval_min_ms"));
+        let mut c = Config {
+            demo: true,
+            ..Config::default()
+        };
+        c.outbound_bytes_max = 10;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("outbound_bytes_max"));
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let c: Config = toml::from_str("frame_bytes_max = 1024\n[auth]\nleeway_s = 1\n").unwrap();
+        assert_eq!(c.frame_bytes_max, 1024);
+        assert_eq!(c.auth.leeway_s, 1);
+        assert!(toml::from_str::<Config>("frame_bytes = 1").is_err());
+    }
+
+    #[test]
+    fn heartbeat_clamp() {
+        let c = Config::default();
+        assert_eq!(c.clamp_heartbeat(0), 30_000);
+        assert_eq!(c.clamp_heartbeat(1), 5_000);
+        assert_eq!(c.clamp_heartbeat(u32::MAX), 300_000);
+    }
+}

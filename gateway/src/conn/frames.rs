@@ -1,0 +1,266 @@
+//! What each inbound frame does, by connection state: before auth only
+//! `Auth` is accepted; after it `Ping`, `Upstream` and `Ack`. Frames that
+//! only the server sends are protocol violations.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gw_proto::pb::{self, frame::Body, Frame};
+use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
+
+use crate::auth::JwtError;
+use crate::backend::{BackendReply, SessionEvent, UpstreamRequest};
+use crate::core::Core;
+use crate::metrics::CoreMetrics;
+
+/// Longest route name, bytes.
+pub const ROUTE_BYTES_MAX: usize = 64;
+/// Longest device id, bytes.
+pub const DEVICE_BYTES_MAX: usize = 128;
+/// Client metadata kept with a session: entries and bytes (keys + values).
+pub const METADATA_ENTRIES_MAX: usize = 16;
+pub const METADATA_BYTES_MAX: usize = 1024;
+
+pub fn on_frame(core: &Rc<Core>, idx: u32, id: u64, frame: Frame) {
+    let Some(authed) = core.with_conn(idx, id, |c| c.authed()) else {
+        return;
+    };
+    let Some(body) = frame.body else { return };
+    match (authed, body) {
+        (false, Body::Auth(a)) => auth(core, idx, id, a),
+        (false, _) => {
+            CoreMetrics::inc(&core.metrics.auth_failures);
+            let err = auth_error(
+                ErrorCode::AuthRequired,
+                "the first frame must be Auth".into(),
+            );
+            core.close(idx, id, CloseReason::ProtocolViolation, Some(err));
+        }
+        (true, Body::Ping(p)) => ping(core, idx, id, p),
+        (true, Body::Upstream(u)) => upstream(core, idx, id, u),
+        (true, Body::Ack(a)) => {
+            let n = core
+                .with_conn(idx, id, |c| c.window.ack(a.seq))
+                .unwrap_or(0);
+            CoreMetrics::add(&core.metrics.pushes_acked, n as u64);
+        }
+        (true, Body::Auth(_)) => {
+            let err = Core::error_body(ErrorCode::UnexpectedFrame, "already authenticated", 0);
+            core.send_frame(idx, id, err);
+        }
+        (true, _) => {
+            let err = Core::error_body(
+                ErrorCode::UnexpectedFrame,
+                "a server-to-client frame was sent by the client",
+                0,
+            );
+            core.close(idx, id, CloseReason::ProtocolViolation, Some(err));
+        }
+    }
+}
+
+fn auth_error(code: ErrorCode, message: String) -> Body {
+    Body::AuthError(pb::AuthError {
+        code: code as i32,
+        message,
+    })
+}
+
+fn jwt_code(e: &JwtError) -> ErrorCode {
+    match e {
+        JwtError::Expired => ErrorCode::TokenExpired,
+        JwtError::NotYetValid => ErrorCode::TokenNotYetValid,
+        JwtError::AlgorithmRejected(_) => ErrorCode::AlgorithmRejected,
+        _ => ErrorCode::TokenInvalid,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
+    let fail = |code: ErrorCode, message: String| {
+        CoreMetrics::inc(&core.metrics.auth_failures);
+        tracing::debug!(conn_id = id, code = code.as_str_name(), %message, "auth failed");
+        core.close(
+            idx,
+            id,
+            CloseReason::AuthFailed,
+            Some(auth_error(code, message)),
+        );
+    };
+    if a.protocol_version != PROTOCOL_VERSION {
+        return fail(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}, the client sent {}",
+                a.protocol_version
+            ),
+        );
+    }
+    let claims = match core.verifier.verify(&a.token, unix_now()) {
+        Ok(c) => c,
+        Err(e) => return fail(jwt_code(&e), e.to_string()),
+    };
+    let device = claims.device_id.clone().unwrap_or(a.device_id);
+    let device = if device.is_empty() {
+        "default".to_string()
+    } else {
+        device
+    };
+    if device.len() > DEVICE_BYTES_MAX {
+        return fail(
+            ErrorCode::BadRequest,
+            format!("device id longer than {DEVICE_BYTES_MAX} bytes"),
+        );
+    }
+    let meta_bytes: usize = a.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if a.metadata.len() > METADATA_ENTRIES_MAX || meta_bytes > METADATA_BYTES_MAX {
+        return fail(
+            ErrorCode::BadRequest,
+            format!("metadata over {METADATA_ENTRIES_MAX} entries or {METADATA_BYTES_MAX} bytes"),
+        );
+    }
+    let heartbeat_ms = core.cfg.clamp_heartbeat(a.heartbeat_interval_ms);
+    let (user, device) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
+    let metadata = a.metadata;
+    core.with_conn(idx, id, |c| {
+        c.resume_seq = a.resume_seq;
+        if !metadata.is_empty() {
+            c.metadata = Some(Box::new(metadata.clone()));
+        }
+    });
+    CoreMetrics::inc(&core.metrics.auth_ok);
+    core.send_frame(
+        idx,
+        id,
+        Body::AuthOk(pb::AuthOk {
+            protocol_version: PROTOCOL_VERSION,
+            conn_id: id,
+            user_id: user.to_string(),
+            device_id: device.to_string(),
+            heartbeat_interval_ms: heartbeat_ms,
+            idle_timeout_ms: core.cfg.idle_timeout_ms(heartbeat_ms),
+            frame_bytes_max: core.cfg.frame_bytes_max,
+            node_id: core.cfg.node_id.clone(),
+        }),
+    );
+    core.backend.event(SessionEvent::Online {
+        conn_id: id,
+        user,
+        device,
+        resume_seq: a.resume_seq,
+        metadata,
+    });
+}
+
+fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
+    CoreMetrics::inc(&core.metrics.heartbeats);
+    let hb = core.with_conn(idx, id, |c| {
+        if p.heartbeat_interval_ms != 0 {
+            c.heartbeat_ms = core.cfg.clamp_heartbeat(p.heartbeat_interval_ms);
+        }
+        c.heartbeat_ms
+    });
+    if let Some(hb) = hb {
+        core.send_frame(
+            idx,
+            id,
+            Body::Pong(pb::Pong {
+                heartbeat_interval_ms: hb,
+            }),
+        );
+    }
+}
+
+fn valid_route(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= ROUTE_BYTES_MAX
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn reply_body(correlation_id: u64, r: &BackendReply) -> Body {
+    Body::UpstreamReply(pb::UpstreamReply {
+        correlation_id,
+        status: r.status,
+        payload: r.payload.clone(),
+        retry_after_ms: r.retry_after_ms,
+    })
+}
+
+fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
+    let corr = u.correlation_id;
+    if !valid_route(&u.route) {
+        let r = BackendReply::error(
+            ErrorCode::BadRequest,
+            &format!("route must be 1..={ROUTE_BYTES_MAX} bytes of [A-Za-z0-9._-]"),
+        );
+        core.send_frame(idx, id, reply_body(corr, &r));
+        return;
+    }
+    let admitted = {
+        let mut st = core.state.borrow_mut();
+        let core_full = st.upstream_inflight >= core.cfg.upstream_inflight_per_core_max;
+        match st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
+            Some(c) if !core_full && c.inflight < core.cfg.upstream_inflight_per_conn_max => {
+                c.inflight += 1;
+                let who = (c.user.clone(), c.device.clone());
+                st.upstream_inflight += 1;
+                Some(who)
+            }
+            _ => None,
+        }
+    };
+    let Some((Some(user), Some(device))) = admitted else {
+        CoreMetrics::inc(&core.metrics.upstream_busy);
+        let mut r =
+            BackendReply::error(ErrorCode::Busy, "too many requests in flight; retry later");
+        r.retry_after_ms = core.cfg.busy_retry_after_ms;
+        core.send_frame(idx, id, reply_body(corr, &r));
+        return;
+    };
+    CoreMetrics::inc(&core.metrics.upstreams);
+    let req = UpstreamRequest {
+        conn_id: id,
+        user,
+        device,
+        route: u.route,
+        client_msg_id: u.client_msg_id,
+        payload: u.payload,
+    };
+    let core = core.clone();
+    glommio::spawn_local(async move { run_upstream(core, idx, id, corr, req).await }).detach();
+}
+
+async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: UpstreamRequest) {
+    let fut = core.backend.upstream(req);
+    let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
+    let reply = futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    {
+        let mut st = core.state.borrow_mut();
+        st.upstream_inflight = st.upstream_inflight.saturating_sub(1);
+        if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
+            c.inflight = c.inflight.saturating_sub(1);
+        }
+    }
+    let reply = reply.unwrap_or_else(|| {
+        CoreMetrics::inc(&core.metrics.upstream_timeouts);
+        let mut r = BackendReply::error(
+            ErrorCode::Timeout,
+            "the backend did not answer within upstream_timeout_ms",
+        );
+        r.retry_after_ms = core.cfg.busy_retry_after_ms;
+        r
+    });
+    core.send_frame(idx, id, reply_body(corr, &reply));
+    core.execute(reply.pushes, reply.ops).await;
+}

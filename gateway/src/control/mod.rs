@@ -1,0 +1,150 @@
+//! The control plane: one thread running a single-threaded tokio runtime.
+//! It serves the admin HTTP endpoints (`admin.rs`) and turns signals into
+//! core messages: SIGTERM drains (a second one stops fast), SIGINT stops
+//! fast. Later, the NATS clients live here too.
+
+mod admin;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::core::CoreMsg;
+use crate::metrics::Snapshot;
+
+pub struct ControlPlane {
+    pub admin_addr: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Shared between the admin server and the signal handler.
+pub(crate) struct Shared {
+    pub mesh: Vec<flume::Sender<CoreMsg>>,
+    pub draining: AtomicBool,
+    pub node_id: String,
+}
+
+impl ControlPlane {
+    pub fn start(
+        cfg: &Config,
+        mesh: Vec<flume::Sender<CoreMsg>>,
+        signals: bool,
+    ) -> anyhow::Result<ControlPlane> {
+        let admin = if cfg.admin_listen.is_empty() {
+            None
+        } else {
+            let l = std::net::TcpListener::bind(&cfg.admin_listen).with_context(|| {
+                format!(
+                    "binding the admin server on {} (set admin_listen, or \"\" to disable)",
+                    cfg.admin_listen
+                )
+            })?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            mesh,
+            draining: AtomicBool::new(false),
+            node_id: cfg.node_id.clone(),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("gw-control".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    if let Some(l) = admin {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(admin::serve(l, shared.clone()));
+                            }
+                            Err(e) => tracing::error!(error = %e, "admin server failed to start"),
+                        }
+                    }
+                    if signals {
+                        tokio::spawn(handle_signals(shared.clone()));
+                    }
+                    let _ = stop_rx.await;
+                });
+            })?;
+        Ok(ControlPlane {
+            admin_addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn handle_signals(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    loop {
+        let fast = tokio::select! {
+            _ = term.recv() => shared.draining.swap(true, Ordering::SeqCst),
+            _ = int.recv() => true,
+        };
+        let msg = if fast {
+            "stopping now (SIGINT, or a second SIGTERM)"
+        } else {
+            "draining (SIGTERM): GoAway sent to every client"
+        };
+        tracing::info!("{msg}");
+        for tx in &shared.mesh {
+            let _ = tx
+                .send_async(if fast { CoreMsg::Stop } else { CoreMsg::Drain })
+                .await;
+        }
+    }
+}
+
+/// Asks every core for its snapshot, waiting at most `timeout` per core.
+pub async fn collect(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<Snapshot> {
+    let mut out = Vec::with_capacity(mesh.len());
+    for tx in mesh {
+        let (stx, srx) = flume::bounded(1);
+        if tx.send_async(CoreMsg::Snapshot(stx)).await.is_err() {
+            continue;
+        }
+        if let Ok(Ok(s)) = tokio::time::timeout(timeout, srx.recv_async()).await {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Blocking variant for callers outside any runtime.
+pub fn collect_blocking(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<Snapshot> {
+    let mut out = Vec::with_capacity(mesh.len());
+    for tx in mesh {
+        let (stx, srx) = flume::bounded(1);
+        if tx.send(CoreMsg::Snapshot(stx)).is_ok() {
+            if let Ok(s) = srx.recv_timeout(timeout) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,173 @@
+//! End of a connection, and of the core: teardown reports every closed
+//! session to the backend (offline, with the close reason) and every push
+//! still unacknowledged (undelivered). Drain and stop run from the inbox.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use gw_proto::pb::{self, frame::Body};
+use gw_proto::CloseReason;
+
+use super::deliver::remove_member;
+use super::{Core, CoreMsg};
+use crate::backend::{SessionEvent, UndeliveredReason};
+
+/// How often a draining core checks whether its clients have left.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+impl Core {
+    /// Removes a connection and reports it. Idempotent.
+    pub fn teardown(&self, idx: u32, id: u64) {
+        let conn = {
+            let mut st = self.state.borrow_mut();
+            if !st.conns.get(idx as usize).is_some_and(|c| c.id == id) {
+                return;
+            }
+            let c = st.conns.remove(idx as usize);
+            if let Some(u) = &c.user {
+                remove_member(&mut st.users, u, idx);
+                st.sessions -= 1;
+            }
+            for r in &c.rooms {
+                remove_member(&mut st.rooms, r, idx);
+            }
+            c
+        };
+        let reason = conn.close.unwrap_or(CloseReason::Unspecified);
+        self.metrics.closed(reason);
+        let mut conn = conn;
+        if let (Some(user), Some(device)) = (conn.user.clone(), conn.device.clone()) {
+            let unacked = conn.window.take_all();
+            self.report_undelivered(
+                id,
+                user.clone(),
+                device.clone(),
+                unacked,
+                UndeliveredReason::ConnectionClosed(reason),
+            );
+            self.backend.event(SessionEvent::Offline {
+                conn_id: id,
+                user,
+                device,
+                reason,
+            });
+        }
+        tracing::trace!(conn_id = id, reason = reason.as_str_name(), "closed");
+    }
+
+    /// Closes every connection now with `reason` and reports them.
+    pub fn close_all(&self, reason: CloseReason) {
+        let ids: Vec<(u32, u64)> = {
+            let mut st = self.state.borrow_mut();
+            st.conns
+                .iter_mut()
+                .map(|(i, c)| {
+                    c.close.get_or_insert(reason);
+                    c.wake();
+                    (i as u32, c.id)
+                })
+                .collect()
+        };
+        for (idx, id) in ids {
+            self.teardown(idx, id);
+        }
+    }
+
+    /// Stops accepting: shuts the listener down so its pending accept ends.
+    fn stop_accepting(&self) {
+        self.draining.set(true);
+        let fd = self.listener_fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: fd is this core's listener, still open (the accept task owns it).
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+
+    /// Graceful drain: GoAway to every session, wait for clients to leave up
+    /// to `drain_deadline_ms`, then close the rest. Returns when empty.
+    pub async fn drain(&self) {
+        self.stop_accepting();
+        let ids: Vec<(u32, u64, bool)> = {
+            let st = self.state.borrow();
+            st.conns
+                .iter()
+                .map(|(i, c)| (i as u32, c.id, c.authed()))
+                .collect()
+        };
+        for (idx, id, authed) in ids {
+            if authed {
+                self.send_frame(
+                    idx,
+                    id,
+                    goaway(CloseReason::Drain, self.cfg.goaway_retry_after_ms),
+                );
+            } else {
+                self.close(idx, id, CloseReason::Drain, None);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
+        while self.conn_count() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
+        let left = self.conn_count();
+        if left > 0 {
+            tracing::info!(
+                core = self.index,
+                left,
+                "drain deadline reached; closing the remaining connections"
+            );
+        }
+        self.close_all(CloseReason::Drain);
+    }
+
+    /// Serves the inbox until Stop, or until a drain completes.
+    pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
+        let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
+        while let Ok(msg) = rx.recv_async().await {
+            match msg {
+                CoreMsg::Push {
+                    target,
+                    body,
+                    ack_required,
+                } => self.deliver(&target, &body, ack_required),
+                CoreMsg::Op(op) => self.apply_op(op),
+                CoreMsg::Snapshot(tx) => {
+                    let _ = tx.try_send(self.snapshot());
+                }
+                CoreMsg::Drain => {
+                    if drain_task.is_none() {
+                        let core = self.clone();
+                        let me = self.mesh.get(self.index).cloned();
+                        drain_task = Some(
+                            glommio::spawn_local(async move {
+                                core.drain().await;
+                                if let Some(me) = me {
+                                    let _ = me.send_async(CoreMsg::Stop).await;
+                                }
+                            })
+                            .detach(),
+                        );
+                    }
+                }
+                CoreMsg::Stop => {
+                    self.stop_accepting();
+                    self.close_all(CloseReason::Shutdown);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A GoAway frame.
+pub fn goaway(reason: CloseReason, retry_after_ms: u32) -> Body {
+    Body::GoAway(pb::GoAway {
+        reason: reason as i32,
+        retry_after_ms,
+        endpoints: vec![],
+        message: match reason {
+            CloseReason::Drain => "server is draining; reconnect after retry_after_ms".into(),
+            _ => String::new(),
+        },
+    })
+}

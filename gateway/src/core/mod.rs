@@ -1,0 +1,397 @@
+//! Per-core state: the connection slab, the session (user) index, the room
+//! index, the timing wheel and the metrics of one data-plane core. Owned by
+//! that core's thread only (`Rc`/`RefCell`); other cores and the control
+//! plane reach it through its inbox ([`CoreMsg`]).
+//!
+//! - `deliver.rs`: pushes and session operations, local and across cores.
+//! - `sweep.rs`: the per-tick pass over due connections (auth deadline,
+//!   idle reaping, ack retransmit).
+//! - `lifecycle.rs`: teardown of a connection, drain and stop of the core.
+
+mod deliver;
+mod lifecycle;
+pub mod push;
+mod sweep;
+pub mod wheel;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gw_proto::pb::{self, frame::Body, Frame};
+use gw_proto::CloseReason;
+
+use crate::auth::Verifier;
+use crate::backend::{Backend, SessionOp, Target};
+use crate::config::Config;
+use crate::metrics::{CoreMetrics, Snapshot};
+use push::{Out, Window};
+use wheel::{Entry, Tick, Wheel};
+
+/// Bits of a connection id: core (8) | generation (24) | slab index (32).
+pub fn conn_id(core: usize, gen: u32, idx: u32) -> u64 {
+    ((core as u64 & 0xff) << 56) | ((gen as u64 & 0xff_ffff) << 32) | idx as u64
+}
+/// The core that holds a connection id.
+pub fn conn_id_core(id: u64) -> usize {
+    (id >> 56) as usize
+}
+fn conn_id_idx(id: u64) -> u32 {
+    id as u32
+}
+
+/// Slots of the timing wheel (times `tick_ms` = how far ahead entries go).
+const WHEEL_SLOTS: usize = 1024;
+
+/// A message to a core from another core or from the control plane.
+pub enum CoreMsg {
+    /// A push encoded once (`body`, see `push.rs`), fanned out by each core.
+    Push {
+        target: Target,
+        body: Bytes,
+        ack_required: bool,
+    },
+    Op(SessionOp),
+    Snapshot(flume::Sender<Snapshot>),
+    /// Graceful: stop accepting, GoAway to every client, wait up to the
+    /// drain deadline, close what is left, exit.
+    Drain,
+    /// Fast: close everything now, exit.
+    Stop,
+}
+
+/// One client connection's state. The driver task (`conn::driver`) holds
+/// only the socket and this entry's index.
+pub struct Conn {
+    pub id: u64,
+    /// Set once authenticated.
+    pub user: Option<Rc<str>>,
+    pub device: Option<Rc<str>>,
+    pub created: Tick,
+    /// Tick of the last inbound bytes (any frame counts as life).
+    pub last_in: Tick,
+    /// Tick of this connection's wheel entry (0 = none).
+    pub due: Tick,
+    pub heartbeat_ms: u32,
+    pub out: VecDeque<Out>,
+    /// Bytes of the front `out` item already written.
+    pub out_off: u32,
+    pub out_bytes: u32,
+    pub window: Window,
+    pub rooms: Vec<Rc<str>>,
+    /// Bytes of a frame not yet complete (empty, unallocated, when idle).
+    pub partial: Vec<u8>,
+    pub waker: Option<Waker>,
+    pub close: Option<CloseReason>,
+    /// Upstream requests of this connection awaiting the backend.
+    pub inflight: u32,
+    pub resume_seq: u64,
+    pub metadata: Option<Box<HashMap<String, String>>>,
+}
+
+impl Conn {
+    pub fn authed(&self) -> bool {
+        self.user.is_some()
+    }
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The member list of a user or room on this core (no allocation for one).
+#[derive(Debug)]
+pub enum Members {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Members {
+    fn add(&mut self, idx: u32) {
+        match self {
+            Members::One(a) => *self = Members::Many(vec![*a, idx]),
+            Members::Many(v) => v.push(idx),
+        }
+    }
+    /// Removes `idx`; true when the list became empty.
+    fn remove(&mut self, idx: u32) -> bool {
+        match self {
+            Members::One(a) => *a == idx,
+            Members::Many(v) => {
+                if let Some(p) = v.iter().position(|&i| i == idx) {
+                    v.swap_remove(p);
+                }
+                if v.len() == 1 {
+                    *self = Members::One(v[0]);
+                }
+                false
+            }
+        }
+    }
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Members::One(a) => vec![*a],
+            Members::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Mutable state of one core.
+pub struct State {
+    pub conns: slab::Slab<Conn>,
+    pub users: HashMap<Rc<str>, Members>,
+    pub rooms: HashMap<Rc<str>, Members>,
+    pub wheel: Wheel,
+    next_gen: u32,
+    pub sessions: u64,
+    pub upstream_inflight: u32,
+}
+
+/// One data-plane core.
+pub struct Core {
+    pub index: usize,
+    pub cfg: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    pub backend: Rc<dyn Backend>,
+    pub metrics: CoreMetrics,
+    pub state: RefCell<State>,
+    /// Read buffer lent to one connection for the duration of one poll.
+    pub scratch: RefCell<Box<[u8]>>,
+    /// Inboxes of every core, this one included (index = core).
+    pub mesh: Vec<flume::Sender<CoreMsg>>,
+    /// Connection cap of this core (config and RLIMIT_NOFILE).
+    pub conns_max: u32,
+    pub draining: Cell<bool>,
+    /// Listener fd, shut down to stop accepting on drain.
+    pub listener_fd: Cell<i32>,
+    start: Instant,
+}
+
+/// Bytes of the per-core read scratch buffer.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+impl Core {
+    pub fn new(
+        index: usize,
+        cfg: Arc<Config>,
+        verifier: Arc<Verifier>,
+        backend: Rc<dyn Backend>,
+        mesh: Vec<flume::Sender<CoreMsg>>,
+        conns_max: u32,
+    ) -> Core {
+        Core {
+            index,
+            cfg,
+            verifier,
+            backend,
+            metrics: CoreMetrics::default(),
+            state: RefCell::new(State {
+                conns: slab::Slab::new(),
+                users: HashMap::new(),
+                rooms: HashMap::new(),
+                wheel: Wheel::new(WHEEL_SLOTS),
+                next_gen: 0,
+                sessions: 0,
+                upstream_inflight: 0,
+            }),
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+            mesh,
+            conns_max,
+            draining: Cell::new(false),
+            listener_fd: Cell::new(-1),
+            start: Instant::now(),
+        }
+    }
+
+    /// Current tick (>= 1).
+    pub fn now(&self) -> Tick {
+        (self.start.elapsed().as_millis() / self.cfg.tick_ms as u128) as Tick + 1
+    }
+
+    /// Milliseconds to ticks, rounded up.
+    pub fn ticks(&self, ms: u32) -> Tick {
+        ms.div_ceil(self.cfg.tick_ms)
+    }
+
+    pub fn tick_duration(&self) -> Duration {
+        Duration::from_millis(self.cfg.tick_ms as u64)
+    }
+
+    /// Registers a new connection; returns (slab index, connection id).
+    pub fn add_conn(&self) -> (u32, u64) {
+        let now = self.now();
+        let mut st = self.state.borrow_mut();
+        st.next_gen = st.next_gen % 0xff_fffe + 1;
+        let gen = st.next_gen;
+        let entry = st.conns.vacant_entry();
+        let idx = entry.key() as u32;
+        let id = conn_id(self.index, gen, idx);
+        entry.insert(Conn {
+            id,
+            user: None,
+            device: None,
+            created: now,
+            last_in: now,
+            due: 0,
+            heartbeat_ms: self.cfg.heartbeat_interval_ms,
+            out: VecDeque::new(),
+            out_off: 0,
+            out_bytes: 0,
+            window: Window::default(),
+            rooms: Vec::new(),
+            partial: Vec::new(),
+            waker: None,
+            close: None,
+            inflight: 0,
+            resume_seq: 0,
+            metadata: None,
+        });
+        let due = now + self.ticks(self.cfg.auth_timeout_ms);
+        let at = st.wheel.schedule(Entry { idx, conn_id: id }, due, 0);
+        if let Some(c) = st.conns.get_mut(idx as usize) {
+            c.due = at;
+        }
+        (idx, id)
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.state.borrow().conns.len()
+    }
+
+    /// Runs `f` on the connection if it still is `id`.
+    pub fn with_conn<R>(&self, idx: u32, id: u64, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+        let mut st = self.state.borrow_mut();
+        match st.conns.get_mut(idx as usize) {
+            Some(c) if c.id == id => Some(f(c)),
+            _ => None,
+        }
+    }
+
+    /// Queues a frame for a connection. Over `outbound_bytes_max` the
+    /// connection is closed as a slow consumer and false is returned.
+    pub fn send_frame(&self, idx: u32, id: u64, body: Body) -> bool {
+        let bytes = gw_proto::encode(&Frame { body: Some(body) });
+        let mut st = self.state.borrow_mut();
+        match st.conns.get_mut(idx as usize) {
+            Some(c) if c.id == id => self.enqueue(c, Out::frame(bytes)),
+            _ => false,
+        }
+    }
+
+    /// Queues an encoded item; the slow-consumer check lives here.
+    fn enqueue(&self, c: &mut Conn, out: Out) -> bool {
+        if c.close.is_some() {
+            return false;
+        }
+        let len = out.len() as u32;
+        if c.out_bytes.saturating_add(len) > self.cfg.outbound_bytes_max {
+            CoreMetrics::inc(&self.metrics.slow_consumers);
+            tracing::debug!(
+                conn_id = c.id,
+                queued = c.out_bytes,
+                "slow consumer: outbound_bytes_max reached"
+            );
+            c.close = Some(CloseReason::SlowConsumer);
+            c.wake();
+            return false;
+        }
+        c.out_bytes += len;
+        c.out.push_back(out);
+        CoreMetrics::inc(&self.metrics.frames_out);
+        c.wake();
+        true
+    }
+
+    /// Marks a connection for closing; its driver tears it down. A final
+    /// frame (GoAway, AuthError, Error) may be queued first with `last`.
+    pub fn close(&self, idx: u32, id: u64, reason: CloseReason, last: Option<Body>) {
+        if let Some(body) = last {
+            self.send_frame(idx, id, body);
+        }
+        self.with_conn(idx, id, |c| {
+            if c.close.is_none() {
+                c.close = Some(reason);
+            }
+            c.wake();
+        });
+    }
+
+    /// Error frame helper.
+    pub fn error_body(
+        code: gw_proto::ErrorCode,
+        message: impl Into<String>,
+        retry_after_ms: u32,
+    ) -> Body {
+        Body::Error(pb::Error {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms,
+        })
+    }
+
+    /// Schedules the connection's next wheel check at `due` (keeps an earlier one).
+    pub fn schedule(&self, idx: u32, id: u64, due: Tick) {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
+            c.due = st.wheel.schedule(Entry { idx, conn_id: id }, due, c.due);
+        }
+    }
+
+    /// Snapshot of this core's metrics and gauges.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.borrow();
+        self.metrics.snapshot(
+            self.index,
+            st.conns.len() as u64,
+            st.sessions,
+            st.rooms.len() as u64,
+        )
+    }
+}
+
+impl Core {
+    /// Makes an authenticated session of a connection: indexes it under its
+    /// user and schedules its idle deadline. Returns the shared names.
+    pub fn bind_session(
+        &self,
+        idx: u32,
+        id: u64,
+        user: &str,
+        device: &str,
+        heartbeat_ms: u32,
+    ) -> (Rc<str>, Rc<str>) {
+        let now = self.now();
+        let idle = self.ticks(self.cfg.idle_timeout_ms(heartbeat_ms));
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let user: Rc<str> = match st.users.get_key_value(user) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(user),
+        };
+        let device: Rc<str> = Rc::from(device);
+        let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+            return (user, device);
+        };
+        c.user = Some(user.clone());
+        c.device = Some(device.clone());
+        c.heartbeat_ms = heartbeat_ms;
+        c.last_in = now;
+        c.due = st
+            .wheel
+            .schedule(Entry { idx, conn_id: id }, now + idle, c.due);
+        match st.users.get_mut(&*user) {
+            Some(m) => m.add(idx),
+            None => {
+                st.users.insert(user.clone(), Members::One(idx));
+            }
+        }
+        st.sessions += 1;
+        (user, device)
+    }
+}

@@ -1,0 +1,153 @@
+//! The per-tick pass: fires due wheel entries and evaluates each connection
+//! once (auth deadline, idle reaping, ack retransmit and expiry), then
+//! schedules its next deadline. Cost is proportional to the connections that
+//! are due, not to all connections.
+
+use std::rc::Rc;
+
+use gw_proto::pb::{self, frame::Body};
+use gw_proto::{CloseReason, ErrorCode};
+
+use super::push::{self, Out, Unacked};
+use super::wheel::{Entry, Tick};
+use super::{Core, State};
+use crate::backend::{SessionEvent, UndeliveredPush, UndeliveredReason};
+use crate::metrics::CoreMetrics;
+
+/// What a check decided that must happen after the state borrow ends.
+enum After {
+    Nothing,
+    AuthTimeout,
+    Expired(Rc<str>, Rc<str>, Vec<Unacked>),
+}
+
+impl Core {
+    /// Ticks forever; the task ends with the executor.
+    pub async fn run_ticks(self: Rc<Self>) {
+        let mut due = Vec::new();
+        loop {
+            glommio::timer::sleep(self.tick_duration()).await;
+            self.sweep(&mut due);
+        }
+    }
+
+    /// Fires every entry due by now.
+    pub fn sweep(&self, due: &mut Vec<(Tick, Entry)>) {
+        let now = self.now();
+        self.state.borrow_mut().wheel.take_due(now, due);
+        for (tick, e) in due.drain(..) {
+            match self.check(tick, e, now) {
+                After::Nothing => {}
+                After::AuthTimeout => {
+                    CoreMetrics::inc(&self.metrics.auth_failures);
+                    let err = Body::AuthError(pb::AuthError {
+                        code: ErrorCode::AuthRequired as i32,
+                        message: format!(
+                            "no Auth frame within auth_timeout_ms ({})",
+                            self.cfg.auth_timeout_ms
+                        ),
+                    });
+                    self.close(e.idx, e.conn_id, CloseReason::AuthTimeout, Some(err));
+                }
+                After::Expired(user, device, items) => self.report_undelivered(
+                    e.conn_id,
+                    user,
+                    device,
+                    items,
+                    UndeliveredReason::RetriesExhausted,
+                ),
+            }
+        }
+    }
+
+    fn check(&self, tick: Tick, e: Entry, now: Tick) -> After {
+        let mut st = self.state.borrow_mut();
+        let State { conns, wheel, .. } = &mut *st;
+        let Some(c) = conns.get_mut(e.idx as usize) else {
+            return After::Nothing;
+        };
+        if c.id != e.conn_id || c.due != tick {
+            return After::Nothing; // stale entry: the connection is due elsewhere
+        }
+        c.due = 0;
+        if c.close.is_some() {
+            return After::Nothing;
+        }
+        let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
+            let deadline = c.created + self.ticks(self.cfg.auth_timeout_ms);
+            if now >= deadline {
+                return After::AuthTimeout;
+            }
+            c.due = wheel.schedule(e, deadline, 0);
+            return After::Nothing;
+        };
+        let idle_deadline = c.last_in + self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
+        if now >= idle_deadline {
+            c.close = Some(CloseReason::StaleHeartbeat);
+            c.wake();
+            return After::Nothing;
+        }
+        let ack_ticks = self.ticks(self.cfg.ack_timeout_ms);
+        let (mut resend, mut expired) = (Vec::new(), Vec::new());
+        c.window.expire(
+            now,
+            ack_ticks,
+            self.cfg.ack_retries_max,
+            &mut resend,
+            &mut expired,
+        );
+        for (seq, body) in resend {
+            CoreMetrics::inc(&self.metrics.retransmits);
+            self.enqueue(
+                c,
+                Out {
+                    head: push::head(seq, true, body.len()),
+                    body,
+                },
+            );
+        }
+        let next = c
+            .window
+            .next_due(ack_ticks)
+            .map_or(idle_deadline, |d| d.min(idle_deadline));
+        c.due = wheel.schedule(e, next, 0);
+        if expired.is_empty() {
+            After::Nothing
+        } else {
+            After::Expired(user, device, expired)
+        }
+    }
+
+    /// Hands pushes that were never acknowledged back to the backend.
+    pub fn report_undelivered(
+        &self,
+        conn_id: u64,
+        user: Rc<str>,
+        device: Rc<str>,
+        items: Vec<Unacked>,
+        reason: UndeliveredReason,
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        CoreMetrics::add(&self.metrics.undelivered, items.len() as u64);
+        let pushes = items
+            .into_iter()
+            .map(|u| {
+                let (route, payload) = push::decode_body(&u.body);
+                UndeliveredPush {
+                    seq: u.seq,
+                    route,
+                    payload,
+                    reason,
+                }
+            })
+            .collect();
+        self.backend.event(SessionEvent::Undelivered {
+            conn_id,
+            user,
+            device,
+            pushes,
+        });
+    }
+}

@@ -1,0 +1,22 @@
+//! The connection gateway library: everything the `gateway` binary runs,
+//! startable in-process for tests ([`server::start`] on port 0).
+//!
+//! Layout (see ARCHITECTURE.md): `listener` accepts per core; `conn` drives
+//! one connection; `core` holds per-core state (sessions, rooms, timing
+//! wheel, reliable push); `backend` is the business seam (embedded demo
+//! backend here); `control` is the tokio thread (admin HTTP, signals);
+//! `auth` verifies JWTs; `config` and `metrics` are what they say.
+
+pub mod auth;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod core;
+pub mod listener;
+pub mod metrics;
+pub mod server;
+
+pub use config::Config;
+pub use server::{start, GatewayHandle};

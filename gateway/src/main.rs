@@ -1,0 +1,95 @@
+//! The `gateway` binary: parse flags, check the machine, run until a signal.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use gateway::backend::embedded::EmbeddedFactory;
+use gateway::cli::{Cli, Cmd};
+use gateway::config::{Config, DEMO_KID, DEMO_SECRET};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let (cfg, cmd) = Cli::parse().config()?;
+    match cmd {
+        Some(Cmd::Token { sub, did, ttl_s }) => {
+            println!("{}", token(&sub, did.as_deref(), ttl_s));
+            return Ok(());
+        }
+        Some(Cmd::CheckConfig) => {
+            cfg.validate()?;
+            gateway::server::build_verifier(&cfg)?;
+            println!("configuration ok");
+            return Ok(());
+        }
+        None => {}
+    }
+    cfg.validate()?;
+    checks(&cfg)?;
+    if cfg.demo {
+        tracing::warn!("demo mode: tokens signed with the public demo key are accepted; never use --demo in production");
+        tracing::info!("mint a demo token with: gateway token --sub alice");
+    }
+    let mut handle = gateway::start(cfg, Arc::new(EmbeddedFactory), true)?;
+    tracing::info!(listen = %handle.local_addr, admin = ?handle.admin_addr, "gateway running (embedded demo backend)");
+    handle.join();
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn token(sub: &str, did: Option<&str>, ttl_s: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + ttl_s});
+    if let Some(d) = did {
+        claims["did"] = d.into();
+    }
+    match std::env::var("GATEWAY_TOKEN_SECRET") {
+        Ok(s) => gateway::auth::sign_hs256(s.as_bytes(), None, &claims),
+        Err(_) => gateway::auth::sign_hs256(DEMO_SECRET.as_bytes(), Some(DEMO_KID), &claims),
+    }
+}
+
+/// Startup checks that say what to do when they fail.
+fn checks(cfg: &Config) -> anyhow::Result<()> {
+    if let Err(e) = glommio::LocalExecutorBuilder::default()
+        .io_memory(cfg.io_memory_bytes as usize)
+        .make()
+    {
+        anyhow::bail!(
+            "io_uring is not usable here ({e}). Needs Linux >= 5.8 with io_uring enabled \
+             (sysctl kernel.io_uring_disabled=0; containers: allow io_uring_* syscalls in seccomp) \
+             and locked memory of at least io_memory_bytes ({}) per core: raise LimitMEMLOCK / ulimit -l",
+            cfg.io_memory_bytes
+        );
+    }
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0 && r.rlim_cur < 4 << 20 {
+        tracing::warn!(memlock_bytes = r.rlim_cur, "RLIMIT_MEMLOCK is low; io_uring may fail without CAP_IPC_LOCK: set LimitMEMLOCK=infinity (systemd) or ulimit -l");
+    }
+    let nofile = gateway::listener::nofile_limit();
+    if nofile < 65_536 {
+        tracing::warn!(rlimit_nofile = nofile, "the open-file limit caps connections at about this number: raise LimitNOFILE (systemd) or ulimit -n; see tuning/");
+    }
+    Ok(())
+}

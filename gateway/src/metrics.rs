@@ -1,0 +1,187 @@
+//! Per-core metrics: plain `Cell` counters owned by one core (no atomics on
+//! the hot path). The control plane asks each core for a [`Snapshot`] over
+//! its inbox and sums them when /metrics or /stats is scraped.
+
+use std::cell::Cell;
+
+use gw_proto::CloseReason;
+use serde::Serialize;
+
+/// Number of `CloseReason` values (index = enum value).
+pub const CLOSE_REASONS: usize = 15;
+
+macro_rules! counters {
+    ($($name:ident : $help:literal),* $(,)?) => {
+        /// Counters of one core.
+        #[derive(Default)]
+        pub struct CoreMetrics {
+            $(pub $name: Cell<u64>,)*
+            pub closes: [Cell<u64>; CLOSE_REASONS],
+        }
+
+        /// A copy of one core's counters (or their sum), sendable across threads.
+        #[derive(Debug, Default, Clone, Serialize, PartialEq)]
+        pub struct Counters {
+            $(pub $name: u64,)*
+        }
+
+        impl CoreMetrics {
+            fn counters(&self) -> Counters {
+                Counters { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl Counters {
+            fn add(&mut self, o: &Counters) {
+                $(self.$name += o.$name;)*
+            }
+            fn each(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $help, self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    accepts: "Connections accepted",
+    accept_errors: "accept() failures (EMFILE, ENFILE, ...)",
+    conn_limit_refusals: "Connections refused at conns_per_core_max",
+    auth_ok: "Successful authentications",
+    auth_failures: "Failed authentications",
+    frames_in: "Frames received",
+    frames_out: "Frames queued for sending",
+    bytes_in: "Bytes received",
+    bytes_out: "Bytes written to sockets",
+    heartbeats: "Ping frames answered",
+    upstreams: "Upstream frames forwarded to the backend",
+    upstream_busy: "Upstream frames refused with BUSY",
+    upstream_timeouts: "Upstream frames answered with TIMEOUT",
+    pushes: "Pushes queued to connections",
+    pushes_acked: "Ack-required pushes acknowledged",
+    retransmits: "Pushes resent after ack_timeout_ms",
+    undelivered: "Ack-required pushes reported undelivered",
+    slow_consumers: "Connections closed as slow consumers",
+}
+
+impl CoreMetrics {
+    pub fn inc(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+    pub fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+    pub fn closed(&self, reason: CloseReason) {
+        if let Some(c) = self.closes.get(reason as usize) {
+            Self::inc(c);
+        }
+    }
+
+    /// Snapshot of this core with its live gauges.
+    pub fn snapshot(&self, core: usize, connections: u64, sessions: u64, rooms: u64) -> Snapshot {
+        let mut closes = [0u64; CLOSE_REASONS];
+        for (d, s) in closes.iter_mut().zip(self.closes.iter()) {
+            *d = s.get();
+        }
+        Snapshot {
+            core,
+            connections,
+            sessions,
+            rooms,
+            counters: self.counters(),
+            closes: closes.to_vec(),
+        }
+    }
+}
+
+/// One core's state at scrape time.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Snapshot {
+    pub core: usize,
+    /// Open connections (authenticated or not).
+    pub connections: u64,
+    /// Authenticated sessions.
+    pub sessions: u64,
+    /// Rooms with at least one local member.
+    pub rooms: u64,
+    pub counters: Counters,
+    /// Closes indexed by `CloseReason` value.
+    pub closes: Vec<u64>,
+}
+
+/// Label for a close reason, as used in metrics and logs.
+pub fn close_label(i: usize) -> &'static str {
+    CloseReason::try_from(i as i32)
+        .map(|r| r.as_str_name())
+        .unwrap_or("CLOSE_REASON_UNKNOWN")
+        .trim_start_matches("CLOSE_REASON_")
+}
+
+/// Renders Prometheus text format for all cores.
+pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(4096);
+    let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&Snapshot) -> u64| {
+        let _ = writeln!(
+            out,
+            "# HELP gateway_{name} {help}\n# TYPE gateway_{name} gauge"
+        );
+        for s in cores {
+            let _ = writeln!(out, "gateway_{name}{{core=\"{}\"}} {}", s.core, f(s));
+        }
+    };
+    gauge(&mut out, "connections", "Open connections", &|s| {
+        s.connections
+    });
+    gauge(&mut out, "sessions", "Authenticated sessions", &|s| {
+        s.sessions
+    });
+    gauge(&mut out, "rooms", "Rooms with local members", &|s| s.rooms);
+    let _ = writeln!(
+        out,
+        "# HELP gateway_draining 1 while draining\n# TYPE gateway_draining gauge\ngateway_draining {}",
+        draining as u8
+    );
+    if let Some(first) = cores.first() {
+        for (i, (name, help, _)) in first.counters.each().into_iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "# HELP gateway_{name}_total {help}\n# TYPE gateway_{name}_total counter"
+            );
+            for s in cores {
+                let v = s.counters.each()[i].2;
+                let _ = writeln!(out, "gateway_{name}_total{{core=\"{}\"}} {v}", s.core);
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP gateway_closes_total Connections closed, by reason\n# TYPE gateway_closes_total counter");
+    for i in 1..CLOSE_REASONS {
+        let total: u64 = cores
+            .iter()
+            .map(|s| s.closes.get(i).copied().unwrap_or(0))
+            .sum();
+        let _ = writeln!(
+            out,
+            "gateway_closes_total{{reason=\"{}\"}} {total}",
+            close_label(i)
+        );
+    }
+    out
+}
+
+/// Sums snapshots (for /stats).
+pub fn total(cores: &[Snapshot]) -> Snapshot {
+    let mut t = Snapshot {
+        closes: vec![0; CLOSE_REASONS],
+        ..Snapshot::default()
+    };
+    for s in cores {
+        t.connections += s.connections;
+        t.sessions += s.sessions;
+        t.rooms += s.rooms;
+        t.counters.add(&s.counters);
+        for (d, v) in t.closes.iter_mut().zip(&s.closes) {
+            *d += v;
+        }
+    }
+    t
+}

@@ -1,0 +1,135 @@
+//! Starting and stopping a gateway: binds the per-core listeners, builds the
+//! token verifier, spawns one pinned glommio executor per core and the
+//! control-plane thread. Used by the binary and, on port 0, by the tests.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::auth::{read_keys, Alg, KeyMaterial, Verifier, VerifyKey};
+use crate::backend::BackendFactory;
+use crate::config::{Config, DEMO_KID, DEMO_SECRET};
+use crate::control::ControlPlane;
+use crate::core::{Core, CoreMsg};
+use crate::listener;
+use crate::metrics::Snapshot;
+
+/// A running gateway.
+pub struct GatewayHandle {
+    /// Address clients connect to.
+    pub local_addr: std::net::SocketAddr,
+    /// Address of the admin HTTP server, when enabled.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// Connection cap of each core.
+    pub conns_per_core_max: u32,
+    mesh: Vec<flume::Sender<CoreMsg>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    control: Option<ControlPlane>,
+}
+
+/// Builds the verifier from the config (and the demo key in demo mode).
+pub fn build_verifier(cfg: &Config) -> anyhow::Result<Verifier> {
+    let mut keys = read_keys(&cfg.auth.keys).context("loading [[auth.keys]]")?;
+    if cfg.demo {
+        keys.push(VerifyKey {
+            kid: Some(DEMO_KID.into()),
+            alg: Alg::HS256,
+            material: KeyMaterial::Secret(DEMO_SECRET.as_bytes().to_vec()),
+        });
+    }
+    Verifier::new(keys, cfg.verify_options()).context("building the token verifier")
+}
+
+/// Starts a gateway. `signals`: the control plane handles SIGTERM (drain)
+/// and SIGINT (fast stop); tests pass false and call [`GatewayHandle::shutdown`].
+pub fn start(
+    cfg: Config,
+    backend: Arc<dyn BackendFactory>,
+    signals: bool,
+) -> anyhow::Result<GatewayHandle> {
+    cfg.validate()?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cores = if cfg.cores == 0 { cpus } else { cfg.cores };
+    if cores > 255 {
+        anyhow::bail!("cores = {cores}: at most 255 cores are supported");
+    }
+    let verifier = Arc::new(build_verifier(&cfg)?);
+    let (sockets, local_addr) = listener::bind_all(&cfg, cores)?;
+    let (conns_max, nofile) = listener::conns_per_core(&cfg, cores);
+    tracing::info!(
+        %local_addr, cores, conns_per_core_max = conns_max, rlimit_nofile = nofile,
+        fd_reserve = cfg.fd_reserve, "connection cap per core (config and RLIMIT_NOFILE)"
+    );
+    let cfg = Arc::new(cfg);
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..cores)
+        .map(|_| flume::bounded(cfg.core_inbox_max as usize))
+        .unzip();
+    let mut executors = Vec::with_capacity(cores);
+    for (i, (sock, rx)) in sockets.into_iter().zip(rxs).enumerate() {
+        let (cfg, verifier, backend, mesh) =
+            (cfg.clone(), verifier.clone(), backend.clone(), txs.clone());
+        let fd = sock.into_raw_fd();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+            .name(&format!("gw-core-{i}"))
+            .io_memory(cfg.io_memory_bytes as usize)
+            .spawn(move || async move {
+                let backend = backend.for_core(i);
+                let core = Rc::new(Core::new(i, cfg, verifier, backend, mesh, conns_max));
+                // SAFETY: fd is a bound, listening socket whose ownership moves here.
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                core.listener_fd.set(fd);
+                glommio::spawn_local(listener::accept_loop(core.clone(), listener)).detach();
+                glommio::spawn_local(core.clone().run_ticks()).detach();
+                core.run_inbox(rx).await;
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor of core {i}: {e} (io_uring and locked memory: see OPERATIONS.md)"))?;
+        executors.push(h);
+    }
+    let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
+    Ok(GatewayHandle {
+        local_addr,
+        admin_addr: control.admin_addr,
+        conns_per_core_max: conns_max,
+        mesh: txs,
+        executors,
+        control: Some(control),
+    })
+}
+
+impl GatewayHandle {
+    /// Graceful (drain, as SIGTERM) or fast (as SIGINT) stop; returns when
+    /// every core has exited.
+    pub fn shutdown(mut self, graceful: bool) {
+        for tx in &self.mesh {
+            let _ = tx.send(if graceful {
+                CoreMsg::Drain
+            } else {
+                CoreMsg::Stop
+            });
+        }
+        self.join();
+    }
+
+    /// Waits until every core has exited (after a signal or shutdown).
+    pub fn join(&mut self) {
+        for h in self.executors.drain(..) {
+            if let Err(e) = h.join() {
+                tracing::error!(error = %e, "a core ended with an error");
+            }
+        }
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+    }
+
+    /// Metrics of every core (blocking; for tests and tools).
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        crate::control::collect_blocking(&self.mesh, Duration::from_secs(5))
+    }
+}

@@ -1,0 +1,21 @@
+//! The gateway's client wire protocol.
+//!
+//! - [`pb`]: the protobuf messages generated from `proto/gateway.proto`.
+//! - [`codec`]: the length-prefixed framing, with no I/O: `check` / `decode`
+//!   on byte slices and `encode` into `Bytes`, `frame_bytes_max` enforced
+//!   before any allocation.
+
+pub mod codec;
+
+/// Generated protobuf types (package `gateway.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/gateway.v1.rs"));
+}
+
+pub use codec::{decode, encode, encode_into, peek_len, DecodeError, Decoded, LEN_PREFIX_BYTES};
+pub use pb::frame::Body;
+pub use pb::{CloseReason, ErrorCode, Frame};
+
+/// Protocol version described by PROTOCOL.md.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -92,7 +92,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let (idx, id) = core.add_conn();
+                let (idx, id) = core.add_conn(stream.as_raw_fd());
                 glommio::spawn_local(Driver::new(core.clone(), stream, idx, id)).detach();
             }
             Err(e) => {

@@ -106,6 +106,9 @@ impl GatewayHandle {
     /// Graceful (drain, as SIGTERM) or fast (as SIGINT) stop; returns when
     /// every core has exited.
     pub fn shutdown(mut self, graceful: bool) {
+        if let Some(c) = &self.control {
+            c.set_draining();
+        }
         for tx in &self.mesh {
             let _ = tx.send(if graceful {
                 CoreMsg::Drain

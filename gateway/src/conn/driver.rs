@@ -161,6 +161,14 @@ impl Driver {
     }
 }
 
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.core
+            .drivers
+            .set(self.core.drivers.get().saturating_sub(1));
+    }
+}
+
 impl Future for Driver {
     type Output = ();
 
@@ -168,12 +176,13 @@ impl Future for Driver {
         let this = self.get_mut();
         for _ in 0..READS_PER_POLL {
             let Some(closing) = this.core.with_conn(this.idx, this.id, |c| c.close) else {
-                return Poll::Ready(()); // torn down by the core (stop)
+                let _ = shutdown(&this.stream); // torn down by the core (stop)
+                return Poll::Ready(());
             };
             let wrote = this.flush(cx);
             if closing.is_some() {
                 // One best-effort flush (a GoAway or error frame), then go.
-                let _ = shutdown_write(&this.stream);
+                let _ = shutdown(&this.stream);
                 this.core.teardown(this.idx, this.id);
                 return Poll::Ready(());
             }
@@ -278,9 +287,11 @@ fn advance(c: &mut Conn, n: usize) {
     }
 }
 
-fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+/// Ends the TCP connection now. Closing the fd alone is not enough: an
+/// in-flight io_uring poll holds a reference to the socket until it completes.
+fn shutdown(stream: &TcpStream) -> io::Result<()> {
     // SAFETY: plain shutdown(2) on an open fd owned by `stream`.
-    let r = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    let r = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -18,6 +18,7 @@ use crate::metrics::Snapshot;
 
 pub struct ControlPlane {
     pub admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -54,6 +55,7 @@ impl ControlPlane {
             node_id: cfg.node_id.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let shared_rt = shared.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -61,6 +63,7 @@ impl ControlPlane {
             .name("gw-control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let shared = shared_rt;
                     if let Some(l) = admin {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
@@ -77,9 +80,15 @@ impl ControlPlane {
             })?;
         Ok(ControlPlane {
             admin_addr,
+            shared,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Marks the node as draining (/healthz answers 503 from now on).
+    pub fn set_draining(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
     }
 
     pub fn stop(mut self) {

@@ -14,6 +14,8 @@ use crate::backend::{SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long a stopping core waits for its connection drivers to finish.
+const DRIVERS_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Removes a connection and reports it. Idempotent.
@@ -63,6 +65,10 @@ impl Core {
                 .iter_mut()
                 .map(|(i, c)| {
                     c.close.get_or_insert(reason);
+                    // End the TCP connection now rather than when the driver
+                    // next runs (it may not, once the executor stops).
+                    // SAFETY: shutdown(2) on the connection's open socket.
+                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
                     c.wake();
                     (i as u32, c.id)
                 })
@@ -120,6 +126,15 @@ impl Core {
         self.close_all(CloseReason::Drain);
     }
 
+    /// Lets woken drivers run to their end so each closes its socket,
+    /// waiting at most `DRIVERS_EXIT_WAIT`.
+    async fn await_drivers(&self) {
+        let deadline = Instant::now() + DRIVERS_EXIT_WAIT;
+        while self.drivers.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Serves the inbox until Stop, or until a drain completes.
     pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
         let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
@@ -152,6 +167,7 @@ impl Core {
                 CoreMsg::Stop => {
                     self.stop_accepting();
                     self.close_all(CloseReason::Shutdown);
+                    self.await_drivers().await;
                     return;
                 }
             }

@@ -68,6 +68,8 @@ pub enum CoreMsg {
 /// only the socket and this entry's index.
 pub struct Conn {
     pub id: u64,
+    /// The socket, owned by the driver; the core only shuts it down on stop.
+    pub fd: i32,
     /// Set once authenticated.
     pub user: Option<Rc<str>>,
     pub device: Option<Rc<str>>,
@@ -167,6 +169,8 @@ pub struct Core {
     /// Connection cap of this core (config and RLIMIT_NOFILE).
     pub conns_max: u32,
     pub draining: Cell<bool>,
+    /// Live connection driver tasks (each owns a socket).
+    pub drivers: Cell<u32>,
     /// Listener fd, shut down to stop accepting on drain.
     pub listener_fd: Cell<i32>,
     start: Instant,
@@ -203,6 +207,7 @@ impl Core {
             mesh,
             conns_max,
             draining: Cell::new(false),
+            drivers: Cell::new(0),
             listener_fd: Cell::new(-1),
             start: Instant::now(),
         }
@@ -223,7 +228,7 @@ impl Core {
     }
 
     /// Registers a new connection; returns (slab index, connection id).
-    pub fn add_conn(&self) -> (u32, u64) {
+    pub fn add_conn(&self, fd: i32) -> (u32, u64) {
         let now = self.now();
         let mut st = self.state.borrow_mut();
         st.next_gen = st.next_gen % 0xff_fffe + 1;
@@ -233,6 +238,7 @@ impl Core {
         let id = conn_id(self.index, gen, idx);
         entry.insert(Conn {
             id,
+            fd,
             user: None,
             device: None,
             created: now,

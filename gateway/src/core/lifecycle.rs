@@ -22,7 +22,7 @@ impl Core {
     pub fn teardown(&self, idx: u32, id: u64) {
         let conn = {
             let mut st = self.state.borrow_mut();
-            if !st.conns.get(idx as usize).is_some_and(|c| c.id == id) {
+            if st.conns.get(idx as usize).is_none_or(|c| c.id != id) {
                 return;
             }
             let c = st.conns.remove(idx as usize);

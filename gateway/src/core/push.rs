@@ -53,6 +53,9 @@ impl Out {
     pub fn len(&self) -> usize {
         self.head.len as usize + self.body.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn varint(mut v: u64, out: &mut [u8; HEAD_BYTES_MAX], at: &mut usize) {
@@ -70,7 +73,7 @@ fn varint(mut v: u64, out: &mut [u8; HEAD_BYTES_MAX], at: &mut usize) {
 }
 
 fn varint_len(v: u64) -> usize {
-    (((64 - (v | 1).leading_zeros()) + 6) / 7) as usize
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 /// Encodes the shared part of a push: route, payload, ack_required, priority.

@@ -259,3 +259,29 @@ fn slow_consumer_is_closed_and_its_pushes_reported() {
     drop(slow);
     gw.shutdown(false);
 }
+
+#[test]
+fn kick_reaches_every_connection_of_a_user_on_every_core() {
+    let (gw, rec) = start(test_config());
+    let mut v0 = login_on_core(gw.local_addr, "victim", 0);
+    let mut v1 = login_on_core(gw.local_addr, "victim", 1);
+    let (mut other, _) = Client::login(gw.local_addr, "other");
+    let (mut admin, _) = Client::login(gw.local_addr, "admin");
+    assert_eq!(admin.call(1, "test.kick", "victim").status, 0);
+    for c in [&mut v0, &mut v1] {
+        let (closed, frames) = c.read_to_close();
+        assert!(closed);
+        match frames.as_slice() {
+            [Body::GoAway(g)] => {
+                assert_eq!(g.reason, CloseReason::Kicked as i32);
+                assert_eq!(g.message, "kicked by test");
+            }
+            other => panic!("expected one GoAway, got {other:?}"),
+        }
+    }
+    rec.wait_for("two kicked offline events", |e| {
+        e.iter().filter(|e| matches!(e, Ev::Offline { user, reason: CloseReason::Kicked } if user == "victim")).count() == 2
+    });
+    assert_eq!(other.call(2, "echo", "x").status, 0);
+    gw.shutdown(false);
+}

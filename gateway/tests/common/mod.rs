@@ -65,7 +65,17 @@ struct RecordingBackend {
 }
 
 impl Backend for RecordingBackend {
+    /// The embedded routes, plus `test.kick` {"user": "..."}: kicks a user.
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply> {
+        if req.route == "test.kick" {
+            let user = String::from_utf8_lossy(&req.payload).into_owned();
+            let mut r = BackendReply::ok(bytes::Bytes::new());
+            r.ops.push(gateway::backend::SessionOp::KickUser {
+                user,
+                message: "kicked by test".into(),
+            });
+            return Box::pin(std::future::ready(r));
+        }
         self.inner.upstream(req)
     }
     fn event(&self, ev: SessionEvent) {

@@ -253,8 +253,14 @@ impl Config {
                 self.tick_ms
             ));
         }
-        if self.tick_ms > 1000 {
-            return bad("tick_ms must be at most 1000".into());
+        if !(10..=1000).contains(&self.tick_ms) {
+            return bad(
+                "tick_ms must be within 10..=1000 (ticks are 32-bit: at 10 ms they last 497 days)"
+                    .into(),
+            );
+        }
+        if self.accept_backoff_max_ms < 10 {
+            return bad("accept_backoff_max_ms must be at least 10 (the first pause)".into());
         }
         if self.ack_retries_max > 100 {
             return bad("ack_retries_max must be at most 100".into());

@@ -104,8 +104,10 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
                     last_log = Some(Instant::now());
                     unlogged = 0;
                 }
-                backoff_ms =
-                    (backoff_ms.saturating_mul(2)).clamp(10, core.cfg.accept_backoff_max_ms);
+                backoff_ms = backoff_ms
+                    .saturating_mul(2)
+                    .max(10)
+                    .min(core.cfg.accept_backoff_max_ms);
                 glommio::timer::sleep(Duration::from_millis(backoff_ms as u64)).await;
             }
         }

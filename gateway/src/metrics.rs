@@ -57,6 +57,7 @@ counters! {
     upstream_busy: "Upstream frames refused with BUSY",
     upstream_timeouts: "Upstream frames answered with TIMEOUT",
     pushes: "Pushes queued to connections",
+    pushes_too_large: "Pushes refused for exceeding frame_bytes_max",
     pushes_acked: "Ack-required pushes acknowledged",
     retransmits: "Pushes resent after ack_timeout_ms",
     undelivered: "Ack-required pushes reported undelivered",

@@ -62,6 +62,19 @@ pub fn start(
     let verifier = Arc::new(build_verifier(&cfg)?);
     let (sockets, local_addr) = listener::bind_all(&cfg, cores)?;
     let (conns_max, nofile) = listener::conns_per_core(&cfg, cores);
+    if conns_max == 0 {
+        anyhow::bail!(
+            "no connections fit: RLIMIT_NOFILE is {nofile} and fd_reserve is {}; raise the open-file limit or lower fd_reserve",
+            cfg.fd_reserve
+        );
+    }
+    if cores > cpus {
+        tracing::warn!(
+            cores,
+            cpus,
+            "more cores than CPUs: executors share CPUs (pinned round-robin)"
+        );
+    }
     tracing::info!(
         %local_addr, cores, conns_per_core_max = conns_max, rlimit_nofile = nofile,
         fd_reserve = cfg.fd_reserve, "connection cap per core (config and RLIMIT_NOFILE)"

@@ -285,3 +285,47 @@ fn kick_reaches_every_connection_of_a_user_on_every_core() {
     assert_eq!(other.call(2, "echo", "x").status, 0);
     gw.shutdown(false);
 }
+
+#[test]
+fn push_larger_than_frame_bytes_max_is_refused_and_reported() {
+    let cfg = gateway::Config {
+        frame_bytes_max: 1024,
+        outbound_bytes_max: 64 * 1024,
+        ..test_config()
+    };
+    let (gw, rec) = start(cfg);
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    // The request fits; the push (which adds "from" and "device") does not.
+    let text = "y".repeat(960);
+    assert_eq!(
+        alice
+            .call(
+                1,
+                "chat.send",
+                &format!(r#"{{"to":"bob","text":"{text}"}}"#)
+            )
+            .status,
+        0
+    );
+    rec.wait_for("undelivered too large", |e| {
+        e.iter().any(|e| matches!(e, Ev::Undelivered { routes, .. } if routes == &vec!["chat.msg".to_string()]))
+    });
+    assert!(
+        bob.recv_within(Duration::from_millis(300)).is_err(),
+        "nothing oversized reaches bob"
+    );
+    let refused: u64 = gw
+        .snapshots()
+        .iter()
+        .map(|s| s.counters.pushes_too_large)
+        .sum();
+    assert_eq!(refused, 1);
+    assert_eq!(
+        bob.call(2, "chat.send", r#"{"to":"alice","text":"small"}"#)
+            .status,
+        0
+    );
+    assert_eq!(next_push(&mut alice).route, "chat.msg");
+    gw.shutdown(false);
+}

@@ -120,6 +120,8 @@ pub enum UndeliveredReason {
     ConnectionClosed(CloseReason),
     /// The connection was gone (or never existed) when the push arrived.
     NoConnection,
+    /// The push would not fit in `frame_bytes_max`.
+    TooLarge,
 }
 
 /// Session events the core reports.

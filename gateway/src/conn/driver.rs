@@ -36,6 +36,7 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(core: Rc<Core>, stream: TcpStream, idx: u32, id: u64) -> Driver {
+        core.drivers.set(core.drivers.get() + 1);
         Driver {
             core,
             stream,
@@ -74,18 +75,24 @@ impl Driver {
                 continue;
             }
             // Socket full: ask glommio for write readiness. Its poll_write may
-            // also find room and send the first bytes itself.
-            let first = self
-                .core
-                .with_conn(self.idx, self.id, |c| first_slice(c))
-                .flatten();
-            let Some((buf, _)) = first else {
+            // also find room and send the first unwritten bytes itself.
+            let Driver {
+                core,
+                stream,
+                idx,
+                id,
+            } = self;
+            let mut st = core.state.borrow_mut();
+            let Some(c) = st.conns.get_mut(*idx as usize).filter(|c| c.id == *id) else {
                 return Ok(true);
             };
-            match Pin::new(&mut self.stream).poll_write(cx, &buf) {
+            let Some(buf) = first_unwritten(c) else {
+                return Ok(true);
+            };
+            match Pin::new(stream).poll_write(cx, buf) {
                 Poll::Ready(Ok(n)) => {
-                    self.core.with_conn(self.idx, self.id, |c| advance(c, n));
-                    CoreMetrics::add(&self.core.metrics.bytes_out, n as u64);
+                    advance(c, n);
+                    CoreMetrics::add(&core.metrics.bytes_out, n as u64);
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(false),
@@ -98,10 +105,9 @@ impl Driver {
         let core = &self.core;
         CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
         let now = core.now();
-        let Some(mut partial) = core.with_conn(self.idx, self.id, |c| {
-            c.last_in = now;
-            std::mem::take(&mut c.partial)
-        }) else {
+        let Some(mut partial) =
+            core.with_conn(self.idx, self.id, |c| std::mem::take(&mut c.partial))
+        else {
             return;
         };
         let buf: &[u8] = if partial.is_empty() {
@@ -118,6 +124,8 @@ impl Driver {
                 Ok(Decoded::Frame(frame, used)) => {
                     pos += used;
                     CoreMetrics::inc(&core.metrics.frames_in);
+                    // A whole frame is a sign of life; stray bytes are not.
+                    core.with_conn(self.idx, self.id, |c| c.last_in = now);
                     super::frames::on_frame(core, self.idx, self.id, frame);
                     closing = core
                         .with_conn(self.idx, self.id, |c| c.close.is_some())
@@ -154,7 +162,6 @@ impl Driver {
             rest.to_vec()
         } else {
             partial.drain(..pos);
-            partial.shrink_to(partial.len().max(64));
             partial
         };
         core.with_conn(self.idx, self.id, |c| c.partial = keep);
@@ -225,14 +232,16 @@ impl Future for Driver {
     }
 }
 
-/// The unwritten bytes of the front item, as one owned slice.
-fn first_slice(c: &Conn) -> Option<(Vec<u8>, usize)> {
+/// The first unwritten bytes of the front item (its head or its body).
+fn first_unwritten(c: &Conn) -> Option<&[u8]> {
     let front = c.out.front()?;
-    let mut v = Vec::with_capacity(front.len());
-    v.extend_from_slice(front.head.as_slice());
-    v.extend_from_slice(&front.body);
-    let off = (c.out_off as usize).min(v.len());
-    Some((v.split_off(off), off))
+    let off = c.out_off as usize;
+    let head = front.head.as_slice();
+    if off < head.len() {
+        Some(&head[off..])
+    } else {
+        front.body.get(off - head.len()..)
+    }
 }
 
 /// One non-blocking vectored send of the queued items.

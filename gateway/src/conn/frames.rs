@@ -164,9 +164,11 @@ fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
         if p.heartbeat_interval_ms != 0 {
             c.heartbeat_ms = core.cfg.clamp_heartbeat(p.heartbeat_interval_ms);
         }
-        c.heartbeat_ms
+        (c.heartbeat_ms, c.last_in)
     });
-    if let Some(hb) = hb {
+    if let Some((hb, last_in)) = hb {
+        // A shorter interval brings the idle deadline forward.
+        core.schedule(idx, id, last_in + core.ticks(core.cfg.idle_timeout_ms(hb)));
         core.send_frame(
             idx,
             id,
@@ -237,7 +239,11 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
     glommio::spawn_local(async move { run_upstream(core, idx, id, corr, req).await }).detach();
 }
 
+/// Envelope bytes around a reply payload (prefix, tags, ids), at most.
+const REPLY_OVERHEAD_BYTES: usize = 64;
+
 async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: UpstreamRequest) {
+    let route = req.route.clone();
     let fut = core.backend.upstream(req);
     let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
     let reply = futures_lite::future::or(async { Some(fut.await) }, async {
@@ -245,14 +251,7 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
         None
     })
     .await;
-    {
-        let mut st = core.state.borrow_mut();
-        st.upstream_inflight = st.upstream_inflight.saturating_sub(1);
-        if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
-            c.inflight = c.inflight.saturating_sub(1);
-        }
-    }
-    let reply = reply.unwrap_or_else(|| {
+    let mut reply = reply.unwrap_or_else(|| {
         CoreMetrics::inc(&core.metrics.upstream_timeouts);
         let mut r = BackendReply::error(
             ErrorCode::Timeout,
@@ -261,6 +260,25 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
         r.retry_after_ms = core.cfg.busy_retry_after_ms;
         r
     });
+    if reply.payload.len()
+        > (core.cfg.frame_bytes_max as usize).saturating_sub(REPLY_OVERHEAD_BYTES)
+    {
+        tracing::warn!(%route, bytes = reply.payload.len(), "backend reply larger than frame_bytes_max: the client gets INTERNAL");
+        reply.status = ErrorCode::Internal as u32;
+        reply.payload = bytes::Bytes::from_static(b"reply larger than frame_bytes_max");
+    }
+    // Session operations first, so that once the client has its reply the
+    // operations on its own connection (room.join, ...) have taken effect;
+    // then the reply; then the pushes. The in-flight slot is held until all
+    // of it is queued, so a client cannot outrun full inboxes.
+    let pushes = std::mem::take(&mut reply.pushes);
+    core.execute(Vec::new(), std::mem::take(&mut reply.ops))
+        .await;
     core.send_frame(idx, id, reply_body(corr, &reply));
-    core.execute(reply.pushes, reply.ops).await;
+    core.execute(pushes, Vec::new()).await;
+    let mut st = core.state.borrow_mut();
+    st.upstream_inflight = st.upstream_inflight.saturating_sub(1);
+    if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
+        c.inflight = c.inflight.saturating_sub(1);
+    }
 }

@@ -134,7 +134,8 @@ pub async fn collect(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<
     let mut out = Vec::with_capacity(mesh.len());
     for tx in mesh {
         let (stx, srx) = flume::bounded(1);
-        if tx.send_async(CoreMsg::Snapshot(stx)).await.is_err() {
+        // A core whose inbox is full counts as not answering.
+        if tx.try_send(CoreMsg::Snapshot(stx)).is_err() {
             continue;
         }
         if let Ok(Ok(s)) = tokio::time::timeout(timeout, srx.recv_async()).await {

@@ -29,6 +29,20 @@ impl Core {
     pub async fn execute(&self, pushes: Vec<PushOrder>, ops: Vec<SessionOp>) {
         for p in pushes {
             let body = push::encode_body(&p.route, &p.payload, p.ack_required, p.priority);
+            if body.len() + push::HEAD_BYTES_MAX > self.cfg.frame_bytes_max as usize {
+                // A frame the client is told it will never receive: refuse it
+                // here, loudly, and hand ack-required ones back.
+                CoreMetrics::inc(&self.metrics.pushes_too_large);
+                tracing::warn!(route = %p.route, bytes = body.len(), "push larger than frame_bytes_max refused");
+                if p.ack_required {
+                    self.report_lost(vec![lost_push(
+                        &p.target,
+                        &body,
+                        UndeliveredReason::TooLarge,
+                    )]);
+                }
+                continue;
+            }
             self.route_push(p.target, body, p.ack_required).await;
         }
         for op in ops {

@@ -315,14 +315,20 @@ impl Core {
 
     /// Marks a connection for closing; its driver tears it down. A final
     /// frame (GoAway, AuthError, Error) may be queued first with `last`.
+    /// The final frame is queued past `outbound_bytes_max` (it is small and
+    /// the connection ends anyway), so the close keeps its own reason.
     pub fn close(&self, idx: u32, id: u64, reason: CloseReason, last: Option<Body>) {
-        if let Some(body) = last {
-            self.send_frame(idx, id, body);
-        }
+        let last = last.map(|body| gw_proto::encode(&Frame { body: Some(body) }));
         self.with_conn(idx, id, |c| {
-            if c.close.is_none() {
-                c.close = Some(reason);
+            if c.close.is_some() {
+                return;
             }
+            if let Some(bytes) = last {
+                c.out_bytes += bytes.len() as u32;
+                c.out.push_back(Out::frame(bytes));
+                CoreMetrics::inc(&self.metrics.frames_out);
+            }
+            c.close = Some(reason);
             c.wake();
         });
     }

@@ -17,7 +17,7 @@ use prost::Message;
 use super::wheel::Tick;
 
 /// Bytes of the per-recipient head, at most.
-const HEAD_BYTES_MAX: usize = 24;
+pub const HEAD_BYTES_MAX: usize = 24;
 
 /// The per-recipient bytes in front of a shared body.
 #[derive(Clone, Copy)]

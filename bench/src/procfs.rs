@@ -1,0 +1,77 @@
+//! Memory figures from `/proc`: resident set of processes (`VmRSS`) and the
+//! kernel's slab (`Slab`, `SUnreclaim` of `/proc/meminfo`).
+
+use std::fs;
+
+/// Value of a `Key:   123 kB` line, in bytes.
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// `VmRSS` of a process in bytes; `None` when it is gone or unreadable.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kb_field(&text, "VmRSS")
+}
+
+/// `VmRSS` of this process in bytes.
+pub fn self_rss_bytes() -> Option<u64> {
+    let text = fs::read_to_string("/proc/self/status").ok()?;
+    kb_field(&text, "VmRSS")
+}
+
+/// Kernel slab memory, bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Slab {
+    /// `Slab:` (reclaimable and not).
+    pub slab_bytes: u64,
+    /// `SUnreclaim:` (socket and TCP structures live here).
+    pub sunreclaim_bytes: u64,
+}
+
+/// Reads `/proc/meminfo`; zeros when unreadable.
+pub fn slab() -> Slab {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Slab {
+        slab_bytes: kb_field(&text, "Slab").unwrap_or(0),
+        sunreclaim_bytes: kb_field(&text, "SUnreclaim").unwrap_or(0),
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn self_fd_count() -> usize {
+    fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Soft RLIMIT_NOFILE of this process.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kb_fields() {
+        let t = "Name:\tx\nVmRSS:\t    1234 kB\nSlab:  10 kB\n";
+        assert_eq!(kb_field(t, "VmRSS"), Some(1234 * 1024));
+        assert_eq!(kb_field(t, "Slab"), Some(10 * 1024));
+        assert_eq!(kb_field(t, "VmHWM"), None);
+        assert!(self_rss_bytes().is_some_and(|b| b > 0));
+    }
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::conn::Driver;
 use crate::core::Core;
 use crate::metrics::CoreMetrics;
 
@@ -73,44 +72,93 @@ pub fn nofile_limit() -> u64 {
     r.rlim_cur
 }
 
-/// Accepts until the core drains (its listener is shut down).
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
+/// Connections accepted per round before the accept task yields.
+const ACCEPTS_PER_ROUND: usize = 64;
+
+/// Accepts until the core drains, then closes the listener. Woken by the
+/// listener's readiness (through the core's poller); accepts with
+/// `accept4` until the backlog is empty.
+pub async fn accept_loop(core: Rc<Core>, listener: Socket) {
+    let lfd = listener.as_raw_fd();
+    if let Err(e) = core.poller.add_listener(lfd) {
+        tracing::error!(core = core.index, error = %e, "cannot watch the listener; this core accepts nothing");
+        return;
+    }
     let mut backoff_ms: u32 = 0;
     let mut last_log: Option<Instant> = None;
     let mut unlogged: u64 = 0;
     loop {
-        let res = listener.accept().await;
+        core.accept_wait().await;
         if core.draining.get() {
-            return;
+            core.poller.remove(lfd);
+            return; // drops (closes) the listener
         }
-        match res {
-            Ok(stream) => {
+        for _ in 0..ACCEPTS_PER_ROUND {
+            // SAFETY: accept4 on our listening socket; the new fd is ours.
+            let fd = unsafe {
+                libc::accept4(
+                    lfd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
                 backoff_ms = 0;
-                CoreMetrics::inc(&core.metrics.accepts);
-                if core.conn_count() >= core.conns_max as usize {
-                    refuse(&core, stream.as_raw_fd());
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let (idx, id) = core.add_conn(stream.as_raw_fd());
-                glommio::spawn_local(Driver::new(core.clone(), stream, idx, id)).detach();
+                admit(&core, fd);
+                continue;
             }
-            Err(e) => {
-                let e = io::Error::from(e);
-                CoreMetrics::inc(&core.metrics.accept_errors);
-                unlogged += 1;
-                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    log_accept_error(&core, &e, unlogged);
-                    last_log = Some(Instant::now());
-                    unlogged = 0;
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => core.accept_ready.set(false),
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                _ => {
+                    CoreMetrics::inc(&core.metrics.accept_errors);
+                    unlogged += 1;
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        log_accept_error(&core, &e, unlogged);
+                        last_log = Some(Instant::now());
+                        unlogged = 0;
+                    }
+                    backoff_ms = backoff_ms
+                        .saturating_mul(2)
+                        .max(10)
+                        .min(core.cfg.accept_backoff_max_ms);
+                    // accept_ready stays set: retry after the pause.
+                    glommio::timer::sleep(Duration::from_millis(backoff_ms as u64)).await;
                 }
-                backoff_ms = backoff_ms
-                    .saturating_mul(2)
-                    .max(10)
-                    .min(core.cfg.accept_backoff_max_ms);
-                glommio::timer::sleep(Duration::from_millis(backoff_ms as u64)).await;
             }
+            break;
         }
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// Takes an accepted socket: refuse over the cap, else register it.
+fn admit(core: &Core, fd: i32) {
+    CoreMetrics::inc(&core.metrics.accepts);
+    if core.conn_count() >= core.conns_max as usize {
+        refuse(core, fd);
+        // SAFETY: closing the fd accept4 just gave us.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid int option on our socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if let Err(e) = core.add_conn(fd) {
+        CoreMetrics::inc(&core.metrics.accept_errors);
+        tracing::warn!(core = core.index, error = %e, "cannot watch a new connection; closed it");
+        // SAFETY: add_conn failed, so the fd is still only ours.
+        unsafe { libc::close(fd) };
     }
 }
 

@@ -2,7 +2,6 @@
 //! token verifier, spawns one pinned glommio executor per core and the
 //! control-plane thread. Used by the binary and, on port 0, by the tests.
 
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::auth::{read_keys, Alg, KeyMaterial, Verifier, VerifyKey};
 use crate::backend::BackendFactory;
 use crate::config::{Config, DEMO_KID, DEMO_SECRET};
+use crate::conn::{IoLoop, Poller};
 use crate::control::ControlPlane;
 use crate::core::{Core, CoreMsg};
 use crate::listener;
 use crate::metrics::Snapshot;
+
+/// How long `start` waits for every core to report that it serves.
+const CORE_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running gateway.
 pub struct GatewayHandle {
@@ -84,25 +87,45 @@ pub fn start(
         .map(|_| flume::bounded(cfg.core_inbox_max as usize))
         .unzip();
     let mut executors = Vec::with_capacity(cores);
+    // Each core reports once it serves (or why it cannot).
+    let (up_tx, up_rx) = flume::bounded::<Result<(), String>>(cores);
     for (i, (sock, rx)) in sockets.into_iter().zip(rxs).enumerate() {
+        let up = up_tx.clone();
         let (cfg, verifier, backend, mesh) =
             (cfg.clone(), verifier.clone(), backend.clone(), txs.clone());
-        let fd = sock.into_raw_fd();
         let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("gw-core-{i}"))
             .io_memory(cfg.io_memory_bytes as usize)
             .spawn(move || async move {
                 let backend = backend.for_core(i);
-                let core = Rc::new(Core::new(i, cfg, verifier, backend, mesh, conns_max));
-                // SAFETY: fd is a bound, listening socket whose ownership moves here.
-                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                core.listener_fd.set(fd);
-                glommio::spawn_local(listener::accept_loop(core.clone(), listener)).detach();
+                let (ev_tx, ev_rx) = flume::bounded(crate::conn::poller::BATCHES_QUEUED_MAX);
+                let poller = match Poller::start(i, ev_tx) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = up.send(Err(format!("core {i}: cannot create its epoll instance: {e}")));
+                        return;
+                    }
+                };
+                let core = Rc::new(Core::new(i, cfg, verifier, backend, mesh, conns_max, poller));
+                glommio::spawn_local(IoLoop::new(core.clone(), ev_rx)).detach();
+                glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
                 glommio::spawn_local(core.clone().run_ticks()).detach();
+                let _ = up.send(Ok(()));
+                drop(up);
                 core.run_inbox(rx).await;
             })
             .map_err(|e| anyhow::anyhow!("starting the executor of core {i}: {e} (io_uring and locked memory: see OPERATIONS.md)"))?;
         executors.push(h);
+    }
+    drop(up_tx);
+    for _ in 0..cores {
+        match up_rx.recv_timeout(CORE_START_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => anyhow::bail!("{why}"),
+            Err(_) => anyhow::bail!(
+                "a core did not start within {CORE_START_TIMEOUT:?}: io_uring setup failed? (see the log above and OPERATIONS.md)"
+            ),
+        }
     }
     let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
     Ok(GatewayHandle {

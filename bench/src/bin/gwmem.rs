@@ -175,14 +175,6 @@ fn print_sizes() {
         size_of::<gateway::core::Conn>()
     );
     println!(
-        "size_of gateway::conn::Driver        = {}",
-        size_of::<gateway::conn::Driver>()
-    );
-    println!(
-        "size_of glommio::net::TcpStream      = {}",
-        size_of::<glommio::net::TcpStream>()
-    );
-    println!(
         "size_of gateway::core::push::Window  = {}",
         size_of::<gateway::core::push::Window>()
     );

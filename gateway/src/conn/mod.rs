@@ -1,7 +1,10 @@
-//! One client connection: the driver future that owns the socket
-//! (`driver.rs`) and the handling of each inbound frame (`frames.rs`).
+//! Client connections: readiness (`poller.rs`), the per-core I/O loop that
+//! reads, decodes and writes for every connection (`io.rs`), and what each
+//! inbound frame does (`frames.rs`).
 
-mod driver;
 mod frames;
+mod io;
+pub mod poller;
 
-pub use driver::Driver;
+pub use io::IoLoop;
+pub use poller::Poller;

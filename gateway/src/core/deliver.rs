@@ -161,7 +161,7 @@ impl Core {
         if c.window.len() >= self.cfg.unacked_pushes_max as usize {
             CoreMetrics::inc(&self.metrics.slow_consumers);
             c.close = Some(CloseReason::SlowConsumer);
-            c.wake();
+            self.ready(c);
             return lost(
                 c,
                 UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer),

@@ -14,11 +14,9 @@ use crate::backend::{SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
-/// How long a stopping core waits for its connection drivers to finish.
-const DRIVERS_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Core {
-    /// Removes a connection and reports it. Idempotent.
+    /// Closes a connection's socket, removes it and reports it. Idempotent.
     pub fn teardown(&self, idx: u32, id: u64) {
         let conn = {
             let mut st = self.state.borrow_mut();
@@ -26,6 +24,12 @@ impl Core {
                 return;
             }
             let c = st.conns.remove(idx as usize);
+            // shutdown first: FIN now, even if something else holds the file.
+            // SAFETY: the connection's socket, closed exactly once, here.
+            unsafe {
+                libc::shutdown(c.fd, libc::SHUT_RDWR);
+                libc::close(c.fd);
+            }
             if let Some(u) = &c.user {
                 remove_member(&mut st.users, u, idx);
                 st.sessions -= 1;
@@ -65,11 +69,6 @@ impl Core {
                 .iter_mut()
                 .map(|(i, c)| {
                     c.close.get_or_insert(reason);
-                    // End the TCP connection now rather than when the driver
-                    // next runs (it may not, once the executor stops).
-                    // SAFETY: shutdown(2) on the connection's open socket.
-                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
-                    c.wake();
                     (i as u32, c.id)
                 })
                 .collect()
@@ -79,14 +78,10 @@ impl Core {
         }
     }
 
-    /// Stops accepting: shuts the listener down so its pending accept ends.
+    /// Stops accepting: the accept task sees `draining` and closes the listener.
     fn stop_accepting(&self) {
         self.draining.set(true);
-        let fd = self.listener_fd.replace(-1);
-        if fd >= 0 {
-            // SAFETY: fd is this core's listener, still open (the accept task owns it).
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
+        self.listener_ready();
     }
 
     /// Graceful drain: GoAway to every session, wait for clients to leave up
@@ -126,15 +121,6 @@ impl Core {
         self.close_all(CloseReason::Drain);
     }
 
-    /// Lets woken drivers run to their end so each closes its socket,
-    /// waiting at most `DRIVERS_EXIT_WAIT`.
-    async fn await_drivers(&self) {
-        let deadline = Instant::now() + DRIVERS_EXIT_WAIT;
-        while self.drivers.get() > 0 && Instant::now() < deadline {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
     /// Serves the inbox until Stop, or until a drain completes.
     pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
         let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
@@ -167,7 +153,6 @@ impl Core {
                 CoreMsg::Stop => {
                     self.stop_accepting();
                     self.close_all(CloseReason::Shutdown);
-                    self.await_drivers().await;
                     return;
                 }
             }

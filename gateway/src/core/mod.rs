@@ -28,6 +28,7 @@ use gw_proto::CloseReason;
 use crate::auth::Verifier;
 use crate::backend::{Backend, SessionOp, Target};
 use crate::config::Config;
+use crate::conn::Poller;
 use crate::metrics::{CoreMetrics, Snapshot};
 use push::{Out, Window};
 use wheel::{Entry, Tick, Wheel};
@@ -40,7 +41,7 @@ pub fn conn_id(core: usize, gen: u32, idx: u32) -> u64 {
 pub fn conn_id_core(id: u64) -> usize {
     (id >> 56) as usize
 }
-fn conn_id_idx(id: u64) -> u32 {
+pub fn conn_id_idx(id: u64) -> u32 {
     id as u32
 }
 
@@ -64,12 +65,19 @@ pub enum CoreMsg {
     Stop,
 }
 
-/// One client connection's state. The driver task (`conn::driver`) holds
-/// only the socket and this entry's index.
+/// One client connection's state: everything a connection costs besides
+/// its kernel socket and epoll registration. Served by the core's I/O loop
+/// (`conn::io`); there is no task per connection.
 pub struct Conn {
     pub id: u64,
-    /// The socket, owned by the driver; the core only shuts it down on stop.
+    /// The socket; closed by `teardown`.
     pub fd: i32,
+    /// On the core's ready list.
+    pub queued: bool,
+    /// A read edge was seen and the socket is not known to be drained.
+    pub readable: bool,
+    /// The last write hit EAGAIN: wait for the write edge.
+    pub write_blocked: bool,
     /// Set once authenticated.
     pub user: Option<Rc<str>>,
     pub device: Option<Rc<str>>,
@@ -87,7 +95,6 @@ pub struct Conn {
     pub rooms: Vec<Rc<str>>,
     /// Bytes of a frame not yet complete (empty, unallocated, when idle).
     pub partial: Vec<u8>,
-    pub waker: Option<Waker>,
     pub close: Option<CloseReason>,
     /// Upstream requests of this connection awaiting the backend.
     pub inflight: u32,
@@ -98,11 +105,6 @@ pub struct Conn {
 impl Conn {
     pub fn authed(&self) -> bool {
         self.user.is_some()
-    }
-    pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
     }
 }
 
@@ -169,10 +171,15 @@ pub struct Core {
     /// Connection cap of this core (config and RLIMIT_NOFILE).
     pub conns_max: u32,
     pub draining: Cell<bool>,
-    /// Live connection driver tasks (each owns a socket).
-    pub drivers: Cell<u32>,
-    /// Listener fd, shut down to stop accepting on drain.
-    pub listener_fd: Cell<i32>,
+    /// Socket readiness for this core's connections and listener.
+    pub poller: Poller,
+    /// Connections to serve (ids), in order.
+    work: RefCell<VecDeque<u64>>,
+    /// The I/O loop's waker, woken when `work` gains an entry.
+    io_waker: RefCell<Option<Waker>>,
+    /// The listener has (or may have) connections to accept.
+    pub accept_ready: Cell<bool>,
+    accept_waker: RefCell<Option<Waker>>,
     start: Instant,
 }
 
@@ -187,6 +194,7 @@ impl Core {
         backend: Rc<dyn Backend>,
         mesh: Vec<flume::Sender<CoreMsg>>,
         conns_max: u32,
+        poller: Poller,
     ) -> Core {
         Core {
             index,
@@ -207,8 +215,11 @@ impl Core {
             mesh,
             conns_max,
             draining: Cell::new(false),
-            drivers: Cell::new(0),
-            listener_fd: Cell::new(-1),
+            poller,
+            work: RefCell::new(VecDeque::new()),
+            io_waker: RefCell::new(None),
+            accept_ready: Cell::new(true),
+            accept_waker: RefCell::new(None),
             start: Instant::now(),
         }
     }
@@ -227,8 +238,9 @@ impl Core {
         Duration::from_millis(self.cfg.tick_ms as u64)
     }
 
-    /// Registers a new connection; returns (slab index, connection id).
-    pub fn add_conn(&self, fd: i32) -> (u32, u64) {
+    /// Registers a new connection (slab entry, auth deadline, epoll);
+    /// returns its id. On failure the caller still owns and closes `fd`.
+    pub fn add_conn(&self, fd: i32) -> std::io::Result<u64> {
         let now = self.now();
         let mut st = self.state.borrow_mut();
         st.next_gen = st.next_gen % 0xff_fffe + 1;
@@ -239,6 +251,9 @@ impl Core {
         entry.insert(Conn {
             id,
             fd,
+            queued: false,
+            readable: true,
+            write_blocked: false,
             user: None,
             device: None,
             created: now,
@@ -251,7 +266,6 @@ impl Core {
             window: Window::default(),
             rooms: Vec::new(),
             partial: Vec::new(),
-            waker: None,
             close: None,
             inflight: 0,
             resume_seq: 0,
@@ -259,10 +273,71 @@ impl Core {
         });
         let due = now + self.ticks(self.cfg.auth_timeout_ms);
         let at = st.wheel.schedule(Entry { idx, conn_id: id }, due, 0);
+        if let Err(e) = self.poller.add_conn(fd, id) {
+            st.conns.remove(idx as usize);
+            return Err(e);
+        }
         if let Some(c) = st.conns.get_mut(idx as usize) {
             c.due = at;
+            c.queued = true; // serve it once: data may have arrived before registration
         }
-        (idx, id)
+        drop(st);
+        self.work.borrow_mut().push_back(id);
+        self.wake_io();
+        Ok(id)
+    }
+
+    /// Puts a connection on the ready list (once) and wakes the I/O loop.
+    pub fn ready(&self, c: &mut Conn) {
+        if !c.queued {
+            c.queued = true;
+            self.work.borrow_mut().push_back(c.id);
+            self.wake_io();
+        }
+    }
+
+    /// Puts a connection being served back at the end of the ready list.
+    pub fn requeue(&self, c: &mut Conn) {
+        c.queued = true;
+        self.work.borrow_mut().push_back(c.id);
+    }
+
+    /// The next connection to serve.
+    pub fn next_ready(&self) -> Option<u64> {
+        self.work.borrow_mut().pop_front()
+    }
+
+    pub fn set_io_waker(&self, w: &Waker) {
+        let mut slot = self.io_waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *slot = Some(w.clone());
+        }
+    }
+
+    fn wake_io(&self) {
+        if let Some(w) = self.io_waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The listener has news (readiness or a drain): wake the accept task.
+    pub fn listener_ready(&self) {
+        self.accept_ready.set(true);
+        if let Some(w) = self.accept_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves when the listener may have connections to accept, or on drain.
+    pub fn accept_wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.accept_ready.get() || self.draining.get() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.accept_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
     }
 
     pub fn conn_count(&self) -> usize {
@@ -303,13 +378,13 @@ impl Core {
                 "slow consumer: outbound_bytes_max reached"
             );
             c.close = Some(CloseReason::SlowConsumer);
-            c.wake();
+            self.ready(c);
             return false;
         }
         c.out_bytes += len;
         c.out.push_back(out);
         CoreMetrics::inc(&self.metrics.frames_out);
-        c.wake();
+        self.ready(c);
         true
     }
 
@@ -329,7 +404,7 @@ impl Core {
                 CoreMetrics::inc(&self.metrics.frames_out);
             }
             c.close = Some(reason);
-            c.wake();
+            self.ready(c);
         });
     }
 

@@ -84,7 +84,7 @@ impl Core {
         let idle_deadline = c.last_in + self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
         if now >= idle_deadline {
             c.close = Some(CloseReason::StaleHeartbeat);
-            c.wake();
+            self.ready(c);
             return After::Nothing;
         }
         let ack_ticks = self.ticks(self.cfg.ack_timeout_ms);

@@ -1,0 +1,315 @@
+//! The core's I/O loop: one task per core serves every connection.
+//!
+//! Connections come to it two ways: socket events from the poller thread
+//! (`poller.rs`), and the ready list, where the core puts a connection when
+//! it queues output for it or closes it ([`Core::ready`]). Serving one
+//! connection: read until the socket is drained (at most a few reads, then
+//! it goes to the back of the list), decode whole frames straight from the
+//! core's scratch buffer, write what is queued with one vectored `sendmsg`,
+//! and finish it if it is closing. An idle connection costs no task, no
+//! buffer and no timer: only its slab entry and its epoll registration.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use gw_proto::{CloseReason, Decoded, ErrorCode};
+
+use super::poller::{Event, LISTENER_KEY};
+use crate::core::{conn_id_idx, Conn, Core};
+use crate::metrics::CoreMetrics;
+
+/// Reads of one connection per visit before it yields to the others.
+const READS_PER_VISIT: usize = 4;
+/// Connections served per poll of the loop before it yields to other tasks.
+const VISITS_PER_POLL: usize = 256;
+/// Buffers per vectored write.
+const IOV_MAX: usize = 64;
+
+/// The I/O loop future of one core.
+pub struct IoLoop {
+    core: Rc<Core>,
+    events: flume::r#async::RecvFut<'static, Vec<Event>>,
+    rx: flume::Receiver<Vec<Event>>,
+}
+
+impl IoLoop {
+    pub fn new(core: Rc<Core>, rx: flume::Receiver<Vec<Event>>) -> IoLoop {
+        IoLoop {
+            core,
+            events: rx.clone().into_recv_async(),
+            rx,
+        }
+    }
+
+    /// Marks connections ready from a batch of socket events.
+    fn on_events(&self, batch: Vec<Event>) {
+        for ev in batch {
+            if ev.key == LISTENER_KEY {
+                self.core.listener_ready();
+                continue;
+            }
+            let mut st = self.core.state.borrow_mut();
+            let Some(c) = st
+                .conns
+                .get_mut(conn_id_idx(ev.key) as usize)
+                .filter(|c| c.id == ev.key)
+            else {
+                continue; // closed since: the key names an old connection
+            };
+            c.readable |= ev.readable();
+            if ev.writable() {
+                c.write_blocked = false;
+            }
+            self.core.ready(c);
+        }
+    }
+}
+
+impl Future for IoLoop {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.core.set_io_waker(cx.waker());
+        loop {
+            match Pin::new(&mut this.events).poll(cx) {
+                Poll::Ready(Ok(batch)) => {
+                    this.on_events(batch);
+                    this.events = this.rx.clone().into_recv_async();
+                    continue;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()), // poller gone
+                Poll::Pending => {}
+            }
+            let mut visits = 0;
+            while let Some(id) = this.core.next_ready() {
+                serve(&this.core, id);
+                visits += 1;
+                if visits == VISITS_PER_POLL {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            // Events may have arrived while serving; poll the channel again.
+            if !this.rx.is_empty() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+/// Serves one connection: read, decode, write, and finish if closing.
+fn serve(core: &Rc<Core>, id: u64) {
+    let idx = conn_id_idx(id);
+    let mut reads = 0;
+    loop {
+        let Some((closing, readable, fd)) =
+            core.with_conn(idx, id, |c| (c.close, c.readable, c.fd))
+        else {
+            return;
+        };
+        if closing.is_some() {
+            let _ = flush(core, idx, id); // one best-effort flush of a final frame
+            core.teardown(idx, id);
+            return;
+        }
+        if readable && reads < READS_PER_VISIT {
+            reads += 1;
+            read_once(core, idx, id, fd);
+            continue;
+        }
+        if let Err(e) = flush(core, idx, id) {
+            tracing::debug!(conn_id = id, error = %e, "write failed");
+            core.close(idx, id, CloseReason::IoError, None);
+            continue;
+        }
+        // Done, or more to read later: back of the list, or off it.
+        core.with_conn(idx, id, |c| {
+            if c.readable || (c.close.is_some()) {
+                core.requeue(c);
+            } else {
+                c.queued = false;
+            }
+        });
+        return;
+    }
+}
+
+/// One `recv` into the core's scratch buffer, and the frames it completes.
+fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
+    let mut scratch = core.scratch.borrow_mut();
+    // SAFETY: recv into our buffer, non-blocking, on the connection's open socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            scratch.as_mut_ptr() as *mut libc::c_void,
+            scratch.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                core.with_conn(idx, id, |c| c.readable = false);
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => {
+                tracing::debug!(conn_id = id, error = %e, "read failed");
+                core.close(idx, id, CloseReason::IoError, None);
+            }
+        }
+        return;
+    }
+    if n == 0 {
+        core.close(idx, id, CloseReason::ClientClosed, None);
+        return;
+    }
+    let n = n as usize;
+    if n < scratch.len() {
+        // Drained: with edge-triggered epoll, new data brings a new event.
+        core.with_conn(idx, id, |c| c.readable = false);
+    }
+    on_bytes(core, idx, id, &scratch[..n]);
+}
+
+/// Decodes and handles every whole frame in `data` (plus any partial).
+fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
+    let now = core.now();
+    let Some(mut partial) = core.with_conn(idx, id, |c| std::mem::take(&mut c.partial)) else {
+        return;
+    };
+    let buf: &[u8] = if partial.is_empty() {
+        data
+    } else {
+        partial.extend_from_slice(data);
+        &partial
+    };
+    let max = core.cfg.frame_bytes_max as usize;
+    let mut pos = 0;
+    let mut closing = false;
+    while pos < buf.len() && !closing {
+        match gw_proto::decode(&buf[pos..], max) {
+            Ok(Decoded::Frame(frame, used)) => {
+                pos += used;
+                CoreMetrics::inc(&core.metrics.frames_in);
+                // A whole frame is a sign of life; stray bytes are not.
+                core.with_conn(idx, id, |c| c.last_in = now);
+                super::frames::on_frame(core, idx, id, frame);
+                closing = core
+                    .with_conn(idx, id, |c| c.close.is_some())
+                    .unwrap_or(true);
+            }
+            Ok(Decoded::Incomplete(_)) => break,
+            Err(e) => {
+                let (reason, code) = match e {
+                    gw_proto::DecodeError::TooLarge { .. } => {
+                        (CloseReason::FrameTooLarge, ErrorCode::FrameTooLarge)
+                    }
+                    gw_proto::DecodeError::Malformed(_) => {
+                        (CloseReason::BadFrame, ErrorCode::BadFrame)
+                    }
+                };
+                tracing::debug!(conn_id = id, error = %e, "bad frame");
+                core.close(
+                    idx,
+                    id,
+                    reason,
+                    Some(Core::error_body(code, e.to_string(), 0)),
+                );
+                closing = true;
+            }
+        }
+    }
+    if closing {
+        return;
+    }
+    let rest = &buf[pos..];
+    let keep = if rest.is_empty() {
+        Vec::new()
+    } else if partial.is_empty() {
+        rest.to_vec()
+    } else {
+        partial.drain(..pos);
+        partial
+    };
+    core.with_conn(idx, id, |c| c.partial = keep);
+}
+
+/// Writes queued output until done or the socket is full (then the
+/// connection waits for its write edge).
+fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
+    let mut st = core.state.borrow_mut();
+    let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+        return Ok(());
+    };
+    while !c.out.is_empty() && !c.write_blocked {
+        match sendv(c.fd, c) {
+            Ok(n) => {
+                advance(c, n);
+                CoreMetrics::add(&core.metrics.bytes_out, n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking vectored send of the queued items.
+fn sendv(fd: i32, c: &Conn) -> io::Result<usize> {
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOV_MAX.min(c.out.len() * 2));
+    let mut skip = c.out_off as usize;
+    for item in c.out.iter() {
+        for part in [item.head.as_slice(), &item.body[..]] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
+        if iov.len() >= IOV_MAX - 1 {
+            break;
+        }
+    }
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: msghdr points at `iov`, which outlives the call; fd is open.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn advance(c: &mut Conn, n: usize) {
+    let mut left = n + c.out_off as usize;
+    c.out_off = 0;
+    while let Some(front) = c.out.front() {
+        let len = front.len();
+        if left < len {
+            c.out_off = left as u32;
+            break;
+        }
+        left -= len;
+        c.out_bytes = c.out_bytes.saturating_sub(len as u32);
+        c.out.pop_front();
+    }
+    if c.out.is_empty() {
+        c.out = Default::default(); // give the ring buffer back while idle
+    }
+}

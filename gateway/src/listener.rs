@@ -79,6 +79,11 @@ const ACCEPTS_PER_ROUND: usize = 64;
 /// listener's readiness (through the core's poller); accepts with
 /// `accept4` until the backlog is empty.
 pub async fn accept_loop(core: Rc<Core>, listener: Socket) {
+    accept_until_drain(&core, listener).await;
+    core.accept_running.set(false);
+}
+
+async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
     let lfd = listener.as_raw_fd();
     if let Err(e) = core.poller.add_listener(lfd) {
         tracing::error!(core = core.index, error = %e, "cannot watch the listener; this core accepts nothing");
@@ -105,7 +110,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: Socket) {
             };
             if fd >= 0 {
                 backoff_ms = 0;
-                admit(&core, fd);
+                admit(core, fd);
                 continue;
             }
             let e = io::Error::last_os_error();
@@ -116,7 +121,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: Socket) {
                     CoreMetrics::inc(&core.metrics.accept_errors);
                     unlogged += 1;
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        log_accept_error(&core, &e, unlogged);
+                        log_accept_error(core, &e, unlogged);
                         last_log = Some(Instant::now());
                         unlogged = 0;
                     }

@@ -81,7 +81,10 @@ impl Future for IoLoop {
                     this.events = this.rx.clone().into_recv_async();
                     continue;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(()), // poller gone
+                Poll::Ready(Err(_)) => {
+                    this.core.io_running.set(false); // poller stopped: the core is stopping
+                    return Poll::Ready(());
+                }
                 Poll::Pending => {}
             }
             let mut visits = 0;

@@ -39,10 +39,13 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// Batches queued to the core before the poller thread waits.
 pub const BATCHES_QUEUED_MAX: usize = 64;
 
-/// The core's handle: registers sockets; dropping it stops the thread.
+/// The core's handle: registers sockets. [`Poller::stop`] (or dropping it)
+/// ends the thread; the fds are closed on drop, after the thread has ended.
 pub struct Poller {
     epfd: RawFd,
     stopfd: RawFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stopped: std::cell::Cell<bool>,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -67,15 +70,36 @@ impl Poller {
                 return Err(e);
             }
         };
-        let p = Poller { epfd, stopfd };
+        let mut p = Poller {
+            epfd,
+            stopfd,
+            thread: None,
+            stopped: std::cell::Cell::new(false),
+        };
         p.ctl(libc::EPOLL_CTL_ADD, stopfd, STOP_KEY, libc::EPOLLIN as u32)?;
-        std::thread::Builder::new()
-            .name(format!("gw-poll-{core}"))
-            .spawn(move || run(epfd, stopfd, tx))?;
+        p.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("gw-poll-{core}"))
+                .spawn(move || run(epfd, tx))?,
+        );
         Ok(p)
     }
 
+    /// Ends the poller thread; its channel then closes, which ends the I/O
+    /// loop. Registration calls fail from here on.
+    pub fn stop(&self) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        let one: u64 = 1;
+        // SAFETY: write 8 bytes to our own eventfd (closed only in drop).
+        unsafe { libc::write(self.stopfd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+
     fn ctl(&self, op: libc::c_int, fd: RawFd, key: u64, flags: u32) -> io::Result<()> {
+        if self.stopped.get() {
+            return Err(io::Error::other("the core's poller has stopped"));
+        }
         let mut ev = libc::epoll_event {
             events: flags,
             u64: key,
@@ -102,6 +126,9 @@ impl Poller {
 
     /// Stops watching `fd` (before it is closed, or while it stays open).
     pub fn remove(&self, fd: RawFd) {
+        if self.stopped.get() {
+            return;
+        }
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as above; failure (already gone) is harmless.
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
@@ -110,14 +137,22 @@ impl Poller {
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        let one: u64 = 1;
-        // SAFETY: write 8 bytes to our eventfd; the thread then closes both fds.
-        unsafe { libc::write(self.stopfd, &one as *const u64 as *const libc::c_void, 8) };
+        self.stop();
+        // The thread exits at once: woken by the eventfd, or its send fails
+        // because the I/O loop (the receiver) is gone by now.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // SAFETY: the thread has ended; these fds are ours alone.
+        unsafe {
+            libc::close(self.epfd);
+            libc::close(self.stopfd);
+        }
     }
 }
 
 /// The poller thread: waits, forwards, stops on the eventfd or when the core is gone.
-fn run(epfd: RawFd, stopfd: RawFd, tx: flume::Sender<Vec<Event>>) {
+fn run(epfd: RawFd, tx: flume::Sender<Vec<Event>>) {
     let mut events: Vec<libc::epoll_event> =
         vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
     'outer: loop {
@@ -141,10 +176,5 @@ fn run(epfd: RawFd, stopfd: RawFd, tx: flume::Sender<Vec<Event>>) {
         if !batch.is_empty() && tx.send(batch).is_err() {
             break;
         }
-    }
-    // SAFETY: this thread is the last user of both fds.
-    unsafe {
-        libc::close(epfd);
-        libc::close(stopfd);
     }
 }

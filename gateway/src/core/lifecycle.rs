@@ -14,6 +14,8 @@ use crate::backend::{SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long a stopping core waits for its I/O loop and accept task to end.
+const TASKS_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Closes a connection's socket, removes it and reports it. Idempotent.
@@ -121,6 +123,21 @@ impl Core {
         self.close_all(CloseReason::Drain);
     }
 
+    /// Ends the I/O loop and the accept task while the executor still runs.
+    /// A pending task is owned by its wakers, and the core holds theirs: left
+    /// pending, they would keep the core (and its poller thread) alive.
+    async fn stop_tasks(&self) {
+        self.stopping.set(true);
+        self.poller.stop(); // the poller thread ends; its channel closes; the I/O loop returns
+        let deadline = Instant::now() + TASKS_EXIT_WAIT;
+        let running =
+            || self.io_running.get() || self.accept_running.get() || self.ticks_running.get();
+        while running() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.drop_wakers();
+    }
+
     /// Serves the inbox until Stop, or until a drain completes.
     pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
         let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
@@ -153,6 +170,7 @@ impl Core {
                 CoreMsg::Stop => {
                     self.stop_accepting();
                     self.close_all(CloseReason::Shutdown);
+                    self.stop_tasks().await;
                     return;
                 }
             }

@@ -180,6 +180,12 @@ pub struct Core {
     /// The listener has (or may have) connections to accept.
     pub accept_ready: Cell<bool>,
     accept_waker: RefCell<Option<Waker>>,
+    /// The I/O loop / accept task has not ended yet.
+    pub io_running: Cell<bool>,
+    pub accept_running: Cell<bool>,
+    pub ticks_running: Cell<bool>,
+    /// Set on Stop: long-running tasks end.
+    pub stopping: Cell<bool>,
     start: Instant,
 }
 
@@ -220,6 +226,10 @@ impl Core {
             io_waker: RefCell::new(None),
             accept_ready: Cell::new(true),
             accept_waker: RefCell::new(None),
+            io_running: Cell::new(true),
+            accept_running: Cell::new(true),
+            ticks_running: Cell::new(true),
+            stopping: Cell::new(false),
             start: Instant::now(),
         }
     }
@@ -312,6 +322,12 @@ impl Core {
         if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
             *slot = Some(w.clone());
         }
+    }
+
+    /// Forgets the stored task wakers (stop): breaks the core ↔ task cycle.
+    pub fn drop_wakers(&self) {
+        self.io_waker.borrow_mut().take();
+        self.accept_waker.borrow_mut().take();
     }
 
     fn wake_io(&self) {

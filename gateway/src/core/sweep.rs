@@ -22,13 +22,14 @@ enum After {
 }
 
 impl Core {
-    /// Ticks forever; the task ends with the executor.
+    /// Ticks until the core stops.
     pub async fn run_ticks(self: Rc<Self>) {
         let mut due = Vec::new();
-        loop {
+        while !self.stopping.get() {
             glommio::timer::sleep(self.tick_duration()).await;
             self.sweep(&mut due);
         }
+        self.ticks_running.set(false);
     }
 
     /// Fires every entry due by now.

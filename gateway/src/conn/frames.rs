@@ -129,9 +129,10 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
     let (user, device) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
     let metadata = a.metadata;
     core.with_conn(idx, id, |c| {
-        c.resume_seq = a.resume_seq;
-        if !metadata.is_empty() {
-            c.metadata = Some(Box::new(metadata.clone()));
+        if a.resume_seq != 0 || !metadata.is_empty() {
+            let extra = c.extra_mut();
+            extra.resume_seq = a.resume_seq;
+            extra.metadata = metadata.clone();
         }
     });
     CoreMetrics::inc(&core.metrics.auth_ok);

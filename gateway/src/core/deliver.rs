@@ -271,17 +271,17 @@ impl Core {
             else {
                 return;
             };
-            if c.rooms.iter().any(|r| &**r == room) {
+            if c.rooms().iter().any(|r| &**r == room) {
                 return;
             }
-            if c.rooms.len() >= self.cfg.rooms_per_conn_max as usize {
+            if c.rooms().len() >= self.cfg.rooms_per_conn_max as usize {
                 true
             } else {
                 let key: Rc<str> = match rooms.get_key_value(room) {
                     Some((k, _)) => k.clone(),
                     None => Rc::from(room),
                 };
-                c.rooms.push(key.clone());
+                c.extra_mut().rooms.push(key.clone());
                 match rooms.get_mut(room) {
                     Some(m) => m.add(idx),
                     None => {
@@ -308,8 +308,8 @@ impl Core {
         let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == conn_id) else {
             return;
         };
-        if let Some(p) = c.rooms.iter().position(|r| &**r == room) {
-            c.rooms.swap_remove(p);
+        if let Some(p) = c.rooms().iter().position(|r| &**r == room) {
+            c.extra_mut().rooms.swap_remove(p);
             remove_member(rooms, room, idx);
         }
     }

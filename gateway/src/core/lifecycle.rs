@@ -36,7 +36,7 @@ impl Core {
                 remove_member(&mut st.users, u, idx);
                 st.sessions -= 1;
             }
-            for r in &c.rooms {
+            for r in c.rooms() {
                 remove_member(&mut st.rooms, r, idx);
             }
             c

@@ -92,14 +92,35 @@ pub struct Conn {
     pub out_off: u32,
     pub out_bytes: u32,
     pub window: Window,
-    pub rooms: Vec<Rc<str>>,
     /// Bytes of a frame not yet complete (empty, unallocated, when idle).
     pub partial: Vec<u8>,
     pub close: Option<CloseReason>,
     /// Upstream requests of this connection awaiting the backend.
     pub inflight: u32,
+    /// What most connections never use, allocated on first use.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The rarely used part of a connection's state.
+#[derive(Default)]
+pub struct Extra {
+    /// Rooms joined (sharing the room index's keys).
+    pub rooms: Vec<Rc<str>>,
+    /// Resume point from Auth, kept for inspection.
     pub resume_seq: u64,
-    pub metadata: Option<Box<HashMap<String, String>>>,
+    /// Client metadata from Auth (app version, OS, ...), freed on close.
+    pub metadata: HashMap<String, String>,
+}
+
+impl Conn {
+    /// Rooms this connection is in.
+    pub fn rooms(&self) -> &[Rc<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.rooms)
+    }
+    /// The rarely used state, allocated on first use.
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
 }
 
 impl Conn {
@@ -112,13 +133,15 @@ impl Conn {
 #[derive(Debug)]
 pub enum Members {
     One(u32),
-    Many(Vec<u32>),
+    /// Boxed so that the common case stays 16 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u32>>),
 }
 
 impl Members {
     fn add(&mut self, idx: u32) {
         match self {
-            Members::One(a) => *self = Members::Many(vec![*a, idx]),
+            Members::One(a) => *self = Members::Many(Box::new(vec![*a, idx])),
             Members::Many(v) => v.push(idx),
         }
     }
@@ -140,7 +163,7 @@ impl Members {
     pub fn to_vec(&self) -> Vec<u32> {
         match self {
             Members::One(a) => vec![*a],
-            Members::Many(v) => v.clone(),
+            Members::Many(v) => v.to_vec(),
         }
     }
 }
@@ -208,9 +231,11 @@ impl Core {
             verifier,
             backend,
             metrics: CoreMetrics::default(),
+            // Sized for the cap up front: pages never touched cost no RSS, and
+            // the slab never doubles (a copy of everything, twice the memory).
             state: RefCell::new(State {
-                conns: slab::Slab::new(),
-                users: HashMap::new(),
+                conns: slab::Slab::with_capacity(conns_max as usize),
+                users: HashMap::with_capacity(conns_max as usize),
                 rooms: HashMap::new(),
                 wheel: Wheel::new(WHEEL_SLOTS),
                 next_gen: 0,
@@ -274,12 +299,10 @@ impl Core {
             out_off: 0,
             out_bytes: 0,
             window: Window::default(),
-            rooms: Vec::new(),
             partial: Vec::new(),
             close: None,
             inflight: 0,
-            resume_seq: 0,
-            metadata: None,
+            extra: None,
         });
         let due = now + self.ticks(self.cfg.auth_timeout_ms);
         let at = st.wheel.schedule(Entry { idx, conn_id: id }, due, 0);

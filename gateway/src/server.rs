@@ -98,8 +98,7 @@ pub fn start(
             .io_memory(cfg.io_memory_bytes as usize)
             .spawn(move || async move {
                 let backend = backend.for_core(i);
-                let (ev_tx, ev_rx) = flume::bounded(crate::conn::poller::BATCHES_QUEUED_MAX);
-                let poller = match Poller::start(i, ev_tx) {
+                let poller = match Poller::new() {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = up.send(Err(format!("core {i}: cannot create its epoll instance: {e}")));
@@ -107,7 +106,7 @@ pub fn start(
                     }
                 };
                 let core = Rc::new(Core::new(i, cfg, verifier, backend, mesh, conns_max, poller));
-                glommio::spawn_local(IoLoop::new(core.clone(), ev_rx)).detach();
+                glommio::spawn_local(IoLoop::new(core.clone())).detach();
                 glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
                 glommio::spawn_local(core.clone().run_ticks()).detach();
                 let _ = up.send(Ok(()));

@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 
 use gw_proto::{CloseReason, Decoded, ErrorCode};
 
+use futures_lite::AsyncRead;
+
 use super::poller::{Event, LISTENER_KEY};
 use crate::core::{conn_id_idx, Conn, Core};
 use crate::metrics::CoreMetrics;
@@ -31,22 +33,26 @@ const IOV_MAX: usize = 64;
 /// The I/O loop future of one core.
 pub struct IoLoop {
     core: Rc<Core>,
-    events: flume::r#async::RecvFut<'static, Vec<Event>>,
-    rx: flume::Receiver<Vec<Event>>,
+    /// Armed while the epoll instance has no events for us (see `Poller::waiter`).
+    waiter: Option<glommio::net::TcpStream>,
+    events: Vec<Event>,
 }
 
 impl IoLoop {
-    pub fn new(core: Rc<Core>, rx: flume::Receiver<Vec<Event>>) -> IoLoop {
+    pub fn new(core: Rc<Core>) -> IoLoop {
         IoLoop {
             core,
-            events: rx.clone().into_recv_async(),
-            rx,
+            waiter: None,
+            events: Vec::new(),
         }
     }
 
-    /// Marks connections ready from a batch of socket events.
-    fn on_events(&self, batch: Vec<Event>) {
-        for ev in batch {
+    /// Collects socket events and marks their connections ready.
+    fn collect(&mut self) {
+        if let Err(e) = self.core.poller.collect(&mut self.events) {
+            tracing::error!(core = self.core.index, error = %e, "epoll_wait failed");
+        }
+        for ev in self.events.drain(..) {
             if ev.key == LISTENER_KEY {
                 self.core.listener_ready();
                 continue;
@@ -66,6 +72,21 @@ impl IoLoop {
             self.core.ready(c);
         }
     }
+
+    /// Polls the waiter: true when the epoll instance has events.
+    fn epoll_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(w) = self.waiter.as_mut() else {
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        match Pin::new(w).poll_read(cx, &mut byte) {
+            Poll::Pending => false,
+            Poll::Ready(_) => {
+                self.waiter = None;
+                true
+            }
+        }
+    }
 }
 
 impl Future for IoLoop {
@@ -75,17 +96,13 @@ impl Future for IoLoop {
         let this = self.get_mut();
         this.core.set_io_waker(cx.waker());
         loop {
-            match Pin::new(&mut this.events).poll(cx) {
-                Poll::Ready(Ok(batch)) => {
-                    this.on_events(batch);
-                    this.events = this.rx.clone().into_recv_async();
-                    continue;
-                }
-                Poll::Ready(Err(_)) => {
-                    this.core.io_running.set(false); // poller stopped: the core is stopping
-                    return Poll::Ready(());
-                }
-                Poll::Pending => {}
+            if this.core.stopping.get() {
+                this.waiter = None;
+                this.core.io_running.set(false);
+                return Poll::Ready(());
+            }
+            if this.epoll_ready(cx) {
+                this.collect();
             }
             let mut visits = 0;
             while let Some(id) = this.core.next_ready() {
@@ -96,11 +113,17 @@ impl Future for IoLoop {
                     return Poll::Pending;
                 }
             }
-            // Events may have arrived while serving; poll the channel again.
-            if !this.rx.is_empty() {
-                continue;
+            if this.waiter.is_some() {
+                return Poll::Pending;
             }
-            return Poll::Pending;
+            match this.core.poller.waiter() {
+                Ok(w) => this.waiter = Some(w), // polled at the top: registers the wake-up
+                Err(e) => {
+                    tracing::error!(core = this.core.index, error = %e, "cannot arm the epoll waiter; retrying");
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Client connections: readiness (`poller.rs`), the per-core I/O loop that
+//! Client connections: readiness (`poller.rs`, epoll waited on through
+//! glommio's io_uring), the per-core I/O loop that
 //! reads, decodes and writes for every connection (`io.rs`), and what each
 //! inbound frame does (`frames.rs`).
 

@@ -128,7 +128,7 @@ impl Core {
     /// pending, they would keep the core (and its poller thread) alive.
     async fn stop_tasks(&self) {
         self.stopping.set(true);
-        self.poller.stop(); // the poller thread ends; its channel closes; the I/O loop returns
+        self.wake_io(); // the I/O loop sees `stopping` and ends
         let deadline = Instant::now() + TASKS_EXIT_WAIT;
         let running =
             || self.io_running.get() || self.accept_running.get() || self.ticks_running.get();

@@ -353,7 +353,7 @@ impl Core {
         self.accept_waker.borrow_mut().take();
     }
 
-    fn wake_io(&self) {
+    pub fn wake_io(&self) {
         if let Some(w) = self.io_waker.borrow().as_ref() {
             w.wake_by_ref();
         }

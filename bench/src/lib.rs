@@ -1,13 +1,33 @@
-//! Helpers of the flood client (`src/bin/flood.rs`) and the other bench tools.
+//! The flood client (`src/bin/flood.rs`), the accept-and-hold `sink`, and
+//! the other bench tools.
 //!
-//! - [`hold`]: the `hold` scenario: options, connection tasks, executors.
-//! - [`procfs`]: RSS of processes and kernel slab, read from `/proc`.
-//! - [`wire`]: tokens and frames the client sends, and a small frame reader
-//!   that keeps only the bytes of an incomplete frame per connection.
-//! - [`net`]: non-blocking connect from a chosen source address, and reading
-//!   frames through a per-thread scratch buffer.
+//! - [`args`]: command-line options, and how a run is split over processes.
+//! - [`coord`]: the coordinating process: workers, sampling, progress.
+//! - [`phases`]: the phases of each scenario, driven by the coordinator.
+//! - [`worker`]: a worker process: executors, progress, results.
+//! - [`exec`]: what each executor runs: ramp, mark, action, close.
+//! - [`conn`]: one connection: settings, counters, establish (any protocol).
+//! - [`held`]: an established connection: heartbeats, deliveries, replies.
+//! - [`proto`], [`wire`], [`mqtt`], [`nats`]: the wire protocols.
+//! - [`msg`]: worker-to-coordinator messages, histogram serialisation.
+//! - [`report`], [`plot`]: the summary, the JSON report, the SVG.
+//! - [`procfs`]: RSS and CPU of processes, kernel slab, from `/proc`.
+//! - [`net`]: non-blocking connect from a chosen source address, reading
+//!   through a per-thread scratch buffer, the monotonic clock.
 
-pub mod hold;
+pub mod args;
+pub mod conn;
+pub mod coord;
+pub mod exec;
+pub mod held;
+pub mod mqtt;
+pub mod msg;
+pub mod nats;
 pub mod net;
+pub mod phases;
+pub mod plot;
 pub mod procfs;
+pub mod proto;
+pub mod report;
 pub mod wire;
+pub mod worker;

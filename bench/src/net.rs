@@ -11,8 +11,9 @@ use std::task::{Context, Poll};
 
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
-use gw_proto::pb::frame::Body;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::proto::{Event, Protocol};
 
 /// `IP_BIND_ADDRESS_NO_PORT` (linux/in.h): bind the address now, pick the
 /// port at connect time per 4-tuple, so each source address has the whole
@@ -39,7 +40,7 @@ pub fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<S
     let s = Socket::new(
         Domain::for_address(target),
         Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
+        Some(socket2::Protocol::TCP),
     )?;
     s.set_nodelay(true)?;
     if let Some(ip) = source {
@@ -90,21 +91,22 @@ pub enum RxEnd {
     /// The peer closed (read returned 0).
     Eof,
     Io(io::Error),
-    /// The peer sent something that is not a valid frame.
+    /// The peer sent something this protocol cannot parse.
     BadFrame(String),
 }
 
 /// Reads what is available (at most `reads_max` reads) into the thread's
-/// scratch buffer and hands every whole frame to `on_frame`. Ready(Ok) when
+/// scratch buffer and hands every whole message to `on`. Ready(Ok) when
 /// the reads stopped at `reads_max` (the caller should yield and come back),
 /// Pending when the socket is drained (the waker is registered), Ready(Err)
 /// when the read side ended.
 pub fn poll_frames(
     stream: &mut TcpStream,
+    proto: Protocol,
     partial: &mut Vec<u8>,
     cx: &mut Context<'_>,
     reads_max: usize,
-    on_frame: &mut dyn FnMut(Body),
+    on: &mut dyn FnMut(Event),
 ) -> Poll<Result<(), RxEnd>> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
@@ -115,12 +117,24 @@ pub fn poll_frames(
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(RxEnd::Io(e))),
                 Poll::Pending => return Poll::Pending,
             };
-            if let Err(e) = crate::wire::feed(partial, &s[..n], on_frame) {
-                return Poll::Ready(Err(RxEnd::BadFrame(e.to_string())));
+            if let Err(e) = crate::proto::feed(proto, partial, &s[..n], on) {
+                return Poll::Ready(Err(RxEnd::BadFrame(e)));
             }
         }
         Poll::Ready(Ok(()))
     })
+}
+
+/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC is one clock for every
+/// process of the host, so worker processes compare their readings).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -42,6 +42,30 @@ pub fn slab() -> Slab {
     }
 }
 
+/// CPU time of a process (all threads, user + system) in clock ticks;
+/// `None` when it is gone or unreadable.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens):
+    // state is field 3, utime 14 and stime 15.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`).
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
 /// Open file descriptors of this process.
 pub fn self_fd_count() -> usize {
     fs::read_dir("/proc/self/fd")
@@ -73,5 +97,7 @@ mod tests {
         assert_eq!(kb_field(t, "Slab"), Some(10 * 1024));
         assert_eq!(kb_field(t, "VmHWM"), None);
         assert!(self_rss_bytes().is_some_and(|b| b > 0));
+        assert!(cpu_ticks(std::process::id()).is_some());
+        assert!(clk_tck() > 0);
     }
 }

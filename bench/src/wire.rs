@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gw_proto::pb::{self, frame::Body, Frame};
-use gw_proto::{DecodeError, Decoded, PROTOCOL_VERSION};
+use gw_proto::{Decoded, PROTOCOL_VERSION};
+
+use crate::proto::Event;
 
 /// Largest frame body the client accepts from the server, bytes (the
 /// gateway's own ceiling for `frame_bytes_max`).
@@ -49,38 +51,49 @@ pub fn ping_frame() -> Bytes {
     })
 }
 
-/// Decodes every whole frame of `partial ++ data`, calling `on_frame` for
-/// each; leaves the bytes of an incomplete frame in `partial` (which stays
-/// unallocated when reads end on frame boundaries, the usual case).
-pub fn feed(
-    partial: &mut Vec<u8>,
-    data: &[u8],
-    on_frame: &mut dyn FnMut(Body),
-) -> Result<(), DecodeError> {
-    let joined;
-    let buf: &[u8] = if partial.is_empty() {
-        data
-    } else {
-        partial.extend_from_slice(data);
-        joined = std::mem::take(partial);
-        &joined
-    };
+/// A length-prefixed `Upstream` frame.
+pub fn upstream_frame(corr: u64, route: &str, payload: Vec<u8>) -> Bytes {
+    gw_proto::encode(&Frame {
+        body: Some(Body::Upstream(pb::Upstream {
+            correlation_id: corr,
+            route: route.into(),
+            client_msg_id: String::new(),
+            payload: payload.into(),
+        })),
+    })
+}
+
+/// Decodes every whole frame of `buf`, calling `on` with each as an
+/// [`Event`]; returns the bytes used (an incomplete frame is left).
+pub fn parse(buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize, String> {
     let mut pos = 0;
     while pos < buf.len() {
-        match gw_proto::decode(&buf[pos..], FRAME_BYTES_MAX)? {
+        match gw_proto::decode(&buf[pos..], FRAME_BYTES_MAX).map_err(|e| e.to_string())? {
             Decoded::Frame(frame, used) => {
                 pos += used;
-                if let Some(body) = frame.body {
-                    on_frame(body);
+                let Some(body) = frame.body else { continue };
+                match &body {
+                    Body::AuthOk(_) => on(Event::Ready),
+                    Body::AuthError(e) => on(Event::Refused(format!(
+                        "auth_error:{}",
+                        error_code_name(e.code)
+                    ))),
+                    Body::Pong(_) => on(Event::Pong),
+                    Body::Push(p) => on(Event::Delivery(&p.payload)),
+                    Body::UpstreamReply(r) => on(Event::Reply {
+                        corr: r.correlation_id,
+                        status: r.status,
+                        payload: &r.payload,
+                    }),
+                    Body::GoAway(g) => on(Event::GoAway(g.reason)),
+                    Body::Error(e) => on(Event::Error(e.code)),
+                    other => on(Event::Other(body_name(other))),
                 }
             }
             Decoded::Incomplete(_) => break,
         }
     }
-    if pos < buf.len() {
-        *partial = buf[pos..].to_vec();
-    }
-    Ok(())
+    Ok(pos)
 }
 
 /// Short, stable name of an OS error for failure counters.
@@ -149,17 +162,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn feed_splits_and_keeps_partial() {
+    fn frames_split_and_keep_partial() {
         let a = ping_frame();
-        let b = auth_frame("t".into(), "d", 30_000);
+        let b = upstream_frame(7, "echo", b"hi".to_vec());
         let mut all = a.to_vec();
         all.extend_from_slice(&b);
         let mut partial = Vec::new();
         let mut got = Vec::new();
         for chunk in all.chunks(3) {
-            feed(&mut partial, chunk, &mut |f| got.push(body_name(&f))).unwrap();
+            crate::proto::feed(crate::proto::Protocol::Gw, &mut partial, chunk, &mut |e| {
+                got.push(format!("{e:?}"))
+            })
+            .unwrap();
         }
-        assert_eq!(got, vec!["Ping", "Auth"]);
+        assert_eq!(got, vec!["Other(\"Ping\")", "Other(\"Upstream\")"]);
         assert!(partial.is_empty() && partial.capacity() == 0);
     }
 

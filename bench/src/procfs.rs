@@ -73,18 +73,8 @@ pub fn self_fd_count() -> usize {
         .unwrap_or(0)
 }
 
-/// Soft RLIMIT_NOFILE of this process.
-pub fn nofile_limit() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    r.rlim_cur
-}
+/// Soft RLIMIT_NOFILE of this process (the gateway's own reading).
+pub use gateway::listener::nofile_limit;
 
 #[cfg(test)]
 mod tests {

@@ -350,12 +350,26 @@ million)
         if [[ -s $TMP/ready && $STATS_DONE == false ]]; then
             (( READY_AT > 0 )) || READY_AT=$SECONDS
             if (( SECONDS - READY_AT >= M_SETTLE_S + 1 )); then
-                # Early in the hold: each process's sessions and RSS.
+                # Early in the hold: each process's sessions and RSS, asked
+                # of all processes at once (one by one takes minutes under load).
+                T0=$(date +%s.%N)
+                QPIDS=()
                 for i in "${!GW_PIDS[@]}"; do
-                    s=$(curl -fsS "http://127.0.0.1:$((ADMIN_PORT + i))/stats" 2>/dev/null | jq '.sessions' || echo null)
-                    r=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/${GW_PIDS[$i]}/status" 2>/dev/null || echo null)
-                    echo "{\"sessions\": ${s:-null}, \"rss_bytes\": ${r:-null}}"
-                done | jq -s '.' >"$TMP/per_process.json"
+                    curl -fsS --max-time 10 "http://127.0.0.1:$((ADMIN_PORT + i))/stats" \
+                        >"$TMP/stats-$i.json" 2>/dev/null &
+                    QPIDS+=("$!")
+                done
+                for q in "${QPIDS[@]}"; do wait "$q" || true; done
+                T1=$(date +%s.%N)
+                for i in "${!GW_PIDS[@]}"; do
+                    r=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/${GW_PIDS[$i]}/status" 2>/dev/null || true)
+                    if ! { [[ -s $TMP/stats-$i.json ]] && jq -c --arg i "$i" --arg r "${r:-null}" \
+                        '{process: ($i|tonumber), sessions, connections, rss_bytes: ($r|fromjson)}' \
+                        "$TMP/stats-$i.json" 2>/dev/null; }; then
+                        echo "{\"process\": $i, \"sessions\": null, \"connections\": null, \"rss_bytes\": ${r:-null}}"
+                    fi
+                done | jq -s --arg t "$(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.2f", b - a}')" \
+                    '{query_s: ($t|tonumber), rows: .}' >"$TMP/per_process.json"
                 STATS_DONE=true
             fi
         fi
@@ -365,7 +379,7 @@ million)
     forget "$FPID"
     grep -v '^\[' "$TMP/flood.log" | sed 's/^/  [flood] /'
     (( FRC == 0 )) || { echo "flood failed ($FRC)" >&2; exit 1; }
-    [[ -s $TMP/per_process.json ]] || echo '[]' >"$TMP/per_process.json"
+    [[ -s $TMP/per_process.json ]] || echo '{"query_s": null, "rows": []}' >"$TMP/per_process.json"
     for i in "${!GW_PIDS[@]}"; do
         if grep -qiE 'panic|emfile' "$TMP/gw-$i.log"; then
             echo "  gateway $i log:"; grep -iE 'panic|emfile' "$TMP/gw-$i.log" | head -5 | sed 's/^/    /'
@@ -381,8 +395,8 @@ million)
         --arg n "$N" --arg gp "$GW_PROCS" '($f[0]) as $f | ($pp[0]) as $pp |
         ($f.rss.at_full.rss_bytes // 0) as $full | ($f.rss.at_start.rss_bytes // 0) as $idle |
         ($f.conns_established) as $est |
-        def spread(k): [$pp[] | .[k] | select(. != null)] | if length == 0 then null
-            else {min: min, max: max, mean: (add / length)} end;
+        def spread(k): [$pp.rows[] | .[k] | select(. != null)] | if length == 0 then null
+            else {min: min, max: max, mean: (add / length), sum: add, answered: length} end;
         {
           scenario: "million",
           connections_target: ($n|tonumber),
@@ -398,7 +412,8 @@ million)
           gateway_rss_idle_bytes: $idle,
           gateway_bytes_per_conn: (if $est > 0 then ($full - $idle) / $est else null end),
           gateway_bytes_per_conn_is: "(sum of RSS with the connections - sum of idle RSS) / connections: the per-process average",
-          per_process: {sessions: spread("sessions"), rss_bytes: spread("rss_bytes")},
+          per_process: {sessions: spread("sessions"), connections: spread("connections"),
+                        rss_bytes: spread("rss_bytes"), stats_query_s: $pp.query_s, rows: $pp.rows},
           kernel_slab_delta_bytes: $f.kernel_slab_delta_bytes,
           kernel_slab_bytes_per_conn_pair: (if $est > 0 then $f.kernel_slab_delta_bytes / $est else null end),
           connect_rate_per_s: $f.connect_rate_per_s,

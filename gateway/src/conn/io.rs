@@ -27,6 +27,8 @@ use crate::metrics::CoreMetrics;
 const READS_PER_VISIT: usize = 4;
 /// Connections served per poll of the loop before it yields to other tasks.
 const VISITS_PER_POLL: usize = 256;
+/// How often epoll is polled while no waiter can be armed.
+const FALLBACK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// Buffers per vectored write.
 const IOV_MAX: usize = 64;
 
@@ -35,6 +37,10 @@ pub struct IoLoop {
     core: Rc<Core>,
     /// Armed while the epoll instance has no events for us (see `Poller::waiter`).
     waiter: Option<glommio::net::TcpStream>,
+    /// When no waiter can be armed (no free fd for the dup): poll epoll on a
+    /// timer instead, until one can.
+    fallback: Option<glommio::timer::Timer>,
+    last_error_log: Option<std::time::Instant>,
     events: Vec<Event>,
 }
 
@@ -43,6 +49,8 @@ impl IoLoop {
         IoLoop {
             core,
             waiter: None,
+            fallback: None,
+            last_error_log: None,
             events: Vec::new(),
         }
     }
@@ -73,8 +81,18 @@ impl IoLoop {
         }
     }
 
-    /// Polls the waiter: true when the epoll instance has events.
+    /// Polls the waiter (or the fallback timer): true when it is time to
+    /// collect events.
     fn epoll_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(t) = self.fallback.as_mut() {
+            return match Pin::new(t).poll(cx) {
+                Poll::Pending => false,
+                Poll::Ready(_) => {
+                    self.fallback = None;
+                    true
+                }
+            };
+        }
         let Some(w) = self.waiter.as_mut() else {
             return true;
         };
@@ -98,6 +116,7 @@ impl Future for IoLoop {
         loop {
             if this.core.stopping.get() {
                 this.waiter = None;
+                this.fallback = None;
                 this.core.io_running.set(false);
                 return Poll::Ready(());
             }
@@ -113,15 +132,21 @@ impl Future for IoLoop {
                     return Poll::Pending;
                 }
             }
-            if this.waiter.is_some() {
+            if this.waiter.is_some() || this.fallback.is_some() {
                 return Poll::Pending;
             }
             match this.core.poller.waiter() {
                 Ok(w) => this.waiter = Some(w), // polled at the top: registers the wake-up
                 Err(e) => {
-                    tracing::error!(core = this.core.index, error = %e, "cannot arm the epoll waiter; retrying");
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    // Out of files (EMFILE): poll epoll every FALLBACK_POLL instead.
+                    let quiet = this
+                        .last_error_log
+                        .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+                    if !quiet {
+                        tracing::warn!(core = this.core.index, error = %e, "cannot arm the epoll waiter (open-file limit?); polling every 10 ms until it can");
+                        this.last_error_log = Some(std::time::Instant::now());
+                    }
+                    this.fallback = Some(glommio::timer::Timer::new(FALLBACK_POLL));
                 }
             }
         }

@@ -289,3 +289,33 @@ fn upstream_errors_are_replies_not_closes() {
     assert_eq!(c.call(4, "echo", "ok").status, 0);
     gw.shutdown(false);
 }
+
+#[test]
+fn trickling_bytes_of_an_unfinished_frame_do_not_count_as_life() {
+    let (gw, rec) = start(test_config());
+    let (mut c, _) = Client::login(gw.local_addr, "trickler");
+    c.send(Body::Ping(pb::Ping {
+        heartbeat_interval_ms: 50,
+    }));
+    assert!(matches!(c.recv().unwrap(), Body::Pong(_)));
+    // A length prefix for a 1,000-byte frame, then one byte every 20 ms for
+    // up to 1 s (idle timeout: 150 ms): bytes keep arriving, no frame ends.
+    c.send_raw(&1000u32.to_be_bytes());
+    let mut reaped_while_trickling = false;
+    for _ in 0..50 {
+        let offline = rec.events().iter().any(|e| matches!(e, Ev::Offline { .. }));
+        if offline || std::io::Write::write_all(&mut c.s, &[0x0a]).is_err() {
+            reaped_while_trickling = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        reaped_while_trickling,
+        "still open after 1 s of trickled bytes"
+    );
+    rec.wait_for("trickler reaped", |e| {
+        e.iter().any(|e| matches!(e, Ev::Offline { user, reason: CloseReason::StaleHeartbeat } if user == "trickler"))
+    });
+    gw.shutdown(false);
+}

@@ -1,7 +1,7 @@
 //! The core's I/O loop: one task per core serves every connection.
 //!
-//! Connections come to it two ways: socket events from the poller thread
-//! (`poller.rs`), and the ready list, where the core puts a connection when
+//! Connections come to it two ways: socket events from the core's epoll
+//! instance (`poller.rs`), and the ready list, where the core puts a connection when
 //! it queues output for it or closes it ([`Core::ready`]). Serving one
 //! connection: read until the socket is drained (at most a few reads, then
 //! it goes to the back of the list), decode whole frames straight from the
@@ -180,7 +180,7 @@ fn serve(core: &Rc<Core>, id: u64) {
         }
         // Done, or more to read later: back of the list, or off it.
         core.with_conn(idx, id, |c| {
-            if c.readable || (c.close.is_some()) {
+            if c.readable {
                 core.requeue(c);
             } else {
                 c.queued = false;

@@ -125,7 +125,7 @@ impl Core {
 
     /// Ends the I/O loop and the accept task while the executor still runs.
     /// A pending task is owned by its wakers, and the core holds theirs: left
-    /// pending, they would keep the core (and its poller thread) alive.
+    /// pending, they would keep the core (and its epoll fd) alive.
     async fn stop_tasks(&self) {
         self.stopping.set(true);
         self.wake_io(); // the I/O loop sees `stopping` and ends

@@ -420,14 +420,19 @@ impl Core {
             self.ready(c);
             return false;
         }
-        c.out_bytes += len;
-        c.out.push_back(out);
-        CoreMetrics::inc(&self.metrics.frames_out);
+        self.push_out(c, out);
         self.ready(c);
         true
     }
 
-    /// Marks a connection for closing; its driver tears it down. A final
+    /// Appends to the outbound queue and counts it (no limit check).
+    fn push_out(&self, c: &mut Conn, out: Out) {
+        c.out_bytes += out.len() as u32;
+        c.out.push_back(out);
+        CoreMetrics::inc(&self.metrics.frames_out);
+    }
+
+    /// Marks a connection for closing; the I/O loop tears it down. A final
     /// frame (GoAway, AuthError, Error) may be queued first with `last`.
     /// The final frame is queued past `outbound_bytes_max` (it is small and
     /// the connection ends anyway), so the close keeps its own reason.
@@ -438,9 +443,7 @@ impl Core {
                 return;
             }
             if let Some(bytes) = last {
-                c.out_bytes += bytes.len() as u32;
-                c.out.push_back(Out::frame(bytes));
-                CoreMetrics::inc(&self.metrics.frames_out);
+                self.push_out(c, Out::frame(bytes));
             }
             c.close = Some(reason);
             self.ready(c);

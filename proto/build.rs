@@ -1,7 +1,7 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so a fresh machine needs
 //! no system `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/gateway.proto"];
+    let files = ["proto/gateway.proto", "proto/backend.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

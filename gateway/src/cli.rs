@@ -82,6 +82,57 @@ overrides! {
     admin_listen: String,
 }
 
+macro_rules! nats_overrides {
+    ($($(#[$m:meta])* $field:ident = $flag:literal : $ty:ty),* $(,)?) => {
+        /// `[nats]` overrides; each flag replaces the file's value.
+        #[derive(clap::Args, Debug, Default)]
+        pub struct NatsOverrides {
+            $($(#[$m])* #[arg(long = $flag)] pub $field: Option<$ty>,)*
+        }
+        impl NatsOverrides {
+            pub fn apply(self, cfg: &mut Config) {
+                $(if let Some(v) = self.$field { cfg.nats.$field = v; })*
+            }
+        }
+    };
+}
+
+nats_overrides! {
+    /// NATS server URLs, comma-separated; none = embedded demo backend [default: none]
+    #[arg(value_delimiter = ',')]
+    urls = "nats-urls": Vec<String>,
+    /// Subject prefix [default: gw]
+    prefix = "nats-prefix": String,
+    /// NATS token (prefer the config file or NATS_TOKEN over a flag)
+    #[arg(env = "NATS_TOKEN", hide_env_values = true)]
+    token = "nats-token": String,
+    /// NATS user (with --nats-password)
+    user = "nats-user": String,
+    /// NATS password
+    #[arg(env = "NATS_PASSWORD", hide_env_values = true)]
+    password = "nats-password": String,
+    /// File with an NKey user seed
+    nkey_seed_file = "nats-nkey-seed-file": String,
+    /// NATS .creds file (JWT and seed)
+    creds_file = "nats-creds-file": String,
+    /// Require TLS to NATS [default: false]
+    tls_required = "nats-tls-required": bool,
+    /// CA certificates (PEM) for NATS TLS; empty = system roots
+    tls_ca_file = "nats-tls-ca-file": String,
+    /// Client certificate (PEM) for NATS TLS
+    tls_cert_file = "nats-tls-cert-file": String,
+    /// Client key (PEM) for NATS TLS
+    tls_key_file = "nats-tls-key-file": String,
+    /// One NATS connection attempt at most, ms [default: 2000]
+    connect_timeout_ms = "nats-connect-timeout-ms": u32,
+    /// Longest pause between NATS reconnection attempts, ms [default: 2000]
+    reconnect_delay_max_ms = "nats-reconnect-delay-max-ms": u32,
+    /// Messages queued between a core and its NATS connection [default: 65536]
+    bridge_queue_max = "nats-bridge-queue-max": u32,
+    /// Wait for a gateway to confirm an ack-required user push, ms [default: 2000]
+    push_confirm_timeout_ms = "nats-push-confirm-timeout-ms": u32,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gateway",
@@ -101,6 +152,8 @@ pub struct Cli {
     pub demo: bool,
     #[command(flatten)]
     pub overrides: Overrides,
+    #[command(flatten)]
+    pub nats: NatsOverrides,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
 }
@@ -131,6 +184,7 @@ impl Cli {
             None => Config::default(),
         };
         self.overrides.apply(&mut cfg);
+        self.nats.apply(&mut cfg);
         if self.demo {
             cfg.demo = true;
         }

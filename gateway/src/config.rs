@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeySpec, VerifyOptions};
+use crate::nats::NatsConfig;
 
 /// Secret of the demo key used by `--demo`. Public on purpose: demo only.
 pub const DEMO_SECRET: &str = "demo-secret-not-for-production-0123456789";
@@ -75,6 +76,8 @@ pub struct Config {
     pub admin_listen: String,
     /// Token verification.
     pub auth: AuthConfig,
+    /// NATS: where business backends live; no URLs = the embedded demo backend.
+    pub nats: NatsConfig,
     /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.
     pub demo: bool,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             io_memory_bytes: 512 * 1024,
             admin_listen: "127.0.0.1:9100".into(),
             auth: AuthConfig::default(),
+            nats: NatsConfig::default(),
             demo: false,
         }
     }
@@ -277,6 +281,7 @@ impl Config {
                 self.admin_listen
             ));
         }
+        self.nats.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! Layout (see ARCHITECTURE.md): `listener` accepts per core; `conn` drives
 //! one connection; `core` holds per-core state (sessions, rooms, timing
 //! wheel, reliable push); `backend` is the business seam (embedded demo
-//! backend here); `control` is the tokio thread (admin HTTP, signals);
+//! backend here); `nats` bridges cores to NATS backends; `control` is the tokio thread (admin HTTP, signals);
 //! `auth` verifies JWTs; `config` and `metrics` are what they say.
 
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod control;
 pub mod core;
 pub mod listener;
 pub mod metrics;
+pub mod nats;
 pub mod server;
 
 pub use config::Config;

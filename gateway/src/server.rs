@@ -17,6 +17,9 @@ use crate::control::ControlPlane;
 use crate::core::{Core, CoreMsg};
 use crate::listener;
 use crate::metrics::Snapshot;
+use crate::nats::contract::Subjects;
+use crate::nats::inbound::InboundCtx;
+use crate::nats::{BridgeStats, NatsFactory};
 
 /// How long `start` waits for every core to report that it serves.
 const CORE_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +35,49 @@ pub struct GatewayHandle {
     mesh: Vec<flume::Sender<CoreMsg>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Option<ControlPlane>,
+    nats: Option<NatsParts>,
+}
+
+/// The NATS bridge, when `[nats] urls` are set.
+struct NatsParts {
+    factory: Arc<NatsFactory>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<BridgeStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl NatsParts {
+    /// Starts the bridge's connections on the control-plane thread.
+    fn start(cfg: &Arc<Config>, cores: usize, control: &ControlPlane) -> anyhow::Result<NatsParts> {
+        let stats = Arc::new(BridgeStats::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (cfg2, stats2) = (cfg.clone(), stats.clone());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        control.handle.spawn(async move {
+            let _ = tx.send(crate::nats::bridge::start(&cfg2, cores, stats2, stop_rx).await);
+        });
+        let (links, tasks) = rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the control plane stopped while starting NATS"))??;
+        let _ = control.shared.nats.set(stats.clone());
+        tracing::info!(urls = %cfg.nats.urls.join(","), prefix = %cfg.nats.prefix, "NATS backends: upstream frames go to <prefix>.up.<route>");
+        Ok(NatsParts {
+            factory: Arc::new(NatsFactory::new(links, cfg, stats.clone())),
+            tasks,
+            stats,
+            stop,
+        })
+    }
+
+    /// After the cores have exited: closes the subscriptions and waits for
+    /// the request tasks to flush.
+    fn stop(self) {
+        self.factory.close();
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = futures_lite::future::block_on(t);
+        }
+    }
 }
 
 /// Builds the verifier from the config (and the demo key in demo mode).
@@ -47,8 +93,10 @@ pub fn build_verifier(cfg: &Config) -> anyhow::Result<Verifier> {
     Verifier::new(keys, cfg.verify_options()).context("building the token verifier")
 }
 
-/// Starts a gateway. `signals`: the control plane handles SIGTERM (drain)
-/// and SIGINT (fast stop); tests pass false and call [`GatewayHandle::shutdown`].
+/// Starts a gateway. `backend` serves upstream frames unless `[nats] urls`
+/// are set, in which case NATS backends do. `signals`: the control plane
+/// handles SIGTERM (drain) and SIGINT (fast stop); tests pass false and call
+/// [`GatewayHandle::shutdown`].
 pub fn start(
     cfg: Config,
     backend: Arc<dyn BackendFactory>,
@@ -86,13 +134,83 @@ pub fn start(
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| flume::bounded(cfg.core_inbox_max as usize))
         .unzip();
-    let mut executors = Vec::with_capacity(cores);
+    // The control plane first: the NATS bridge runs on it.
+    let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
+    let nats = if cfg.nats.enabled() {
+        match NatsParts::start(&cfg, cores, &control) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                control.stop();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let backend: Arc<dyn BackendFactory> = match &nats {
+        Some(n) => n.factory.clone(),
+        None => backend,
+    };
+    let mut handle = GatewayHandle {
+        local_addr,
+        admin_addr: control.admin_addr,
+        conns_per_core_max: conns_max,
+        mesh: txs.clone(),
+        executors: Vec::with_capacity(cores),
+        control: Some(control),
+        nats,
+    };
+    match spawn_cores(
+        &cfg,
+        cores,
+        cpus,
+        conns_max,
+        verifier,
+        backend,
+        sockets,
+        rxs,
+        &txs,
+        &mut handle,
+    ) {
+        Ok(()) => Ok(handle),
+        Err(e) => {
+            // Cores that started stop with the handle.
+            handle.shutdown(false);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_cores(
+    cfg: &Arc<Config>,
+    cores: usize,
+    cpus: usize,
+    conns_max: u32,
+    verifier: Arc<Verifier>,
+    backend: Arc<dyn BackendFactory>,
+    sockets: Vec<socket2::Socket>,
+    rxs: Vec<flume::Receiver<CoreMsg>>,
+    txs: &[flume::Sender<CoreMsg>],
+    handle: &mut GatewayHandle,
+) -> anyhow::Result<()> {
     // Each core reports once it serves (or why it cannot).
     let (up_tx, up_rx) = flume::bounded::<Result<(), String>>(cores);
     for (i, (sock, rx)) in sockets.into_iter().zip(rxs).enumerate() {
         let up = up_tx.clone();
         let (cfg, verifier, backend, mesh) =
-            (cfg.clone(), verifier.clone(), backend.clone(), txs.clone());
+            (cfg.clone(), verifier.clone(), backend.clone(), txs.to_vec());
+        let inbound = handle.nats.as_ref().and_then(|n| {
+            let (rx, subs) = n.factory.take_inbound(i)?;
+            Some((
+                rx,
+                InboundCtx {
+                    subjects: Subjects::new(&cfg.nats.prefix),
+                    subs,
+                    stats: n.stats.clone(),
+                },
+            ))
+        });
         let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("gw-core-{i}"))
             .io_memory(cfg.io_memory_bytes as usize)
@@ -109,12 +227,15 @@ pub fn start(
                 glommio::spawn_local(IoLoop::new(core.clone())).detach();
                 glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
                 glommio::spawn_local(core.clone().run_ticks()).detach();
+                if let Some((rx, ctx)) = inbound {
+                    glommio::spawn_local(crate::nats::inbound::run(core.clone(), rx, ctx)).detach();
+                }
                 let _ = up.send(Ok(()));
                 drop(up);
                 core.run_inbox(rx).await;
             })
             .map_err(|e| anyhow::anyhow!("starting the executor of core {i}: {e} (io_uring and locked memory: see OPERATIONS.md)"))?;
-        executors.push(h);
+        handle.executors.push(h);
     }
     drop(up_tx);
     for _ in 0..cores {
@@ -126,15 +247,7 @@ pub fn start(
             ),
         }
     }
-    let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
-    Ok(GatewayHandle {
-        local_addr,
-        admin_addr: control.admin_addr,
-        conns_per_core_max: conns_max,
-        mesh: txs,
-        executors,
-        control: Some(control),
-    })
+    Ok(())
 }
 
 impl GatewayHandle {
@@ -160,6 +273,9 @@ impl GatewayHandle {
             if let Err(e) = h.join() {
                 tracing::error!(error = %e, "a core ended with an error");
             }
+        }
+        if let Some(n) = self.nats.take() {
+            n.stop();
         }
         if let Some(c) = self.control.take() {
             c.stop();

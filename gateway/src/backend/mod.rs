@@ -7,7 +7,7 @@
 //!
 //! Each core owns its own backend instance (made by a [`BackendFactory`]), so
 //! nothing here needs locks. The embedded demo backend lives in [`embedded`];
-//! the NATS bridge will be another implementation of the same trait.
+//! the NATS bridge (`crate::nats`) is the other implementation.
 
 pub mod embedded;
 
@@ -122,6 +122,18 @@ pub enum UndeliveredReason {
     NoConnection,
     /// The push would not fit in `frame_bytes_max`.
     TooLarge,
+    /// A user push that no gateway confirmed in time (it may have arrived).
+    Unconfirmed,
+    /// NATS was unreachable when the push was to be published.
+    NatsUnavailable,
+}
+
+/// A user or room whose first local member arrived or last one left; the
+/// NATS backend follows these with subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest<'a> {
+    User(&'a str),
+    Room(&'a str),
 }
 
 /// Session events the core reports.
@@ -155,6 +167,9 @@ pub trait Backend {
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply>;
     /// Reports a session event; must not block.
     fn event(&self, ev: SessionEvent);
+    /// This core gained (`on`) its first or lost its last member of a user
+    /// or room. Must not block. The embedded backend ignores it.
+    fn interest(&self, _what: Interest<'_>, _on: bool) {}
 }
 
 /// Makes the backend of each core; shared by the cores' threads.

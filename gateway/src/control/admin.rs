@@ -67,7 +67,10 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
     match path {
         "/metrics" => {
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
-            let text = metrics::render_prometheus(&snaps, draining);
+            let mut text = metrics::render_prometheus(&snaps, draining);
+            if let Some(n) = shared.nats.get() {
+                n.render(&mut text);
+            }
             respond(&mut sock, 200, "text/plain; version=0.0.4", &text).await
         }
         "/healthz" => {

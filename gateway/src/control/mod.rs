@@ -1,7 +1,7 @@
 //! The control plane: one thread running a single-threaded tokio runtime.
 //! It serves the admin HTTP endpoints (`admin.rs`) and turns signals into
 //! core messages: SIGTERM drains (a second one stops fast), SIGINT stops
-//! fast. Later, the NATS clients live here too.
+//! fast. The NATS bridge's tasks (`crate::nats::bridge`) run here too.
 
 mod admin;
 
@@ -18,7 +18,9 @@ use crate::metrics::Snapshot;
 
 pub struct ControlPlane {
     pub admin_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    /// Runs tasks on the control-plane thread.
+    pub handle: tokio::runtime::Handle,
+    pub(crate) shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -28,6 +30,8 @@ pub(crate) struct Shared {
     pub mesh: Vec<flume::Sender<CoreMsg>>,
     pub draining: AtomicBool,
     pub node_id: String,
+    /// The NATS bridge's counters, once it runs.
+    pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
 }
 
 impl ControlPlane {
@@ -53,12 +57,14 @@ impl ControlPlane {
             mesh,
             draining: AtomicBool::new(false),
             node_id: cfg.node_id.clone(),
+            nats: std::sync::OnceLock::new(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let shared_rt = shared.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let handle = rt.handle().clone();
         let thread = std::thread::Builder::new()
             .name("gw-control".into())
             .spawn(move || {
@@ -80,6 +86,7 @@ impl ControlPlane {
             })?;
         Ok(ControlPlane {
             admin_addr,
+            handle,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),

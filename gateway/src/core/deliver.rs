@@ -17,7 +17,7 @@ use super::push::{self, Out};
 use super::wheel::Entry;
 use super::{conn_id_core, conn_id_idx, Conn, Core, CoreMsg, Members, State};
 use crate::backend::{
-    PushOrder, SessionEvent, SessionOp, Target, UndeliveredPush, UndeliveredReason,
+    Interest, PushOrder, SessionEvent, SessionOp, Target, UndeliveredPush, UndeliveredReason,
 };
 use crate::metrics::CoreMetrics;
 
@@ -28,26 +28,33 @@ impl Core {
     /// Executes a backend's push orders, then its session operations.
     pub async fn execute(&self, pushes: Vec<PushOrder>, ops: Vec<SessionOp>) {
         for p in pushes {
-            let body = push::encode_body(&p.route, &p.payload, p.ack_required, p.priority);
-            if body.len() + push::HEAD_BYTES_MAX > self.cfg.frame_bytes_max as usize {
-                // A frame the client is told it will never receive: refuse it
-                // here, loudly, and hand ack-required ones back.
-                CoreMetrics::inc(&self.metrics.pushes_too_large);
-                tracing::warn!(route = %p.route, bytes = body.len(), "push larger than frame_bytes_max refused");
-                if p.ack_required {
-                    self.report_lost(vec![lost_push(
-                        &p.target,
-                        &body,
-                        UndeliveredReason::TooLarge,
-                    )]);
-                }
-                continue;
+            if let Some(body) = self.encode_push(&p) {
+                self.route_push(p.target, body, p.ack_required).await;
             }
-            self.route_push(p.target, body, p.ack_required).await;
         }
         for op in ops {
             self.route_op(op).await;
         }
+    }
+
+    /// A push's shared body, or None (counted, logged, and reported when
+    /// ack-required) when it would not fit in `frame_bytes_max`: a frame the
+    /// client is told it will never receive is refused here, loudly.
+    pub fn encode_push(&self, p: &PushOrder) -> Option<Bytes> {
+        let body = push::encode_body(&p.route, &p.payload, p.ack_required, p.priority);
+        if body.len() + push::HEAD_BYTES_MAX <= self.cfg.frame_bytes_max as usize {
+            return Some(body);
+        }
+        CoreMetrics::inc(&self.metrics.pushes_too_large);
+        tracing::warn!(route = %p.route, bytes = body.len(), "push larger than frame_bytes_max refused");
+        if p.ack_required {
+            self.report_lost(vec![lost_push(
+                &p.target,
+                &body,
+                UndeliveredReason::TooLarge,
+            )]);
+        }
+        None
     }
 
     /// Sends a push to the cores that may hold its target.
@@ -80,10 +87,13 @@ impl Core {
         }
     }
 
-    /// Delivers a push to this core's connections that match `target`.
-    pub fn deliver(&self, target: &Target, body: &Bytes, ack_required: bool) {
+    /// Delivers a push to this core's connections that match `target`;
+    /// returns how many connections took it (each one will deliver it or
+    /// report it undelivered).
+    pub fn deliver(&self, target: &Target, body: &Bytes, ack_required: bool) -> usize {
         let now = self.now();
         let mut lost: Vec<Lost> = Vec::new();
+        let mut placed = 0;
         {
             let mut st = self.state.borrow_mut();
             let State {
@@ -94,6 +104,9 @@ impl Core {
                 ..
             } = &mut *st;
             let mut one = |c: &mut Conn| {
+                if c.authed() && c.close.is_none() {
+                    placed += 1;
+                }
                 if let Some(l) = self.deliver_one(c, body, ack_required, now, wheel) {
                     lost.push(l);
                 }
@@ -111,6 +124,7 @@ impl Core {
             }
         }
         self.report_lost(lost);
+        placed
     }
 
     fn deliver_one(
@@ -286,6 +300,7 @@ impl Core {
                     Some(m) => m.add(idx),
                     None => {
                         rooms.insert(key, Members::One(idx));
+                        self.backend.interest(Interest::Room(room), true);
                     }
                 }
                 false
@@ -310,20 +325,25 @@ impl Core {
         };
         if let Some(p) = c.rooms().iter().position(|r| &**r == room) {
             c.extra_mut().rooms.swap_remove(p);
-            remove_member(rooms, room, idx);
+            if remove_member(rooms, room, idx) {
+                self.backend.interest(Interest::Room(room), false);
+            }
         }
     }
 }
 
-/// Removes `idx` from the member list under `key`, and the key when empty.
+/// Removes `idx` from the member list under `key`, and the key when empty;
+/// true when the key went (the last local member left).
 pub(super) fn remove_member(
     map: &mut std::collections::HashMap<Rc<str>, Members>,
     key: &str,
     idx: u32,
-) {
+) -> bool {
     if map.get_mut(key).is_some_and(|m| m.remove(idx)) {
         map.remove(key);
+        return true;
     }
+    false
 }
 
 fn for_members(

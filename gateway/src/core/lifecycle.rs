@@ -10,7 +10,7 @@ use gw_proto::CloseReason;
 
 use super::deliver::remove_member;
 use super::{Core, CoreMsg};
-use crate::backend::{SessionEvent, UndeliveredReason};
+use crate::backend::{Interest, SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -33,11 +33,15 @@ impl Core {
                 libc::close(c.fd);
             }
             if let Some(u) = &c.user {
-                remove_member(&mut st.users, u, idx);
+                if remove_member(&mut st.users, u, idx) {
+                    self.backend.interest(Interest::User(u), false);
+                }
                 st.sessions -= 1;
             }
             for r in c.rooms() {
-                remove_member(&mut st.rooms, r, idx);
+                if remove_member(&mut st.rooms, r, idx) {
+                    self.backend.interest(Interest::Room(r), false);
+                }
             }
             c
         };
@@ -130,8 +134,12 @@ impl Core {
         self.stopping.set(true);
         self.wake_io(); // the I/O loop sees `stopping` and ends
         let deadline = Instant::now() + TASKS_EXIT_WAIT;
-        let running =
-            || self.io_running.get() || self.accept_running.get() || self.ticks_running.get();
+        let running = || {
+            self.io_running.get()
+                || self.accept_running.get()
+                || self.ticks_running.get()
+                || self.nats_running.get()
+        };
         while running() && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -147,7 +155,9 @@ impl Core {
                     target,
                     body,
                     ack_required,
-                } => self.deliver(&target, &body, ack_required),
+                } => {
+                    self.deliver(&target, &body, ack_required);
+                }
                 CoreMsg::Op(op) => self.apply_op(op),
                 CoreMsg::Snapshot(tx) => {
                     let _ = tx.try_send(self.snapshot());

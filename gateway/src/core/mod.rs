@@ -26,7 +26,7 @@ use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::CloseReason;
 
 use crate::auth::Verifier;
-use crate::backend::{Backend, SessionOp, Target};
+use crate::backend::{Backend, Interest, SessionOp, Target};
 use crate::config::Config;
 use crate::conn::Poller;
 use crate::metrics::{CoreMetrics, Snapshot};
@@ -207,6 +207,8 @@ pub struct Core {
     pub io_running: Cell<bool>,
     pub accept_running: Cell<bool>,
     pub ticks_running: Cell<bool>,
+    /// The NATS inbound task (`nats::inbound`) has not ended yet.
+    pub nats_running: Cell<bool>,
     /// Set on Stop: long-running tasks end.
     pub stopping: Cell<bool>,
     start: Instant,
@@ -254,6 +256,7 @@ impl Core {
             io_running: Cell::new(true),
             accept_running: Cell::new(true),
             ticks_running: Cell::new(true),
+            nats_running: Cell::new(false),
             stopping: Cell::new(false),
             start: Instant::now(),
         }
@@ -518,6 +521,7 @@ impl Core {
             Some(m) => m.add(idx),
             None => {
                 st.users.insert(user.clone(), Members::One(idx));
+                self.backend.interest(Interest::User(&user), true);
             }
         }
         st.sessions += 1;

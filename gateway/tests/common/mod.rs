@@ -17,6 +17,8 @@ use gateway::{Config, GatewayHandle};
 use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::Decoded;
 
+pub mod nats;
+
 /// How long a test waits for an expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
 

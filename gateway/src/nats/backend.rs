@@ -1,0 +1,191 @@
+//! The core side of the NATS bridge: a [`Backend`] that turns upstream
+//! frames into NATS requests, session events into publishes, and interest
+//! changes into subscriptions. One per core; it holds only channel ends.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use gw_proto::ErrorCode;
+
+use super::bridge::{BridgeStats, Call, CoreLink, ToNats};
+use super::contract::{self, Subjects};
+use super::interest::{Inbound, Interest as Subscriptions};
+use crate::backend::{
+    Backend, BackendFactory, BackendReply, Interest, LocalBoxFuture, SessionEvent, UpstreamRequest,
+};
+
+pub struct NatsBackend {
+    tx: flume::Sender<ToNats>,
+    subs: Subscriptions,
+    subjects: Subjects,
+    node: String,
+    stats: Arc<BridgeStats>,
+    /// Last time a dropped event was logged (seconds since start), for rate-limiting.
+    dropped_logged: Cell<u64>,
+    started: std::time::Instant,
+}
+
+/// Hands each core its link; `inbound` is taken by the server for the
+/// core's inbound task.
+pub struct NatsFactory {
+    links: Mutex<Vec<Option<CoreLink>>>,
+    subjects: Subjects,
+    node: String,
+    stats: Arc<BridgeStats>,
+}
+
+impl NatsFactory {
+    pub fn new(links: Vec<CoreLink>, cfg: &crate::Config, stats: Arc<BridgeStats>) -> NatsFactory {
+        NatsFactory {
+            links: Mutex::new(links.into_iter().map(Some).collect()),
+            subjects: Subjects::new(&cfg.nats.prefix),
+            node: cfg.node_id.clone(),
+            stats,
+        }
+    }
+
+    /// The inbound end of a core's subscriptions (once).
+    pub fn take_inbound(&self, core: usize) -> Option<(flume::Receiver<Inbound>, Subscriptions)> {
+        let links = self.links.lock().ok()?;
+        let l = links.get(core)?.as_ref()?;
+        Some((l.inbound.clone(), l.interest.clone()))
+    }
+
+    /// Closes every subscription connection and lets go of the request
+    /// channels, so the bridge tasks end once the cores have (at shutdown).
+    pub fn close(&self) {
+        if let Ok(mut links) = self.links.lock() {
+            for l in links.drain(..).flatten() {
+                l.interest.close();
+            }
+        }
+    }
+}
+
+impl BackendFactory for NatsFactory {
+    fn for_core(&self, core: usize) -> Rc<dyn Backend> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let l = links
+            .get(core)
+            .and_then(|l| l.as_ref())
+            .expect("one NATS link per core, made by nats::bridge::start");
+        Rc::new(NatsBackend {
+            tx: l.tx.clone(),
+            subs: l.interest.clone(),
+            subjects: self.subjects.clone(),
+            node: self.node.clone(),
+            stats: self.stats.clone(),
+            dropped_logged: Cell::new(0),
+            started: std::time::Instant::now(),
+        })
+    }
+}
+
+fn unavailable(msg: &str) -> BackendReply {
+    BackendReply::error(ErrorCode::BackendUnavailable, msg)
+}
+
+impl NatsBackend {
+    fn publish(&self, kind: &str, payload: bytes::Bytes) {
+        let msg = ToNats::Publish {
+            subject: self.subjects.event(kind),
+            payload,
+        };
+        if self.tx.try_send(msg).is_err() {
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            let now = self.started.elapsed().as_secs() + 1;
+            if self.dropped_logged.get() != now {
+                self.dropped_logged.set(now);
+                tracing::warn!(kind, "NATS bridge queue full (nats.bridge_queue_max): session event dropped; see gateway_nats_events_dropped_total");
+            }
+        }
+    }
+}
+
+impl Backend for NatsBackend {
+    fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply> {
+        let (reply, rx) = flume::bounded(1);
+        let msg = ToNats::Request(Box::new(Call {
+            headers: [
+                (contract::H_NODE, self.node.clone()),
+                (contract::H_CONN, req.conn_id.to_string()),
+                (contract::H_USER, req.user.to_string()),
+                (contract::H_DEVICE, req.device.to_string()),
+                (contract::H_MSG_ID, req.client_msg_id),
+            ],
+            route: req.route,
+            payload: req.payload,
+            reply,
+        }));
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            if tx.send_async(msg).await.is_err() {
+                return unavailable("the NATS bridge has stopped");
+            }
+            rx.recv_async()
+                .await
+                .unwrap_or_else(|_| unavailable("the NATS bridge dropped the request"))
+        })
+    }
+
+    fn event(&self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Online {
+                conn_id,
+                user,
+                device,
+                resume_seq,
+                metadata,
+            } => {
+                let e = contract::online_event(
+                    &self.node, conn_id, &user, &device, resume_seq, metadata,
+                );
+                self.publish("online", contract::to_bytes(&e));
+            }
+            SessionEvent::Offline {
+                conn_id,
+                user,
+                device,
+                reason,
+            } => {
+                let e = contract::offline_event(&self.node, conn_id, &user, &device, reason);
+                self.publish("offline", contract::to_bytes(&e));
+            }
+            SessionEvent::Undelivered {
+                conn_id,
+                user,
+                device,
+                pushes,
+            } => {
+                let e = gw_proto::pb::UndeliveredEvent {
+                    node: self.node.clone(),
+                    conn_id,
+                    user: user.to_string(),
+                    device: device.to_string(),
+                    pushes: pushes.iter().map(contract::undelivered_push).collect(),
+                    at_unix_ms: contract::unix_ms(),
+                    room: String::new(),
+                };
+                self.publish("undelivered", contract::to_bytes(&e));
+            }
+        }
+    }
+
+    fn interest(&self, what: Interest<'_>, on: bool) {
+        let (name, subject) = match what {
+            Interest::User(u) => (u, self.subjects.user(u)),
+            Interest::Room(r) => (r, self.subjects.room(r)),
+        };
+        if !contract::valid_name(name) {
+            tracing::warn!(name, "a user or room name that cannot be a NATS subject: pushes over NATS cannot reach it");
+            return;
+        }
+        if on {
+            self.subs.sub(&subject, None);
+        } else {
+            self.subs.unsub(&subject);
+        }
+    }
+}

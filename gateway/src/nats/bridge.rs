@@ -1,0 +1,506 @@
+//! The control-plane side of the NATS bridge (tokio): one async-nats client
+//! per core for upstream requests, event publishes and pushes bound for
+//! other nodes, and one `Interest` connection per core for the
+//! subscriptions (users, rooms, this node). Cores talk to it over bounded
+//! flume channels (`nats.bridge_queue_max`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{client::RequestErrorKind, HeaderMap, Request};
+use bytes::Bytes;
+use gw_proto::pb;
+use gw_proto::ErrorCode;
+use prost::Message as _;
+
+use super::contract::{self, Remote, Subjects};
+use super::interest::{self, ConnectSpec, Inbound, Interest};
+use super::NatsConfig;
+use crate::backend::{BackendReply, UndeliveredReason};
+
+/// From a core to its NATS client.
+pub enum ToNats {
+    /// An upstream frame, as a NATS request on `<p>.up.<route>`.
+    Request(Box<Call>),
+    /// A session event or other fire-and-forget message.
+    Publish { subject: String, payload: Bytes },
+}
+
+/// One upstream request and where its answer goes.
+pub struct Call {
+    pub route: String,
+    pub headers: [(&'static str, String); 5],
+    pub payload: Bytes,
+    pub reply: flume::Sender<BackendReply>,
+}
+
+/// Counters of the bridge, all cores together (read by /metrics).
+#[derive(Default)]
+pub struct BridgeStats {
+    pub requests: AtomicU64,
+    pub request_timeouts: AtomicU64,
+    pub no_responders: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub bad_replies: AtomicU64,
+    pub remote_publishes: AtomicU64,
+    pub publish_errors: AtomicU64,
+    pub push_unconfirmed: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub inbound_pushes: AtomicU64,
+    pub inbound_refused: AtomicU64,
+}
+
+impl BridgeStats {
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let rows: [(&str, &AtomicU64, &str); 11] = [
+            ("requests", &self.requests, "upstream requests sent to NATS"),
+            (
+                "request_timeouts",
+                &self.request_timeouts,
+                "upstream requests no backend answered in time",
+            ),
+            (
+                "no_responders",
+                &self.no_responders,
+                "upstream requests for routes no backend serves",
+            ),
+            (
+                "unavailable",
+                &self.unavailable,
+                "upstream requests refused while NATS was unreachable",
+            ),
+            (
+                "bad_replies",
+                &self.bad_replies,
+                "backend replies that were not a valid BackendReply",
+            ),
+            (
+                "remote_publishes",
+                &self.remote_publishes,
+                "pushes and commands published for users, rooms and other nodes",
+            ),
+            (
+                "publish_errors",
+                &self.publish_errors,
+                "publishes that failed",
+            ),
+            (
+                "push_unconfirmed",
+                &self.push_unconfirmed,
+                "ack-required user pushes that no gateway confirmed",
+            ),
+            (
+                "events_dropped",
+                &self.events_dropped,
+                "session events dropped because the bridge queue was full",
+            ),
+            (
+                "inbound_pushes",
+                &self.inbound_pushes,
+                "pushes and commands received from NATS",
+            ),
+            (
+                "inbound_refused",
+                &self.inbound_refused,
+                "messages from NATS refused (bad headers or body)",
+            ),
+        ];
+        for (name, v, help) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP gateway_nats_{name}_total {help}\n# TYPE gateway_nats_{name}_total counter\ngateway_nats_{name}_total {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// What a core needs to use its NATS connections.
+pub struct CoreLink {
+    pub tx: flume::Sender<ToNats>,
+    pub interest: Interest,
+    pub inbound: flume::Receiver<Inbound>,
+}
+
+/// Everything the bridge tasks share.
+struct Ctx {
+    node: String,
+    subjects: Subjects,
+    request_timeout: Duration,
+    confirm_timeout: Duration,
+    retry_after_ms: u32,
+    stats: Arc<BridgeStats>,
+}
+
+/// Builds the async-nats options from the config.
+async fn options(cfg: &NatsConfig, name: String) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut o = if !cfg.creds_file.is_empty() {
+        async_nats::ConnectOptions::with_credentials_file(&cfg.creds_file)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading nats.creds_file {}: {e}", cfg.creds_file))?
+    } else if !cfg.nkey_seed_file.is_empty() {
+        let seed = std::fs::read_to_string(&cfg.nkey_seed_file).map_err(|e| {
+            anyhow::anyhow!("reading nats.nkey_seed_file {}: {e}", cfg.nkey_seed_file)
+        })?;
+        async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+    } else if !cfg.token.is_empty() {
+        async_nats::ConnectOptions::with_token(cfg.token.clone())
+    } else if !cfg.user.is_empty() {
+        async_nats::ConnectOptions::with_user_and_password(cfg.user.clone(), cfg.password.clone())
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    if cfg.tls_required {
+        o = o.require_tls(true);
+    }
+    if !cfg.tls_ca_file.is_empty() {
+        o = o.add_root_certificates(cfg.tls_ca_file.clone().into());
+    }
+    if !cfg.tls_cert_file.is_empty() {
+        o = o.add_client_certificate(
+            cfg.tls_cert_file.clone().into(),
+            cfg.tls_key_file.clone().into(),
+        );
+    }
+    let delay_max = Duration::from_millis(cfg.reconnect_delay_max_ms as u64);
+    Ok(o.name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms as u64))
+        .request_timeout(None)
+        .reconnect_delay_callback(move |attempts| {
+            let ms = 10u64.saturating_mul(1u64 << attempts.min(16));
+            Duration::from_millis(ms).min(delay_max)
+        }))
+}
+
+/// The `Interest` connection's options.
+fn connect_spec(cfg: &NatsConfig, name: String) -> anyhow::Result<ConnectSpec> {
+    let auth = if !cfg.creds_file.is_empty() {
+        let text = std::fs::read_to_string(&cfg.creds_file)
+            .map_err(|e| anyhow::anyhow!("reading nats.creds_file {}: {e}", cfg.creds_file))?;
+        let (jwt, seed) = interest::read_creds(&text)
+            .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?;
+        interest::Auth::Creds { jwt, seed }
+    } else if !cfg.nkey_seed_file.is_empty() {
+        let seed = std::fs::read_to_string(&cfg.nkey_seed_file).map_err(|e| {
+            anyhow::anyhow!("reading nats.nkey_seed_file {}: {e}", cfg.nkey_seed_file)
+        })?;
+        interest::Auth::NKeySeed(seed.trim().to_string())
+    } else if !cfg.token.is_empty() {
+        interest::Auth::Token(cfg.token.clone())
+    } else if !cfg.user.is_empty() {
+        interest::Auth::UserPassword(cfg.user.clone(), cfg.password.clone())
+    } else {
+        interest::Auth::None
+    };
+    Ok(ConnectSpec {
+        urls: cfg.urls.clone(),
+        auth,
+        tls_required: cfg.tls_required,
+        tls_ca_file: cfg.tls_ca_file.clone(),
+        tls_cert_file: cfg.tls_cert_file.clone(),
+        tls_key_file: cfg.tls_key_file.clone(),
+        name,
+        connect_timeout: Duration::from_millis(cfg.connect_timeout_ms as u64),
+        reconnect_delay_max: Duration::from_millis(cfg.reconnect_delay_max_ms as u64),
+        ping_interval: Duration::from_secs(10),
+    })
+}
+
+/// Starts the NATS connections of every core on the current tokio runtime.
+/// The tasks end (after flushing) when `stop` turns true.
+pub async fn start(
+    cfg: &crate::Config,
+    cores: usize,
+    stats: Arc<BridgeStats>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Vec<CoreLink>, Vec<tokio::task::JoinHandle<()>>)> {
+    let n = &cfg.nats;
+    let ctx = Arc::new(Ctx {
+        node: cfg.node_id.clone(),
+        subjects: Subjects::new(&n.prefix),
+        request_timeout: Duration::from_millis(cfg.upstream_timeout_ms as u64),
+        confirm_timeout: Duration::from_millis(n.push_confirm_timeout_ms as u64),
+        retry_after_ms: cfg.busy_retry_after_ms,
+        stats,
+    });
+    let urls = n.urls.join(",");
+    let mut links = Vec::with_capacity(cores);
+    let mut tasks = Vec::with_capacity(cores);
+    for core in 0..cores {
+        let name = format!("gateway {} core {core}", cfg.node_id);
+        let node = cfg.node_id.clone();
+        let url_list = urls.clone();
+        let opts = options(n, name.clone()).await?.event_callback(move |ev| {
+            let (node, url_list) = (node.clone(), url_list.clone());
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        tracing::info!(%node, core, "NATS connected")
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!(
+                        %node, core, urls = %url_list,
+                        "NATS connection lost: upstream frames get BACKEND_UNAVAILABLE until it is back; reconnecting"
+                    ),
+                    other => tracing::warn!(%node, core, event = %other, "NATS"),
+                }
+            }
+        });
+        let client = opts.connect(n.urls.clone()).await.map_err(|e| {
+            anyhow::anyhow!("nats.urls {urls}: {e} (check the URLs and credentials)")
+        })?;
+        let queue = n.bridge_queue_max as usize;
+        let (tx, rx) = flume::bounded(queue);
+        let (in_tx, in_rx) = flume::bounded(queue);
+        let (status_tx, status_rx) = flume::bounded(16);
+        let interest = Interest::spawn(
+            connect_spec(n, format!("{name} interest"))?,
+            in_tx,
+            status_tx,
+        );
+        let node_subject = ctx.subjects.node(&cfg.node_id);
+        interest.sub(&node_subject, Some(&node_subject));
+        tokio::spawn(log_status(status_rx, core));
+        tasks.push(tokio::spawn(run_core(
+            client,
+            rx,
+            ctx.clone(),
+            stop.clone(),
+        )));
+        links.push(CoreLink {
+            tx,
+            interest,
+            inbound: in_rx,
+        });
+    }
+    Ok((links, tasks))
+}
+
+async fn log_status(rx: flume::Receiver<interest::Status>, core: usize) {
+    while let Ok(s) = rx.recv_async().await {
+        match s {
+            interest::Status::Connected => tracing::info!(core, "NATS subscriptions connected"),
+            interest::Status::Disconnected(why) => {
+                tracing::warn!(core, %why, "NATS subscriptions lost; pushes to this core's users wait until they are restored")
+            }
+        }
+    }
+}
+
+fn retryable(code: ErrorCode, msg: &str, retry_after_ms: u32) -> BackendReply {
+    let mut r = BackendReply::error(code, msg);
+    r.retry_after_ms = retry_after_ms;
+    r
+}
+
+async fn run_core(
+    client: async_nats::Client,
+    rx: flume::Receiver<ToNats>,
+    ctx: Arc<Ctx>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv_async() => match m {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(msg) = msg else {
+            // The cores are gone: what they queued last still goes out.
+            let left: Vec<ToNats> = rx.drain().collect();
+            for m in left {
+                if let ToNats::Publish { subject, payload } = m {
+                    let _ = client.publish(subject, payload).await;
+                }
+            }
+            break;
+        };
+        match msg {
+            ToNats::Request(call) => {
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let r = retryable(
+                        ErrorCode::BackendUnavailable,
+                        "NATS is unreachable from this gateway; retry later",
+                        ctx.retry_after_ms,
+                    );
+                    let _ = call.reply.try_send(r);
+                    continue;
+                }
+                tokio::spawn(request(client.clone(), ctx.clone(), *call));
+            }
+            ToNats::Publish { subject, payload } => {
+                if let Err(e) = client.publish(subject, payload).await {
+                    ctx.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "NATS publish failed");
+                }
+            }
+        }
+    }
+    // The core is gone: send what is buffered (its last offline and
+    // undelivered events) before the connection closes.
+    if tokio::time::timeout(FLUSH_AT_EXIT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS flush at exit timed out: the last session events may be lost");
+    }
+}
+
+/// How long a stopping bridge waits to flush its last messages.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+
+async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
+    let Call {
+        route,
+        headers,
+        payload,
+        reply,
+    } = call;
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(k, v.as_str());
+    }
+    let req = Request::new()
+        .headers(h)
+        .payload(payload)
+        .timeout(Some(ctx.request_timeout));
+    let answer = match client.send_request(ctx.subjects.up(&route), req).await {
+        Ok(m) => match pb::BackendReply::decode(m.payload) {
+            Ok(r) => {
+                let mut orders = contract::split(r.pushes.clone(), r.ops.clone(), &ctx.node, true);
+                for why in orders.refused.drain(..) {
+                    tracing::warn!(%route, %why, "backend reply: order refused");
+                }
+                for remote in orders.remote.drain(..) {
+                    publish_remote(&client, &ctx, remote).await;
+                }
+                contract::local_reply(&r, &mut orders)
+            }
+            Err(e) => {
+                ctx.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%route, error = %e, "backend reply is not a BackendReply protobuf: the client gets INTERNAL");
+                BackendReply::error(ErrorCode::Internal, "the backend sent a malformed reply")
+            }
+        },
+        Err(e) => match e.kind() {
+            RequestErrorKind::NoResponders => {
+                ctx.stats.no_responders.fetch_add(1, Ordering::Relaxed);
+                retryable(
+                    ErrorCode::BackendUnavailable,
+                    &format!("no backend serves route {route:?}"),
+                    ctx.retry_after_ms,
+                )
+            }
+            RequestErrorKind::TimedOut => {
+                ctx.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                retryable(
+                    ErrorCode::Timeout,
+                    "the backend did not answer within upstream_timeout_ms",
+                    ctx.retry_after_ms,
+                )
+            }
+            RequestErrorKind::Other => {
+                ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                retryable(
+                    ErrorCode::BackendUnavailable,
+                    "NATS request failed; retry later",
+                    ctx.retry_after_ms,
+                )
+            }
+        },
+    };
+    let _ = reply.try_send(answer);
+}
+
+/// Sends work that leaves this node: user and room pushes, user kicks,
+/// orders for other nodes. Ack-required user pushes go as requests so that
+/// a push no gateway holds is reported undelivered, not lost.
+async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Remote) {
+    ctx.stats.remote_publishes.fetch_add(1, Ordering::Relaxed);
+    let push_headers = |o: &crate::backend::PushOrder| {
+        let mut h = HeaderMap::new();
+        h.insert(contract::H_ROUTE, o.route.as_str());
+        if o.ack_required {
+            h.insert(contract::H_ACK, "1");
+        }
+        h.insert(
+            contract::H_PRIORITY,
+            match o.priority {
+                pb::Priority::High => "high",
+                pb::Priority::Low => "low",
+                pb::Priority::Normal => "normal",
+            },
+        );
+        h
+    };
+    let result = match remote {
+        Remote::UserPush { user, order } => {
+            push(client, ctx, ctx.subjects.user(&user), order, push_headers).await
+        }
+        Remote::RoomPush { room, order } => {
+            push(client, ctx, ctx.subjects.room(&room), order, push_headers).await
+        }
+        Remote::KickUser { user, message } => {
+            let mut h = HeaderMap::new();
+            h.insert(contract::H_KICK, message.as_str());
+            client
+                .publish_with_headers(ctx.subjects.user(&user), h, Bytes::new())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Remote::Node { node, cmd } => client
+            .publish(ctx.subjects.node(&node), Bytes::from(cmd.encode_to_vec()))
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        ctx.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "NATS publish of a push or command failed");
+    }
+}
+
+/// Publishes a user or room push. Ack-required ones go as requests: a
+/// gateway that placed the push answers, so a push nobody holds (no
+/// responders) or nobody confirmed is reported undelivered, never lost.
+async fn push(
+    client: &async_nats::Client,
+    ctx: &Arc<Ctx>,
+    subject: String,
+    order: crate::backend::PushOrder,
+    headers: impl Fn(&crate::backend::PushOrder) -> HeaderMap,
+) -> Result<(), String> {
+    if !order.ack_required {
+        return client
+            .publish_with_headers(subject, headers(&order), order.payload)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let req = Request::new()
+        .headers(headers(&order))
+        .payload(order.payload.clone())
+        .timeout(Some(ctx.confirm_timeout));
+    let (client, ctx) = (client.clone(), ctx.clone());
+    // Confirmation runs on its own so the reply is not held up.
+    tokio::spawn(async move {
+        let reason = match client.send_request(subject, req).await {
+            Ok(_) => return,
+            Err(e) => match e.kind() {
+                RequestErrorKind::NoResponders => UndeliveredReason::NoConnection,
+                RequestErrorKind::TimedOut => UndeliveredReason::Unconfirmed,
+                RequestErrorKind::Other => UndeliveredReason::NatsUnavailable,
+            },
+        };
+        ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
+        let ev = contract::unplaced_event(&ctx.node, &order.target, &order, reason);
+        let _ = client
+            .publish(ctx.subjects.event("undelivered"), contract::to_bytes(&ev))
+            .await;
+    });
+    Ok(())
+}

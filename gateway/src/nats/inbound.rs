@@ -1,0 +1,104 @@
+//! The core side of the subscriptions: messages NATS delivers to this
+//! core (pushes to its users and rooms, kicks, commands for this node) are
+//! executed here, on the core that owns the connections.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gw_proto::pb;
+use prost::Message as _;
+
+use super::bridge::BridgeStats;
+use super::contract::{self, Addressed, Subjects};
+use super::interest::{Inbound, Interest as Subscriptions};
+use crate::backend::{PushOrder, SessionOp, Target};
+use crate::core::Core;
+
+pub struct InboundCtx {
+    pub subjects: Subjects,
+    pub subs: Subscriptions,
+    pub stats: Arc<BridgeStats>,
+}
+
+/// How often an idle inbound task checks whether its core is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs until the core stops or the subscription connection closes.
+pub async fn run(core: Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
+    core.nats_running.set(true);
+    serve(&core, rx, ctx).await;
+    core.nats_running.set(false);
+}
+
+async fn serve(core: &Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
+    while !core.stopping.get() {
+        let next = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
+            glommio::timer::sleep(STOP_CHECK).await;
+            None
+        })
+        .await;
+        let m = match next {
+            None => continue,
+            Some(Ok(m)) => m,
+            Some(Err(_)) => return,
+        };
+        ctx.stats.inbound_pushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(why) = handle(core, &ctx, m).await {
+            ctx.stats.inbound_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%why, "message from NATS refused");
+        }
+    }
+}
+
+async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), String> {
+    let target = match ctx.subjects.parse(&m.subject) {
+        Some(Addressed::User(u)) => Target::User(u.to_string()),
+        Some(Addressed::Room(r)) => Target::Room(r.to_string()),
+        Some(Addressed::Node(_)) => return node_command(core, m.payload).await,
+        None => return Err(format!("unexpected subject {:?}", m.subject)),
+    };
+    if let (Target::User(user), Some(message)) =
+        (&target, contract::header(&m.headers, contract::H_KICK))
+    {
+        // Every core holding the user has its own subscription: kick here only.
+        core.apply_op(SessionOp::KickUser {
+            user: user.clone(),
+            message: message.to_string(),
+        });
+        return Ok(());
+    }
+    let h = contract::push_headers(&m.headers).map_err(|e| format!("{}: {e}", m.subject))?;
+    let order = PushOrder {
+        target,
+        route: h.route,
+        payload: m.payload,
+        ack_required: h.ack_required,
+        priority: h.priority,
+    };
+    let Some(body) = core.encode_push(&order) else {
+        return Ok(());
+    };
+    let placed = core.deliver(&order.target, &body, order.ack_required);
+    // A push sent as a request learns that somebody took it. Only cores
+    // that placed it answer: the first answer is what the requester sees.
+    if let Some(reply) = m.reply.filter(|_| placed > 0) {
+        let n = placed.to_string();
+        ctx.subs
+            .publish(&reply, &[(contract::H_DELIVERED, n.as_str())], Bytes::new());
+    }
+    Ok(())
+}
+
+async fn node_command(core: &Rc<Core>, payload: Bytes) -> Result<(), String> {
+    let cmd = pb::NodeCommand::decode(payload)
+        .map_err(|e| format!("node command is not a NodeCommand protobuf: {e}"))?;
+    let orders = contract::split(cmd.pushes, cmd.ops, &core.cfg.node_id, false);
+    for why in &orders.refused {
+        tracing::warn!(%why, "node command: order refused");
+    }
+    core.execute(orders.pushes, orders.ops).await;
+    Ok(())
+}

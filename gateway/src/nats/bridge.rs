@@ -134,23 +134,50 @@ struct Ctx {
     stats: Arc<BridgeStats>,
 }
 
-/// Builds the async-nats options from the config.
-async fn options(cfg: &NatsConfig, name: String) -> anyhow::Result<async_nats::ConnectOptions> {
-    let mut o = if !cfg.creds_file.is_empty() {
-        async_nats::ConnectOptions::with_credentials_file(&cfg.creds_file)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading nats.creds_file {}: {e}", cfg.creds_file))?
+/// Reads the configured credentials once (files included), for both kinds
+/// of connection.
+fn read_auth(cfg: &NatsConfig) -> anyhow::Result<interest::Auth> {
+    let read = |key: &str, path: &str| {
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading nats.{key} {path}: {e}"))
+    };
+    Ok(if !cfg.creds_file.is_empty() {
+        let text = read("creds_file", &cfg.creds_file)?;
+        let (jwt, seed) = interest::read_creds(&text)
+            .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?;
+        interest::Auth::Creds { jwt, seed }
     } else if !cfg.nkey_seed_file.is_empty() {
-        let seed = std::fs::read_to_string(&cfg.nkey_seed_file).map_err(|e| {
-            anyhow::anyhow!("reading nats.nkey_seed_file {}: {e}", cfg.nkey_seed_file)
-        })?;
-        async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        interest::Auth::NKeySeed(
+            read("nkey_seed_file", &cfg.nkey_seed_file)?
+                .trim()
+                .to_string(),
+        )
     } else if !cfg.token.is_empty() {
-        async_nats::ConnectOptions::with_token(cfg.token.clone())
+        interest::Auth::Token(cfg.token.clone())
     } else if !cfg.user.is_empty() {
-        async_nats::ConnectOptions::with_user_and_password(cfg.user.clone(), cfg.password.clone())
+        interest::Auth::UserPassword(cfg.user.clone(), cfg.password.clone())
     } else {
-        async_nats::ConnectOptions::new()
+        interest::Auth::None
+    })
+}
+
+/// Builds the async-nats options from the config.
+fn options(
+    cfg: &NatsConfig,
+    auth: &interest::Auth,
+    name: String,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    use async_nats::ConnectOptions as O;
+    let mut o = match auth.clone() {
+        interest::Auth::Creds { .. } => {
+            // async-nats parses the same file; it was read once above.
+            let text = std::fs::read_to_string(&cfg.creds_file)?;
+            O::with_credentials(&text)
+                .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?
+        }
+        interest::Auth::NKeySeed(seed) => O::with_nkey(seed),
+        interest::Auth::Token(t) => O::with_token(t),
+        interest::Auth::UserPassword(u, p) => O::with_user_and_password(u, p),
+        interest::Auth::None => O::new(),
     };
     if cfg.tls_required {
         o = o.require_tls(true);
@@ -176,26 +203,8 @@ async fn options(cfg: &NatsConfig, name: String) -> anyhow::Result<async_nats::C
 }
 
 /// The `Interest` connection's options.
-fn connect_spec(cfg: &NatsConfig, name: String) -> anyhow::Result<ConnectSpec> {
-    let auth = if !cfg.creds_file.is_empty() {
-        let text = std::fs::read_to_string(&cfg.creds_file)
-            .map_err(|e| anyhow::anyhow!("reading nats.creds_file {}: {e}", cfg.creds_file))?;
-        let (jwt, seed) = interest::read_creds(&text)
-            .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?;
-        interest::Auth::Creds { jwt, seed }
-    } else if !cfg.nkey_seed_file.is_empty() {
-        let seed = std::fs::read_to_string(&cfg.nkey_seed_file).map_err(|e| {
-            anyhow::anyhow!("reading nats.nkey_seed_file {}: {e}", cfg.nkey_seed_file)
-        })?;
-        interest::Auth::NKeySeed(seed.trim().to_string())
-    } else if !cfg.token.is_empty() {
-        interest::Auth::Token(cfg.token.clone())
-    } else if !cfg.user.is_empty() {
-        interest::Auth::UserPassword(cfg.user.clone(), cfg.password.clone())
-    } else {
-        interest::Auth::None
-    };
-    Ok(ConnectSpec {
+fn connect_spec(cfg: &NatsConfig, auth: interest::Auth, name: String) -> ConnectSpec {
+    ConnectSpec {
         urls: cfg.urls.clone(),
         auth,
         tls_required: cfg.tls_required,
@@ -206,7 +215,7 @@ fn connect_spec(cfg: &NatsConfig, name: String) -> anyhow::Result<ConnectSpec> {
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms as u64),
         reconnect_delay_max: Duration::from_millis(cfg.reconnect_delay_max_ms as u64),
         ping_interval: Duration::from_secs(10),
-    })
+    }
 }
 
 /// Starts the NATS connections of every core on the current tokio runtime.
@@ -227,13 +236,14 @@ pub async fn start(
         stats,
     });
     let urls = n.urls.join(",");
+    let auth = read_auth(n)?;
     let mut links = Vec::with_capacity(cores);
     let mut tasks = Vec::with_capacity(cores);
     for core in 0..cores {
         let name = format!("gateway {} core {core}", cfg.node_id);
         let node = cfg.node_id.clone();
         let url_list = urls.clone();
-        let opts = options(n, name.clone()).await?.event_callback(move |ev| {
+        let opts = options(n, &auth, name.clone())?.event_callback(move |ev| {
             let (node, url_list) = (node.clone(), url_list.clone());
             async move {
                 match ev {
@@ -256,7 +266,7 @@ pub async fn start(
         let (in_tx, in_rx) = flume::bounded(queue);
         let (status_tx, status_rx) = flume::bounded(16);
         let interest = Interest::spawn(
-            connect_spec(n, format!("{name} interest"))?,
+            connect_spec(n, auth.clone(), format!("{name} interest")),
             in_tx,
             status_tx,
         );

@@ -142,7 +142,17 @@ impl Backend for NatsBackend {
                 let e = contract::online_event(
                     &self.node, conn_id, &user, &device, resume_seq, metadata,
                 );
-                self.publish("online", contract::to_bytes(&e));
+                // Over the subscription connection when it is up: NATS
+                // handles one connection's messages in order, so the user's
+                // SUB is in place before anyone sees this event, and a
+                // backend that pushes on `online` (to replay what the client
+                // missed) cannot race it. Otherwise async-nats buffers it.
+                if self.subs.is_connected() {
+                    self.subs
+                        .publish(&self.subjects.event("online"), &[], contract::to_bytes(&e));
+                } else {
+                    self.publish("online", contract::to_bytes(&e));
+                }
             }
             SessionEvent::Offline {
                 conn_id,

@@ -113,6 +113,10 @@ pub struct HoldArgs {
     /// Seconds to hold once every connection is up (or failed) and settled.
     #[arg(long, default_value_t = 10)]
     pub hold_s: u64,
+    /// gw only: every connection joins this room (route room.join) and the
+    /// window counts the pushes that arrive (e.g. published by `natspub`).
+    #[arg(long)]
+    pub room: Option<String>,
 }
 
 /// Options of `flood echo`.
@@ -165,6 +169,8 @@ pub struct StormArgs {
 pub enum Scenario {
     Hold(HoldArgs),
     Echo(EchoArgs),
+    /// `chat.send` to the partner connection, latency until the push arrives.
+    Chat(EchoArgs),
     Broadcast(BroadcastArgs),
     Storm(StormArgs),
 }
@@ -173,7 +179,7 @@ impl Scenario {
     pub fn common(&self) -> &Common {
         match self {
             Scenario::Hold(a) => &a.c,
-            Scenario::Echo(a) => &a.c,
+            Scenario::Echo(a) | Scenario::Chat(a) => &a.c,
             Scenario::Broadcast(a) => &a.c,
             Scenario::Storm(a) => &a.c,
         }
@@ -183,15 +189,16 @@ impl Scenario {
         match self {
             Scenario::Hold(_) => "hold",
             Scenario::Echo(_) => "echo",
+            Scenario::Chat(_) => "chat",
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Storm(_) => "storm",
         }
     }
 
-    /// Per-connection interval of echo requests, when this is `echo`.
+    /// Per-connection interval of requests, when this is `echo` or `chat`.
     pub fn echo_interval_s(&self) -> Option<f64> {
         match self {
-            Scenario::Echo(e) => Some(e.c.conns as f64 / e.msgs_per_s),
+            Scenario::Echo(e) | Scenario::Chat(e) => Some(e.c.conns as f64 / e.msgs_per_s),
             _ => None,
         }
     }
@@ -227,7 +234,12 @@ impl Scenario {
             );
         }
         match (self, c.protocol) {
-            (Scenario::Echo(_), p) if p != Protocol::Gw => bail!("echo needs --protocol gw"),
+            (Scenario::Echo(_) | Scenario::Chat(_), p) if p != Protocol::Gw => {
+                bail!("echo and chat need --protocol gw")
+            }
+            (Scenario::Hold(HoldArgs { room: Some(_), .. }), p) if p != Protocol::Gw => {
+                bail!("hold --room needs --protocol gw")
+            }
             (Scenario::Broadcast(_), Protocol::Raw) => bail!("broadcast needs gw, mqtt or nats"),
             _ => {}
         }
@@ -235,7 +247,7 @@ impl Scenario {
             bail!("MQTT keepalive is at most 65535 s");
         }
         match self {
-            Scenario::Echo(e) => {
+            Scenario::Echo(e) | Scenario::Chat(e) => {
                 if e.msgs_per_s.is_nan() || e.msgs_per_s <= 0.0 || e.duration_s == 0 {
                     bail!("need --msgs-per-s > 0 and --duration-s > 0");
                 }
@@ -251,20 +263,29 @@ impl Scenario {
                 if b.rounds == 0 || b.rounds > ROUNDS_MAX || b.interval_ms > 600_000 {
                     bail!("need 1 <= --rounds <= {ROUNDS_MAX} and --interval-ms <= 600000");
                 }
-                if b.room.is_empty()
-                    || b.room.len() > 128
-                    || !b
-                        .room
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_')
-                {
-                    bail!("--room: 1..=128 of [A-Za-z0-9._-]");
+                check_room(&b.room)?;
+            }
+            Scenario::Hold(h) => {
+                if let Some(r) = &h.room {
+                    check_room(r)?;
                 }
             }
-            Scenario::Hold(_) | Scenario::Storm(_) => {}
+            Scenario::Storm(_) => {}
         }
         Ok(())
     }
+}
+
+fn check_room(room: &str) -> anyhow::Result<()> {
+    if room.is_empty()
+        || room.len() > 128
+        || !room
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_')
+    {
+        bail!("--room: 1..=128 of [A-Za-z0-9._-]");
+    }
+    Ok(())
 }
 
 /// What one worker process does: its slice of the connections.

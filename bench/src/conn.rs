@@ -35,6 +35,8 @@ pub struct Settings {
     /// Interval of a held connection's timer: echo requests or heartbeats.
     pub tick: Duration,
     pub echo: bool,
+    /// Chat: the timer sends `chat.send` to the partner connection.
+    pub chat: bool,
     /// Broadcast: room to join and rounds to expect.
     pub room: Option<String>,
     pub rounds: u32,
@@ -156,6 +158,17 @@ impl Ctx {
             return;
         };
         let now = mono_ns();
+        if self.set.chat {
+            // Chat: the push carries the send time; only sends in the window count.
+            if self.shared.measuring.load(Relaxed)
+                && sent_ns >= self.shared.measure_start_ns.load(Relaxed)
+            {
+                self.echo_rtt_us
+                    .borrow_mut()
+                    .saturating_record(now.saturating_sub(sent_ns) / 1000);
+            }
+            return;
+        }
         let mut rounds = self.rounds.borrow_mut();
         if let Some(acc) = rounds.get_mut(r as usize) {
             acc.count += 1;
@@ -168,6 +181,10 @@ impl Ctx {
 
     pub fn on_reply(&self, status: u32, payload: &[u8]) {
         self.shared.replies.fetch_add(1, Relaxed);
+        if self.set.chat && self.shared.measuring.load(Relaxed) {
+            bump(&self.echo_status, status_name(status));
+            return;
+        }
         if !self.set.echo || !self.shared.measuring.load(Relaxed) {
             return;
         }

@@ -52,6 +52,8 @@ pub struct Window {
     pub cpu_ticks: Option<u64>,
     pub pings: u64,
     pub pongs: u64,
+    /// Pushes received by all connections (hold --room).
+    pub deliveries: u64,
 }
 
 impl Window {

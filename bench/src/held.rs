@@ -46,10 +46,15 @@ pub struct Held {
     pong_due: bool,
     note: Note,
     corr: u32,
+    /// Chat: local index of the partner connection.
+    peer: u32,
+    /// Highest push seq to acknowledge (0: none).
+    ack_due: u64,
 }
 
 impl Held {
     pub fn new(ctx: Rc<Ctx>, stream: TcpStream, partial: Vec<u8>, i: u64) -> Held {
+        let conns = ctx.set.share.conns;
         let tick_us = ctx.set.tick.as_micros().max(1) as u64;
         Held {
             ctx,
@@ -60,6 +65,8 @@ impl Held {
             pong_due: false,
             note: Note::None,
             corr: 1,
+            peer: (i ^ 1).min(conns.saturating_sub(1)) as u32,
+            ack_due: 0,
         }
     }
 
@@ -73,6 +80,19 @@ impl Held {
             let ts = mono_ns().to_be_bytes().to_vec();
             return wire::upstream_frame(self.corr as u64, "echo", ts);
         }
+        if self.ctx.set.chat {
+            self.corr = self.corr.wrapping_add(1);
+            if sh.measuring.load(Relaxed) {
+                self.ctx.echo_sent.set(self.ctx.echo_sent.get() + 1);
+            }
+            let to = self.ctx.set.share.first_id + self.peer as u64;
+            let body = format!(
+                "{{\"to\":\"u{to}\",\"text\":\"{}:{}\"}}",
+                self.corr,
+                mono_ns()
+            );
+            return wire::upstream_frame(self.corr as u64, "chat.send", body.into_bytes());
+        }
         sh.pings.fetch_add(1, Relaxed);
         self.ctx.heartbeat.clone()
     }
@@ -85,6 +105,7 @@ impl Held {
             partial,
             note,
             pong_due,
+            ack_due,
             ..
         } = self;
         let sh = &*ctx.shared;
@@ -99,6 +120,7 @@ impl Held {
                     sh.pongs.fetch_add(1, Relaxed);
                 }
                 Event::ServerPing => *pong_due = true,
+                Event::AckDue(seq) => *ack_due = (*ack_due).max(seq),
                 Event::Delivery(p) => ctx.on_delivery(p),
                 Event::Reply {
                     status, payload, ..
@@ -132,6 +154,9 @@ impl Held {
                 if self.pong_due {
                     self.pong_due = false;
                     self.out = Some(Bytes::from_static(nats::PONG));
+                } else if self.ack_due > 0 {
+                    self.out = Some(wire::ack_frame(self.ack_due));
+                    self.ack_due = 0;
                 } else if Pin::new(&mut self.timer).poll(cx).is_ready() {
                     self.timer.reset(self.ctx.set.tick);
                     self.out = Some(self.tick_frame());

@@ -38,6 +38,7 @@ fn window(c: &mut Coord, d: Duration) -> Window {
             .map(|(a, b)| b.saturating_sub(a)),
         pings: p1.pings.saturating_sub(p0.pings),
         pongs: p1.pongs.saturating_sub(p0.pongs),
+        deliveries: p1.deliveries.saturating_sub(p0.deliveries),
     }
 }
 
@@ -98,7 +99,7 @@ pub fn run(sc: Scenario, signalled: &'static AtomicBool) -> anyhow::Result<(Coor
             Scenario::Hold(h) => {
                 f.window = Some(window(&mut co, Duration::from_secs(h.hold_s)));
             }
-            Scenario::Echo(e) => {
+            Scenario::Echo(e) | Scenario::Chat(e) => {
                 co.tell("go");
                 f.window = Some(window(&mut co, Duration::from_secs(e.duration_s)));
             }

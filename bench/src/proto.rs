@@ -28,6 +28,8 @@ pub enum Event<'a> {
     ServerPing,
     /// A fan-out message: gw Push, MQTT PUBLISH, NATS MSG (its payload).
     Delivery(&'a [u8]),
+    /// gw: the Push just delivered wants an Ack of this seq.
+    AckDue(u64),
     /// gw UpstreamReply.
     Reply {
         corr: u64,

@@ -122,16 +122,18 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 pub fn lat(h: &Histogram<u64>) -> Value {
     json!({
         "count": h.len(), "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
+        "p999_ms": ms(h, 0.999),
         "max_ms": h.max() as f64 / 1000.0, "mean_ms": h.mean() / 1000.0,
     })
 }
 
 fn lat_line(h: &Histogram<u64>) -> String {
     format!(
-        "p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms (n={})",
+        "p50 {:.2} p90 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms (n={})",
         ms(h, 0.5),
         ms(h, 0.9),
         ms(h, 0.99),
+        ms(h, 0.999),
         h.max() as f64 / 1000.0,
         h.len()
     )
@@ -200,6 +202,7 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
         "ramp": fseg,
         "ramp_s": fseg["seconds"],
         "connect_rate_per_s": fseg["rate_per_s"],
+        "deliveries_received": co.total().deliveries,
         "pings_sent": m.pings,
         "pongs_received": m.pongs,
         "other_frames_received": m.other_frames,
@@ -267,13 +270,15 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
         doc["window"] = json!({
             "wall_s": w.wall_s, "server_cpu_pct": w.cpu_pct(), "pings": w.pings, "pongs": w.pongs,
             "heartbeats_per_s": per_s(w.pings), "pongs_per_s": per_s(w.pongs),
+            "deliveries": w.deliveries, "deliveries_per_s": per_s(w.deliveries),
         });
         println!(
-            "window {:.1} s: server CPU {} of one core, {:.0} heartbeats/s, {:.0} pongs/s",
+            "window {:.1} s: server CPU {} of one core, {:.0} heartbeats/s, {:.0} pongs/s, {:.0} deliveries/s",
             w.wall_s,
             w.cpu_pct().map_or("-".into(), |p| format!("{p:.2}%")),
             per_s(w.pings),
-            per_s(w.pongs)
+            per_s(w.pongs),
+            per_s(w.deliveries)
         );
     }
     println!(
@@ -297,6 +302,26 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
             doc["echo"] = json!({
                 "msgs_per_s_target": e.msgs_per_s, "window_s": secs, "sent": m.echo_sent,
                 "replies": m.echo_status, "ok_per_s": rate, "rtt": lat(&h.rtt),
+            });
+        }
+        Scenario::Chat(e) => {
+            let (a, b) = m.echo_window_ns;
+            let secs = if b > a { (b - a) as f64 / 1e9 } else { 0.0 };
+            let got = h.rtt.len();
+            let rate = if secs > 0.0 { got as f64 / secs } else { 0.0 };
+            println!(
+                "chat: {} sent, replies {:?}, {got} pushes received ({rate:.0}/s, target {}/s, {} not (yet) received at the end); send -> push {}",
+                m.echo_sent,
+                m.echo_status,
+                e.msgs_per_s,
+                m.echo_sent.saturating_sub(got),
+                lat_line(&h.rtt)
+            );
+            doc["chat"] = json!({
+                "msgs_per_s_target": e.msgs_per_s, "window_s": secs, "sent": m.echo_sent,
+                "replies": m.echo_status, "pushes_received": got, "pushes_per_s": rate,
+                "not_received_at_end": m.echo_sent.saturating_sub(got),
+                "send_to_push": lat(&h.rtt),
             });
         }
         Scenario::Broadcast(b) => doc["broadcast"] = broadcast(b, f.receivers, &m, rs),

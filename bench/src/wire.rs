@@ -51,6 +51,13 @@ pub fn ping_frame() -> Bytes {
     })
 }
 
+/// A length-prefixed `Ack` frame (acknowledges every push up to `seq`).
+pub fn ack_frame(seq: u64) -> Bytes {
+    gw_proto::encode(&Frame {
+        body: Some(Body::Ack(pb::Ack { seq })),
+    })
+}
+
 /// A length-prefixed `Upstream` frame.
 pub fn upstream_frame(corr: u64, route: &str, payload: Vec<u8>) -> Bytes {
     gw_proto::encode(&Frame {
@@ -79,7 +86,12 @@ pub fn parse(buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize, String> {
                         error_code_name(e.code)
                     ))),
                     Body::Pong(_) => on(Event::Pong),
-                    Body::Push(p) => on(Event::Delivery(&p.payload)),
+                    Body::Push(p) => {
+                        on(Event::Delivery(&p.payload));
+                        if p.ack_required {
+                            on(Event::AckDue(p.seq));
+                        }
+                    }
                     Body::UpstreamReply(r) => on(Event::Reply {
                         corr: r.correlation_id,
                         status: r.status,

@@ -108,6 +108,7 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
     let (secret, kid) = key(&c);
     let (room, rounds) = match &sc {
         Scenario::Broadcast(b) => (Some(b.room.clone()), b.rounds),
+        Scenario::Hold(h) => (h.room.clone(), 0),
         _ => (None, 0),
     };
     let tick = match sc.echo_interval_s() {
@@ -117,6 +118,7 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
     let action_go = 1 + u32::from(share.mark.is_some());
     let set = Arc::new(Settings {
         echo: matches!(sc, Scenario::Echo(_)),
+        chat: matches!(sc, Scenario::Chat(_)),
         sc,
         c: c.clone(),
         share,

@@ -44,8 +44,13 @@ fn run() -> anyhow::Result<()> {
         tracing::warn!("demo mode: tokens signed with the public demo key are accepted; never use --demo in production");
         tracing::info!("mint a demo token with: gateway token --sub alice");
     }
+    let backend = if cfg.nats.enabled() {
+        "NATS backends"
+    } else {
+        "embedded demo backend"
+    };
     let mut handle = gateway::start(cfg, Arc::new(EmbeddedFactory), true)?;
-    tracing::info!(listen = %handle.local_addr, admin = ?handle.admin_addr, "gateway running (embedded demo backend)");
+    tracing::info!(listen = %handle.local_addr, admin = ?handle.admin_addr, backend, "gateway running");
     handle.join();
     tracing::info!("gateway stopped");
     Ok(())

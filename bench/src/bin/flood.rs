@@ -2,7 +2,8 @@
 //! peer: mosquitto, nats-server, the `sink`).
 //!
 //! Scenarios (subcommands): `hold` (open, authenticate, heartbeat, hold),
-//! `echo` (upstream round trips at a rate), `broadcast` (one sender, every
+//! `echo` (upstream round trips at a rate), `chat` (`chat.send` to a
+//! partner connection; latency until the partner has the push), `broadcast` (one sender, every
 //! connection in a room; per-round delivery latency), `storm` (drop
 //! everything, reconnect at full speed). `--procs P` runs the connections in
 //! P worker processes (this binary re-executed) and merges their results.
@@ -38,6 +39,9 @@ enum Cmd {
     Hold(HoldArgs),
     /// Upstream "echo" requests at an aggregate rate; round-trip latency.
     Echo(EchoArgs),
+    /// `chat.send` to a partner connection at an aggregate rate; latency
+    /// from the send until the partner has the `chat.msg` push (acked).
+    Chat(EchoArgs),
     /// Every connection joins a room; one sender broadcasts; delivery latency.
     Broadcast(BroadcastArgs),
     /// Hold, drop every connection at once, reconnect at full speed.
@@ -55,6 +59,7 @@ fn run() -> anyhow::Result<()> {
     let sc = match Cli::parse().cmd {
         Cmd::Hold(a) => Scenario::Hold(a),
         Cmd::Echo(a) => Scenario::Echo(a),
+        Cmd::Chat(a) => Scenario::Chat(a),
         Cmd::Broadcast(a) => Scenario::Broadcast(a),
         Cmd::Storm(a) => Scenario::Storm(a),
     };

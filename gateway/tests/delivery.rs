@@ -287,6 +287,23 @@ fn kick_reaches_every_connection_of_a_user_on_every_core() {
 }
 
 #[test]
+fn a_client_kicked_by_its_own_request_gets_the_reply_first() {
+    let (gw, _rec) = start(test_config());
+    let (mut me, _) = Client::login(gw.local_addr, "self-kicker");
+    me.upstream(7, "test.kick", "self-kicker");
+    let (closed, frames) = me.read_to_close();
+    assert!(closed);
+    match frames.as_slice() {
+        [Body::UpstreamReply(r), Body::GoAway(g)] => {
+            assert_eq!((r.correlation_id, r.status), (7, 0));
+            assert_eq!(g.reason, CloseReason::Kicked as i32);
+        }
+        other => panic!("expected the reply, then GoAway; got {other:?}"),
+    }
+    gw.shutdown(false);
+}
+
+#[test]
 fn push_larger_than_frame_bytes_max_is_refused_and_reported() {
     let cfg = gateway::Config {
         frame_bytes_max: 1024,

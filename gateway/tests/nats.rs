@@ -499,3 +499,77 @@ fn a_wrong_nats_token_refuses_upstream_but_clients_stay() {
     alice.recv_until("Pong", |b| matches!(b, Body::Pong(_)).then_some(()));
     gw.shutdown(false);
 }
+
+#[test]
+fn ack_required_pushes_to_connections_on_other_nodes() {
+    use futures_util::StreamExt;
+    let nats_server = NatsServer::start();
+    let a = start(nats_config("gw-a", &nats_server.url()));
+    let b = start(nats_config("gw-b", &nats_server.url()));
+    let nats = Nats::connect(&nats_server.url());
+    let undelivered = nats.watch("gw.evt.undelivered");
+    let (mut alice, _) = Client::login(a.local_addr, "alice");
+    let (mut bob, ok_b) = Client::login(b.local_addr, "bob");
+    // A backend whose reply pushes to the connection named in the payload
+    // ("node conn_id"), ack-required.
+    let client = nats.client.clone();
+    let mut sub = nats
+        .rt
+        .block_on(async {
+            let s = client.subscribe("gw.up.to.conn").await;
+            client.flush().await.map(|_| s)
+        })
+        .unwrap()
+        .unwrap();
+    nats.rt.spawn(async move {
+        while let Some(m) = sub.next().await {
+            let text = String::from_utf8_lossy(&m.payload).to_string();
+            let (node, conn) = text.split_once(' ').unwrap();
+            let reply = pb::BackendReply {
+                pushes: vec![pb::PushOrder {
+                    target: Some(pb::push_order::Target::Conn(pb::ConnRef {
+                        node: node.into(),
+                        conn_id: conn.parse().unwrap(),
+                    })),
+                    route: "direct".into(),
+                    payload: b"across".to_vec().into(),
+                    ack_required: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            client
+                .publish(m.reply.unwrap(), reply.encode_to_vec().into())
+                .await
+                .unwrap();
+        }
+    });
+    // To bob's connection on node B: delivered there, acked.
+    let target = format!("gw-b {}", ok_b.conn_id);
+    let mut corr = 0;
+    assert_eq!(
+        call_until_served(&mut alice, &mut corr, "to.conn", &target).status,
+        0
+    );
+    let p = push(&mut bob, "direct");
+    assert!(p.seq > 0);
+    bob.send(Body::Ack(pb::Ack { seq: p.seq }));
+    // To a node that does not exist: reported, naming that node's connection.
+    assert_eq!(alice.call(100, "to.conn", "gw-gone 77").status, 0);
+    let e = pb::UndeliveredEvent::decode(undelivered.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!((e.node.as_str(), e.conn_id), ("gw-gone", 77));
+    assert_eq!(
+        e.pushes[0].reason,
+        pb::UndeliveredReason::NoConnection as i32
+    );
+    // To a connection id node B does not have: node B reports it.
+    assert_eq!(alice.call(101, "to.conn", "gw-b 12345").status, 0);
+    let e = pb::UndeliveredEvent::decode(undelivered.recv_timeout(WAIT).unwrap().payload).unwrap();
+    assert_eq!((e.node.as_str(), e.conn_id), ("gw-b", 12345));
+    assert_eq!(
+        e.pushes[0].reason,
+        pb::UndeliveredReason::NoConnection as i32
+    );
+    a.shutdown(false);
+    b.shutdown(false);
+}

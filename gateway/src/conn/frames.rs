@@ -9,7 +9,7 @@ use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
 
 use crate::auth::JwtError;
-use crate::backend::{BackendReply, SessionEvent, UpstreamRequest};
+use crate::backend::{BackendReply, SessionEvent, SessionOp, UpstreamRequest};
 use crate::core::Core;
 use crate::metrics::CoreMetrics;
 
@@ -268,15 +268,19 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
         reply.status = ErrorCode::Internal as u32;
         reply.payload = bytes::Bytes::from_static(b"reply larger than frame_bytes_max");
     }
-    // Session operations first, so that once the client has its reply the
+    // Room operations first, so that once the client has its reply the
     // operations on its own connection (room.join, ...) have taken effect;
-    // then the reply; then the pushes. The in-flight slot is held until all
-    // of it is queued, so a client cannot outrun full inboxes.
+    // then the reply; then the pushes; then kicks, so a client kicked by its
+    // own request still gets the reply and what was pushed with it. The
+    // in-flight slot is held until all of it is queued, so a client cannot
+    // outrun full inboxes.
     let pushes = std::mem::take(&mut reply.pushes);
-    core.execute(Vec::new(), std::mem::take(&mut reply.ops))
-        .await;
+    let (kicks, room_ops): (Vec<_>, Vec<_>) = std::mem::take(&mut reply.ops)
+        .into_iter()
+        .partition(|op| matches!(op, SessionOp::KickUser { .. } | SessionOp::KickConn { .. }));
+    core.execute(Vec::new(), room_ops).await;
     core.send_frame(idx, id, reply_body(corr, &reply));
-    core.execute(pushes, Vec::new()).await;
+    core.execute(pushes, kicks).await;
     let mut st = core.state.borrow_mut();
     st.upstream_inflight = st.upstream_inflight.saturating_sub(1);
     if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {

@@ -466,10 +466,7 @@ async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Rem
                 .await
                 .map_err(|e| e.to_string())
         }
-        Remote::Node { node, cmd } => client
-            .publish(ctx.subjects.node(&node), Bytes::from(cmd.encode_to_vec()))
-            .await
-            .map_err(|e| e.to_string()),
+        Remote::Node { node, cmd } => command_node(client, ctx, node, cmd).await,
     };
     if let Err(e) = result {
         ctx.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -502,11 +499,7 @@ async fn push(
     tokio::spawn(async move {
         let reason = match client.send_request(subject, req).await {
             Ok(_) => return,
-            Err(e) => match e.kind() {
-                RequestErrorKind::NoResponders => UndeliveredReason::NoConnection,
-                RequestErrorKind::TimedOut => UndeliveredReason::Unconfirmed,
-                RequestErrorKind::Other => UndeliveredReason::NatsUnavailable,
-            },
+            Err(e) => confirm_failure(e.kind()),
         };
         ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
         let ev = contract::unplaced_event(&ctx.node, &order.target, &order, reason);
@@ -515,4 +508,52 @@ async fn push(
             .await;
     });
     Ok(())
+}
+
+/// Sends a command to another node. One with ack-required pushes goes as a
+/// request: the node answers once it has routed them (its owning core then
+/// delivers or reports each); if no node answers, each is reported here.
+async fn command_node(
+    client: &async_nats::Client,
+    ctx: &Arc<Ctx>,
+    node: String,
+    cmd: pb::NodeCommand,
+) -> Result<(), String> {
+    let subject = ctx.subjects.node(&node);
+    let payload = Bytes::from(cmd.encode_to_vec());
+    if !cmd.pushes.iter().any(|p| p.ack_required) {
+        return client
+            .publish(subject, payload)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let req = Request::new()
+        .payload(payload)
+        .timeout(Some(ctx.confirm_timeout));
+    let (client, ctx) = (client.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let reason = match client.send_request(subject, req).await {
+            Ok(_) => return,
+            Err(e) => confirm_failure(e.kind()),
+        };
+        let orders = contract::split(cmd.pushes, Vec::new(), &node, false);
+        for order in orders.pushes.iter().filter(|p| p.ack_required) {
+            ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
+            // The connection lives on `node`: name it there.
+            let ev = contract::unplaced_event(&node, &order.target, order, reason);
+            let _ = client
+                .publish(ctx.subjects.event("undelivered"), contract::to_bytes(&ev))
+                .await;
+        }
+    });
+    Ok(())
+}
+
+/// Why a confirmation request failed, as an undelivered reason.
+fn confirm_failure(kind: RequestErrorKind) -> UndeliveredReason {
+    match kind {
+        RequestErrorKind::NoResponders => UndeliveredReason::NoConnection,
+        RequestErrorKind::TimedOut => UndeliveredReason::Unconfirmed,
+        RequestErrorKind::Other => UndeliveredReason::NatsUnavailable,
+    }
 }

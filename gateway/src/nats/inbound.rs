@@ -57,7 +57,14 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Str
     let target = match ctx.subjects.parse(&m.subject) {
         Some(Addressed::User(u)) => Target::User(u.to_string()),
         Some(Addressed::Room(r)) => Target::Room(r.to_string()),
-        Some(Addressed::Node(_)) => return node_command(core, m.payload).await,
+        Some(Addressed::Node(_)) => {
+            node_command(core, m.payload).await?;
+            // A command sent as a request learns that it was taken.
+            if let Some(reply) = m.reply {
+                ctx.subs.publish(&reply, &[], Bytes::new());
+            }
+            return Ok(());
+        }
         None => return Err(format!("unexpected subject {:?}", m.subject)),
     };
     if let (Target::User(user), Some(message)) =

@@ -494,19 +494,7 @@ async fn push(
         .headers(headers(&order))
         .payload(order.payload.clone())
         .timeout(Some(ctx.confirm_timeout));
-    let (client, ctx) = (client.clone(), ctx.clone());
-    // Confirmation runs on its own so the reply is not held up.
-    tokio::spawn(async move {
-        let reason = match client.send_request(subject, req).await {
-            Ok(_) => return,
-            Err(e) => confirm_failure(e.kind()),
-        };
-        ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
-        let ev = contract::unplaced_event(&ctx.node, &order.target, &order, reason);
-        let _ = client
-            .publish(ctx.subjects.event("undelivered"), contract::to_bytes(&ev))
-            .await;
-    });
+    confirm(client, ctx, subject, req, ctx.node.clone(), vec![order]);
     Ok(())
 }
 
@@ -530,23 +518,40 @@ async fn command_node(
     let req = Request::new()
         .payload(payload)
         .timeout(Some(ctx.confirm_timeout));
+    let ack: Vec<_> = contract::split(cmd.pushes, Vec::new(), &node, false)
+        .pushes
+        .into_iter()
+        .filter(|p| p.ack_required)
+        .collect();
+    // The connections live on `node`: reports name them there.
+    confirm(client, ctx, subject, req, node, ack);
+    Ok(())
+}
+
+/// Sends a confirmation request on its own task (the reply is not held
+/// up); if nobody answers, reports each push in `lost`, named on `node`.
+fn confirm(
+    client: &async_nats::Client,
+    ctx: &Arc<Ctx>,
+    subject: String,
+    req: Request,
+    node: String,
+    lost: Vec<crate::backend::PushOrder>,
+) {
     let (client, ctx) = (client.clone(), ctx.clone());
     tokio::spawn(async move {
         let reason = match client.send_request(subject, req).await {
             Ok(_) => return,
             Err(e) => confirm_failure(e.kind()),
         };
-        let orders = contract::split(cmd.pushes, Vec::new(), &node, false);
-        for order in orders.pushes.iter().filter(|p| p.ack_required) {
+        for order in &lost {
             ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
-            // The connection lives on `node`: name it there.
             let ev = contract::unplaced_event(&node, &order.target, order, reason);
             let _ = client
                 .publish(ctx.subjects.event("undelivered"), contract::to_bytes(&ev))
                 .await;
         }
     });
-    Ok(())
 }
 
 /// Why a confirmation request failed, as an undelivered reason.

@@ -82,22 +82,38 @@ overrides! {
     admin_listen: String,
 }
 
-macro_rules! nats_overrides {
-    ($($(#[$m:meta])* $field:ident = $flag:literal : $ty:ty),* $(,)?) => {
-        /// `[nats]` overrides; each flag replaces the file's value.
+/// Flags for the options of one config section (`[nats]`, `[tls]`).
+macro_rules! section_overrides {
+    ($name:ident, $section:ident, $($(#[$m:meta])* $field:ident = $flag:literal : $ty:ty),* $(,)?) => {
+        /// Overrides of one config section; each flag replaces the file's value.
         #[derive(clap::Args, Debug, Default)]
-        pub struct NatsOverrides {
+        pub struct $name {
             $($(#[$m])* #[arg(long = $flag)] pub $field: Option<$ty>,)*
         }
-        impl NatsOverrides {
+        impl $name {
             pub fn apply(self, cfg: &mut Config) {
-                $(if let Some(v) = self.$field { cfg.nats.$field = v; })*
+                $(if let Some(v) = self.$field { cfg.$section.$field = v; })*
             }
         }
     };
 }
 
-nats_overrides! {
+section_overrides! {
+    TlsOverrides, tls,
+    /// TLS certificate chain (PEM); TLS clients use the same port, detected by their first byte
+    cert_file = "tls-cert-file": String,
+    /// TLS private key (PEM)
+    key_file = "tls-key-file": String,
+    /// Development only: TLS with a throwaway self-signed certificate for localhost
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    self_signed = "tls-self-signed": bool,
+    /// Also accept TLS 1.2 (default: TLS 1.3 only)
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    tls12 = "tls12": bool,
+}
+
+section_overrides! {
+    NatsOverrides, nats,
     /// NATS server URLs, comma-separated; none = embedded demo backend [default: none]
     #[arg(value_delimiter = ',')]
     urls = "nats-urls": Vec<String>,
@@ -154,6 +170,8 @@ pub struct Cli {
     pub overrides: Overrides,
     #[command(flatten)]
     pub nats: NatsOverrides,
+    #[command(flatten)]
+    pub tls: TlsOverrides,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
 }
@@ -185,6 +203,7 @@ impl Cli {
         };
         self.overrides.apply(&mut cfg);
         self.nats.apply(&mut cfg);
+        self.tls.apply(&mut cfg);
         if self.demo {
             cfg.demo = true;
         }

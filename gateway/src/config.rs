@@ -78,6 +78,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// NATS: where business backends live; no URLs = the embedded demo backend.
     pub nats: NatsConfig,
+    /// TLS on the client port (detected per connection by its first byte).
+    pub tls: crate::tls::TlsConfig,
     /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.
     pub demo: bool,
 }
@@ -142,6 +144,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9100".into(),
             auth: AuthConfig::default(),
             nats: NatsConfig::default(),
+            tls: Default::default(),
             demo: false,
         }
     }
@@ -282,6 +285,7 @@ impl Config {
             ));
         }
         self.nats.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod nats;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{start, GatewayHandle};

@@ -8,7 +8,7 @@ use gw_proto::CloseReason;
 use serde::Serialize;
 
 /// Number of `CloseReason` values (index = enum value).
-pub const CLOSE_REASONS: usize = 15;
+pub const CLOSE_REASONS: usize = 16;
 
 macro_rules! counters {
     ($($name:ident : $help:literal),* $(,)?) => {
@@ -62,6 +62,8 @@ counters! {
     retransmits: "Pushes resent after ack_timeout_ms",
     undelivered: "Ack-required pushes reported undelivered",
     slow_consumers: "Connections closed as slow consumers",
+    tls_handshakes: "TLS sessions started (connections that opened with a TLS record)",
+    tls_failures: "TLS sessions that failed (bad handshake or record): closed as TLS_FAILED",
 }
 
 impl CoreMetrics {

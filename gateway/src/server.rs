@@ -111,6 +111,7 @@ pub fn start(
         anyhow::bail!("cores = {cores}: at most 255 cores are supported");
     }
     let verifier = Arc::new(build_verifier(&cfg)?);
+    let tls = crate::tls::server_config(&cfg)?;
     let (sockets, local_addr) = listener::bind_all(&cfg, cores)?;
     let (conns_max, nofile) = listener::conns_per_core(&cfg, cores);
     if conns_max == 0 {
@@ -165,7 +166,7 @@ pub fn start(
         cores,
         cpus,
         conns_max,
-        verifier,
+        (verifier, tls),
         backend,
         sockets,
         rxs,
@@ -187,7 +188,7 @@ fn spawn_cores(
     cores: usize,
     cpus: usize,
     conns_max: u32,
-    verifier: Arc<Verifier>,
+    (verifier, tls): (Arc<Verifier>, Option<Arc<rustls::ServerConfig>>),
     backend: Arc<dyn BackendFactory>,
     sockets: Vec<socket2::Socket>,
     rxs: Vec<flume::Receiver<CoreMsg>>,
@@ -198,8 +199,13 @@ fn spawn_cores(
     let (up_tx, up_rx) = flume::bounded::<Result<(), String>>(cores);
     for (i, (sock, rx)) in sockets.into_iter().zip(rxs).enumerate() {
         let up = up_tx.clone();
-        let (cfg, verifier, backend, mesh) =
-            (cfg.clone(), verifier.clone(), backend.clone(), txs.to_vec());
+        let (cfg, verifier, backend, mesh, tls) = (
+            cfg.clone(),
+            verifier.clone(),
+            backend.clone(),
+            txs.to_vec(),
+            tls.clone(),
+        );
         let inbound = handle.nats.as_ref().and_then(|n| {
             let (rx, subs) = n.factory.take_inbound(i)?;
             Some((
@@ -223,7 +229,9 @@ fn spawn_cores(
                         return;
                     }
                 };
-                let core = Rc::new(Core::new(i, cfg, verifier, backend, mesh, conns_max, poller));
+                let mut core = Core::new(i, cfg, verifier, backend, mesh, conns_max, poller);
+                core.tls = tls;
+                let core = Rc::new(core);
                 glommio::spawn_local(IoLoop::new(core.clone())).detach();
                 glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
                 glommio::spawn_local(core.clone().run_ticks()).detach();

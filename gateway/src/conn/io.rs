@@ -221,16 +221,33 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
         return;
     }
     let n = n as usize;
-    if n < scratch.len() {
-        // Drained: with edge-triggered epoll, new data brings a new event.
-        core.with_conn(idx, id, |c| c.readable = false);
+    let data = &scratch[..n];
+    let tls = core
+        .with_conn(idx, id, |c| {
+            if n < scratch.len() {
+                // Drained: with edge-triggered epoll, new data brings a new event.
+                c.readable = false;
+            }
+            super::tls::active(c) || super::tls::maybe_start(core, c, data)
+        })
+        .unwrap_or(false);
+    if tls {
+        CoreMetrics::add(&core.metrics.bytes_in, n as u64);
+        super::tls::input(core, idx, id, data);
+    } else {
+        on_bytes(core, idx, id, data);
     }
-    on_bytes(core, idx, id, &scratch[..n]);
 }
 
-/// Decodes and handles every whole frame in `data` (plus any partial).
-fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
+/// Decodes and handles every whole frame in `data` (plus any partial);
+/// `data` is plaintext (after TLS, when the connection uses it).
+pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    if !core
+        .with_conn(idx, id, |c| super::tls::active(c))
+        .unwrap_or(false)
+    {
+        CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
+    }
     let now = core.now();
     let Some(mut partial) = core.with_conn(idx, id, |c| std::mem::take(&mut c.partial)) else {
         return;
@@ -299,6 +316,13 @@ fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
     let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
         return Ok(());
     };
+    if super::tls::active(c) {
+        return if c.write_blocked {
+            Ok(())
+        } else {
+            super::tls::flush(core, c)
+        };
+    }
     while !c.out.is_empty() && !c.write_blocked {
         match sendv(c.fd, c) {
             Ok(n) => {
@@ -347,7 +371,7 @@ fn sendv(fd: i32, c: &Conn) -> io::Result<usize> {
 }
 
 /// Drops `n` written bytes from the front of the queue.
-fn advance(c: &mut Conn, n: usize) {
+pub(super) fn advance(c: &mut Conn, n: usize) {
     let mut left = n + c.out_off as usize;
     c.out_off = 0;
     while let Some(front) = c.out.front() {

@@ -110,6 +110,8 @@ pub struct Extra {
     pub resume_seq: u64,
     /// Client metadata from Auth (app version, OS, ...), freed on close.
     pub metadata: HashMap<String, String>,
+    /// The TLS session, for a connection that opened with a TLS record.
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -211,6 +213,8 @@ pub struct Core {
     pub nats_running: Cell<bool>,
     /// Set on Stop: long-running tasks end.
     pub stopping: Cell<bool>,
+    /// TLS server settings, when `[tls]` is configured (set after `new`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     start: Instant,
 }
 
@@ -258,6 +262,7 @@ impl Core {
             ticks_running: Cell::new(true),
             nats_running: Cell::new(false),
             stopping: Cell::new(false),
+            tls: None,
             start: Instant::now(),
         }
     }

@@ -1,0 +1,228 @@
+//! TLS on the client port: the same frames over rustls, detected by the
+//! first byte, next to plain TCP; bad and stalled handshakes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{http_get, test_config, Client, WAIT};
+use gateway::Config;
+use gw_proto::pb::{self, frame::Body, Frame};
+use gw_proto::Decoded;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A certificate for localhost in a temp dir; returns (config, CA cert).
+fn tls_config() -> (Config, CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "gw-tls-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let mut cfg = test_config();
+    cfg.tls.cert_file = cert.display().to_string();
+    cfg.tls.key_file = key.display().to_string();
+    (cfg, ck.cert.der().clone())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+struct TlsClient {
+    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+fn client_config(
+    ca: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+impl TlsClient {
+    fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsClient {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let conn =
+            rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        TlsClient {
+            s: rustls::StreamOwned::new(conn, sock),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, body: Body) -> std::io::Result<()> {
+        self.s
+            .write_all(&gw_proto::encode(&Frame { body: Some(body) }))?;
+        self.s.flush()
+    }
+
+    fn recv(&mut self) -> std::io::Result<Body> {
+        loop {
+            if let Ok(Decoded::Frame(f, used)) = gw_proto::decode(&self.buf, 1 << 24) {
+                self.buf.drain(..used);
+                return Ok(f.body.expect("body"));
+            }
+            let mut tmp = [0u8; 16384];
+            let n = self.s.read(&mut tmp)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    fn login(&mut self, user: &str) -> pb::AuthOk {
+        self.send(Body::Auth(pb::Auth {
+            protocol_version: gw_proto::PROTOCOL_VERSION,
+            token: common::token(user, 600),
+            device_id: "tls".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        match self.recv().unwrap() {
+            Body::AuthOk(ok) => ok,
+            other => panic!("expected AuthOk, got {other:?}"),
+        }
+    }
+}
+
+fn closes(gw: &gateway::GatewayHandle, reason: &str) -> u64 {
+    let (_, body) = http_get(gw.admin_addr.unwrap(), "/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["closes"][reason].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn tls_and_plain_tcp_share_the_port() {
+    let (cfg, ca) = tls_config();
+    let (gw, _) = common::start(cfg);
+    let tls13 = client_config(&ca, &[&rustls::version::TLS13]);
+    let mut alice = TlsClient::connect(gw.local_addr, tls13);
+    let ok = alice.login("alice");
+    assert_eq!(ok.user_id, "alice");
+    alice.send(Body::Ping(pb::Ping::default())).unwrap();
+    assert!(matches!(alice.recv().unwrap(), Body::Pong(_)));
+    // A plain client on the same port, and a push from it to alice.
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    assert_eq!(
+        bob.call(1, "chat.send", r#"{"to":"alice","text":"over tls"}"#)
+            .status,
+        0
+    );
+    let p = loop {
+        if let Body::Push(p) = alice.recv().unwrap() {
+            break p;
+        }
+    };
+    assert_eq!(p.route, "chat.msg");
+    alice.send(Body::Ack(pb::Ack { seq: p.seq })).unwrap();
+    // Echo of a payload larger than one TLS record (16 KiB).
+    let big = "x".repeat(40_000);
+    alice
+        .send(Body::Upstream(pb::Upstream {
+            correlation_id: 9,
+            route: "echo".into(),
+            payload: big.clone().into_bytes().into(),
+            ..Default::default()
+        }))
+        .unwrap();
+    let r = loop {
+        if let Body::UpstreamReply(r) = alice.recv().unwrap() {
+            break r;
+        }
+    };
+    assert_eq!(r.payload.len(), big.len());
+    let (_, metrics) = http_get(gw.admin_addr.unwrap(), "/metrics");
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("gateway_tls_handshakes_total") && !l.ends_with(" 0")));
+    gw.shutdown(false);
+}
+
+#[test]
+fn tls12_is_refused_unless_configured() {
+    let (cfg, ca) = tls_config();
+    let (gw, _) = common::start(cfg);
+    let tls12 = client_config(&ca, &[&rustls::version::TLS12]);
+    let mut c = TlsClient::connect(gw.local_addr, tls12);
+    assert!(c.send(Body::Ping(pb::Ping::default())).is_err() || c.recv().is_err());
+    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
+    gw.shutdown(false);
+
+    let (mut cfg, ca) = tls_config();
+    cfg.tls.tls12 = true;
+    let (gw, _) = common::start(cfg);
+    let mut c = TlsClient::connect(
+        gw.local_addr,
+        client_config(&ca, &[&rustls::version::TLS12]),
+    );
+    assert_eq!(c.login("old").user_id, "old");
+    gw.shutdown(false);
+}
+
+#[test]
+fn garbage_after_a_tls_byte_closes_that_connection_only() {
+    let (cfg, _) = tls_config();
+    let (gw, _) = common::start(cfg);
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    let mut bad = Client::connect(gw.local_addr);
+    // A handshake record header, then nonsense.
+    bad.send_raw(&[0x16, 0x03, 0x01, 0x00, 0x20]);
+    bad.send_raw(&[0xAB; 32]);
+    let (closed, _) = bad.read_to_close();
+    assert!(closed);
+    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
+    assert_eq!(bob.call(1, "echo", "fine").status, 0);
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_stalled_handshake_is_reaped_at_the_auth_deadline() {
+    let (mut cfg, _) = tls_config();
+    cfg.auth_timeout_ms = 300;
+    let (gw, _) = common::start(cfg);
+    let mut slow = Client::connect(gw.local_addr);
+    slow.send_raw(&[0x16, 0x03, 0x01]); // three bytes of a ClientHello, then nothing
+    let t = std::time::Instant::now();
+    let (closed, _) = slow.read_to_close();
+    assert!(closed);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    common::eventually("an AUTH_TIMEOUT close", || closes(&gw, "AUTH_TIMEOUT") == 1);
+    gw.shutdown(false);
+}
+
+#[test]
+fn without_tls_configured_a_tls_hello_is_a_bad_frame() {
+    let (gw, _) = common::start(test_config());
+    let mut c = Client::connect(gw.local_addr);
+    c.send_raw(&[0x16, 0x03, 0x01, 0x00, 0x20]);
+    let (closed, _) = c.read_to_close();
+    assert!(closed);
+    common::eventually("a FRAME_TOO_LARGE close", || {
+        closes(&gw, "FRAME_TOO_LARGE") == 1
+    });
+    gw.shutdown(false);
+}

@@ -64,6 +64,7 @@ counters! {
     slow_consumers: "Connections closed as slow consumers",
     tls_handshakes: "TLS sessions started (connections that opened with a TLS record)",
     tls_failures: "TLS sessions that failed (bad handshake or record): closed as TLS_FAILED",
+    tls_handovers: "TLS 1.3 sessions whose keys moved from rustls to the gateway's record layer",
 }
 
 impl CoreMetrics {

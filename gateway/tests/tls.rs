@@ -16,6 +16,11 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 /// A certificate for localhost in a temp dir; returns (config, CA cert).
 fn tls_config() -> (Config, CertificateDer<'static>) {
+    // RUST_LOG=debug shows the gateway's log in failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = std::env::temp_dir().join(format!(
         "gw-tls-test-{}-{}",
@@ -156,9 +161,23 @@ fn tls_and_plain_tcp_share_the_port() {
     };
     assert_eq!(r.payload.len(), big.len());
     let (_, metrics) = http_get(gw.admin_addr.unwrap(), "/metrics");
-    assert!(metrics
-        .lines()
-        .any(|l| l.starts_with("gateway_tls_handshakes_total") && !l.ends_with(" 0")));
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(total("gateway_tls_handshakes_total"), 1);
+    // TLS 1.3: the keys moved to the gateway's record layer after the handshake.
+    assert_eq!(total("gateway_tls_handovers_total"), 1);
+    // The client's close_notify is a clean close.
+    alice.s.conn.send_close_notify();
+    alice.s.flush().unwrap();
+    common::eventually("a CLIENT_CLOSED close", || {
+        closes(&gw, "CLIENT_CLOSED") == 1
+    });
+    assert_eq!(bob.call(2, "echo", "still").status, 0);
     gw.shutdown(false);
 }
 
@@ -224,5 +243,23 @@ fn without_tls_configured_a_tls_hello_is_a_bad_frame() {
     common::eventually("a FRAME_TOO_LARGE close", || {
         closes(&gw, "FRAME_TOO_LARGE") == 1
     });
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_corrupt_record_after_the_handshake_closes_with_tls_failed() {
+    let (cfg, ca) = tls_config();
+    let (gw, _) = common::start(cfg);
+    let mut alice = TlsClient::connect(
+        gw.local_addr,
+        client_config(&ca, &[&rustls::version::TLS13]),
+    );
+    alice.login("alice");
+    // An application-data record that does not decrypt, straight on the socket.
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    forged.extend_from_slice(&[0x5A; 0x20]);
+    alice.s.sock.write_all(&forged).unwrap();
+    assert!(alice.recv().is_err(), "the connection must close");
+    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
     gw.shutdown(false);
 }

@@ -6,7 +6,9 @@
 mod frames;
 mod io;
 pub mod poller;
+mod records;
 mod tls;
 
 pub use io::IoLoop;
 pub use poller::Poller;
+pub use tls::Tls;

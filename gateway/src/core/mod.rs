@@ -111,7 +111,7 @@ pub struct Extra {
     /// Client metadata from Auth (app version, OS, ...), freed on close.
     pub metadata: HashMap<String, String>,
     /// The TLS session, for a connection that opened with a TLS record.
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: Option<crate::conn::Tls>,
 }
 
 impl Conn {

@@ -16,6 +16,10 @@ const CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 256;
 const HEADER: usize = 5;
 const TAG: usize = 16;
 const APPLICATION_DATA: u8 = 23;
+/// Records per key and direction before the connection is closed (clients
+/// reconnect): under the AES-GCM confidentiality limit of 2^24.5 records
+/// (RFC 8446 §5.5), since this layer does not do KeyUpdate.
+pub const RECORDS_PER_KEY_MAX: u64 = 1 << 24;
 const ALERT: u8 = 21;
 
 /// One direction's keys.
@@ -44,6 +48,11 @@ impl Dir {
         })
     }
 
+    /// Whether this key has protected as many records as it may.
+    pub fn exhausted(&self) -> bool {
+        self.seq >= RECORDS_PER_KEY_MAX
+    }
+
     fn nonce(&mut self) -> Nonce {
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
@@ -55,7 +64,7 @@ impl Dir {
 }
 
 /// What a batch of received records held.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Opened {
     pub plain: Vec<u8>,
     pub peer_closed: bool,
@@ -105,6 +114,9 @@ impl Records {
             }
             if buf.len() - pos < HEADER + len {
                 break;
+            }
+            if self.rx.exhausted() {
+                return Err("the client's TLS key reached its record limit".into());
             }
             let header: [u8; HEADER] = [h[0], h[1], h[2], h[3], h[4]];
             rec.clear();
@@ -168,7 +180,78 @@ impl Records {
         }
     }
 
+    /// Whether the sending key may protect no more records.
+    pub fn tx_exhausted(&self) -> bool {
+        self.tx.exhausted()
+    }
+
     pub fn seal_data(&mut self, plain: &[u8], out: &mut Vec<u8>) {
         self.seal(plain, APPLICATION_DATA, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> ConnectionTrafficSecrets {
+        ConnectionTrafficSecrets::Aes256Gcm {
+            key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
+            iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
+        }
+    }
+
+    /// A sender and a receiver sharing one direction's key.
+    fn pair() -> (Records, Records) {
+        let d = || Dir::new(5, secret()).unwrap();
+        (Records::new(d(), d()), Records::new(d(), d()))
+    }
+
+    #[test]
+    fn sealed_records_open_whole_and_split_at_every_byte() {
+        let (mut tx, _) = pair();
+        let mut wire = Vec::new();
+        tx.seal_data(b"hello", &mut wire);
+        tx.seal_data(&vec![1u8; PLAINTEXT_MAX], &mut wire);
+        let (_, mut rx) = pair();
+        let o = rx.open(&wire).unwrap();
+        assert_eq!(o.plain.len(), 5 + PLAINTEXT_MAX);
+        assert_eq!(&o.plain[..5], b"hello");
+        let (_, mut rx) = pair();
+        let mut got = Vec::new();
+        for b in &wire {
+            got.extend(rx.open(std::slice::from_ref(b)).unwrap().plain);
+        }
+        assert_eq!(got.len(), 5 + PLAINTEXT_MAX);
+    }
+
+    #[test]
+    fn tampering_alerts_and_unknown_types_are_refused() {
+        let (mut tx, _) = pair();
+        let mut wire = Vec::new();
+        tx.seal_data(b"hello", &mut wire);
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        assert!(pair().1.open(&wire).is_err(), "a bad tag");
+        let (mut tx, _) = pair();
+        let mut wire = Vec::new();
+        tx.seal_close_notify(&mut wire);
+        assert!(pair().1.open(&wire).unwrap().peer_closed);
+        let (mut tx, _) = pair();
+        let mut wire = Vec::new();
+        tx.seal(&[24, 0, 0, 1, 0], 22, &mut wire); // a KeyUpdate
+        assert!(pair().1.open(&wire).unwrap_err().contains("KeyUpdate"));
+        assert!(
+            pair().1.open(&[22, 3, 3, 0, 1, 0]).is_err(),
+            "a plaintext handshake record"
+        );
+    }
+
+    #[test]
+    fn a_key_stops_at_its_record_limit() {
+        let mut d = Dir::new(RECORDS_PER_KEY_MAX - 1, secret()).unwrap();
+        assert!(!d.exhausted());
+        let _ = d.nonce();
+        assert!(d.exhausted());
     }
 }

@@ -322,6 +322,11 @@ fn flush_records(
             }
             return Ok(());
         }
+        if rec.tx_exhausted() {
+            return Err(io::Error::other(
+                "the TLS key reached its record limit; the client reconnects",
+            ));
+        }
         // Up to one record's worth of queued frames.
         plain.clear();
         while let Some(front) = c.out.front() {

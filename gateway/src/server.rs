@@ -230,7 +230,7 @@ fn spawn_cores(
                     }
                 };
                 let mut core = Core::new(i, cfg, verifier, backend, mesh, conns_max, poller);
-                core.tls = tls;
+                core.tls = std::cell::RefCell::new(tls);
                 let core = Rc::new(core);
                 glommio::spawn_local(IoLoop::new(core.clone())).detach();
                 glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
@@ -288,6 +288,17 @@ impl GatewayHandle {
         if let Some(c) = self.control.take() {
             c.stop();
         }
+    }
+
+    /// Reloads the TLS certificate and key from their files (as SIGHUP).
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        let cfg = &self.control.as_ref().context("stopped")?.shared.cfg;
+        let sc = crate::tls::reload(cfg)?;
+        crate::tls::install(&self.mesh, &sc);
+        // Inboxes are FIFO: once every core has answered a snapshot, each has
+        // installed the new settings.
+        self.snapshots();
+        Ok(())
     }
 
     /// Metrics of every core (blocking; for tests and tools).

@@ -80,6 +80,25 @@ fn self_signed(
     Ok((vec![ck.cert.der().clone()], key))
 }
 
+/// New settings from the same certificate and key files, for a reload
+/// (SIGHUP, `POST /tls/reload`). Connections already open keep theirs.
+pub fn reload(cfg: &crate::Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    if !cfg.tls.enabled() {
+        anyhow::bail!("TLS is not configured: nothing to reload");
+    }
+    if cfg.tls.self_signed {
+        anyhow::bail!("a self-signed certificate (--tls-self-signed) is not reloaded");
+    }
+    server_config(cfg)?.context("TLS is not configured")
+}
+
+/// Sends new TLS settings to every core.
+pub fn install(mesh: &[flume::Sender<crate::core::CoreMsg>], sc: &Arc<rustls::ServerConfig>) {
+    for tx in mesh {
+        let _ = tx.send(crate::core::CoreMsg::Tls(sc.clone()));
+    }
+}
+
 /// The server configuration, or None when TLS is off.
 pub fn server_config(cfg: &crate::Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let t = &cfg.tls;

@@ -263,3 +263,56 @@ fn a_corrupt_record_after_the_handshake_closes_with_tls_failed() {
     common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
     gw.shutdown(false);
 }
+
+#[test]
+fn a_certificate_reload_serves_new_connections_and_keeps_open_ones() {
+    let (cfg, ca_old) = tls_config();
+    let (cert_path, key_path) = (cfg.tls.cert_file.clone(), cfg.tls.key_file.clone());
+    let (gw, _) = common::start(cfg);
+    let old13 = client_config(&ca_old, &[&rustls::version::TLS13]);
+    let mut before = TlsClient::connect(gw.local_addr, old13.clone());
+    before.login("before");
+    // New certificate and key in the same files, then reload.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&key_path, ck.key_pair.serialize_pem()).unwrap();
+    gw.reload_tls().unwrap();
+    let new13 = client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]);
+    let mut after = TlsClient::connect(gw.local_addr, new13);
+    assert_eq!(after.login("after").user_id, "after");
+    // A client that trusts only the old certificate no longer gets in.
+    let mut stale = TlsClient::connect(gw.local_addr, old13);
+    assert!(stale.send(Body::Ping(pb::Ping::default())).is_err() || stale.recv().is_err());
+    // The connection from before the reload still works.
+    before.send(Body::Ping(pb::Ping::default())).unwrap();
+    assert!(matches!(before.recv().unwrap(), Body::Pong(_)));
+    // A reload that cannot read its files keeps the current certificate.
+    std::fs::write(&key_path, "not a key").unwrap();
+    assert!(gw.reload_tls().is_err());
+    let mut again = TlsClient::connect(
+        gw.local_addr,
+        client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]),
+    );
+    assert_eq!(again.login("again").user_id, "again");
+    let (status, _) = post(gw.admin_addr.unwrap(), "/tls/reload");
+    assert_eq!(status, 500);
+    gw.shutdown(false);
+}
+
+fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}

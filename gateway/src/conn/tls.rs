@@ -41,7 +41,7 @@ pub enum Tls {
 /// Whether this first read of a connection starts a TLS handshake; if so
 /// (and TLS is configured), the connection becomes a TLS connection.
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    let Some(cfg) = core.tls.as_ref() else {
+    let Some(cfg) = core.tls.borrow().clone() else {
         return false;
     };
     if first.first() != Some(&TLS_HANDSHAKE_BYTE) || c.authed() || !c.partial.is_empty() {

@@ -59,10 +59,22 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
     let head = String::from_utf8_lossy(&buf[..len]);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut sock, 405, "text/plain", "only GET is served\n").await;
-    }
     let path = path.split('?').next().unwrap_or("");
+    if method == "POST" && path == "/tls/reload" {
+        return match super::reload_tls(shared) {
+            Ok(()) => respond(&mut sock, 200, "text/plain", "TLS certificate reloaded\n").await,
+            Err(e) => respond(&mut sock, 500, "text/plain", &format!("{e}\n")).await,
+        };
+    }
+    if method != "GET" {
+        return respond(
+            &mut sock,
+            405,
+            "text/plain",
+            "only GET is served (and POST /tls/reload)\n",
+        )
+        .await;
+    }
     let draining = shared.draining.load(Ordering::SeqCst);
     match path {
         "/metrics" => {

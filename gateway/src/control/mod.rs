@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub mesh: Vec<flume::Sender<CoreMsg>>,
     pub draining: AtomicBool,
     pub node_id: String,
+    /// The configuration, for reloads.
+    pub cfg: Config,
     /// The NATS bridge's counters, once it runs.
     pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
 }
@@ -57,6 +59,7 @@ impl ControlPlane {
             mesh,
             draining: AtomicBool::new(false),
             node_id: cfg.node_id.clone(),
+            cfg: cfg.clone(),
             nats: std::sync::OnceLock::new(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -110,9 +113,10 @@ impl ControlPlane {
 
 async fn handle_signals(shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
         return;
@@ -121,6 +125,10 @@ async fn handle_signals(shared: Arc<Shared>) {
         let fast = tokio::select! {
             _ = term.recv() => shared.draining.swap(true, Ordering::SeqCst),
             _ = int.recv() => true,
+            _ = hup.recv() => {
+                let _ = reload_tls(&shared); // the outcome is logged
+                continue;
+            }
         };
         let msg = if fast {
             "stopping now (SIGINT, or a second SIGTERM)"
@@ -132,6 +140,21 @@ async fn handle_signals(shared: Arc<Shared>) {
             let _ = tx
                 .send_async(if fast { CoreMsg::Stop } else { CoreMsg::Drain })
                 .await;
+        }
+    }
+}
+
+/// Reloads the TLS certificate and key (SIGHUP, `POST /tls/reload`).
+pub(crate) fn reload_tls(shared: &Shared) -> Result<(), String> {
+    match crate::tls::reload(&shared.cfg) {
+        Ok(sc) => {
+            crate::tls::install(&shared.mesh, &sc);
+            tracing::info!(cert = %shared.cfg.tls.cert_file, "TLS certificate reloaded: new connections use it, open ones keep theirs");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "TLS reload failed; the current certificate stays in use");
+            Err(format!("{e:#}"))
         }
     }
 }

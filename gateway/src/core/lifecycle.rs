@@ -159,6 +159,7 @@ impl Core {
                     self.deliver(&target, &body, ack_required);
                 }
                 CoreMsg::Op(op) => self.apply_op(op),
+                CoreMsg::Tls(cfg) => *self.tls.borrow_mut() = Some(cfg),
                 CoreMsg::Snapshot(tx) => {
                     let _ = tx.try_send(self.snapshot());
                 }

@@ -58,6 +58,8 @@ pub enum CoreMsg {
     },
     Op(SessionOp),
     Snapshot(flume::Sender<Snapshot>),
+    /// New TLS settings (certificate reload) for connections from now on.
+    Tls(Arc<rustls::ServerConfig>),
     /// Graceful: stop accepting, GoAway to every client, wait up to the
     /// drain deadline, close what is left, exit.
     Drain,
@@ -213,8 +215,9 @@ pub struct Core {
     pub nats_running: Cell<bool>,
     /// Set on Stop: long-running tasks end.
     pub stopping: Cell<bool>,
-    /// TLS server settings, when `[tls]` is configured (set after `new`).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS server settings, when `[tls]` is configured (set after `new`,
+    /// replaced on reload; sessions already running keep theirs).
+    pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     start: Instant,
 }
 
@@ -262,7 +265,7 @@ impl Core {
             ticks_running: Cell::new(true),
             nats_running: Cell::new(false),
             stopping: Cell::new(false),
-            tls: None,
+            tls: RefCell::new(None),
             start: Instant::now(),
         }
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// First byte of a TLS handshake record.
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificate chain (PEM), leaf first.
@@ -24,6 +24,29 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     pub tls12: bool,
+    /// Session tickets (TLS 1.3 resumption: a returning client skips the
+    /// certificate and key exchange).
+    pub tickets: bool,
+    /// A file of at least 32 random bytes: the ticket key, so that several
+    /// nodes (and restarts) accept each other's tickets. Empty = a random
+    /// key per process, rotated by rustls.
+    pub ticket_key_file: String,
+    /// How long a ticket is good for, s.
+    pub ticket_lifetime_s: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: String::new(),
+            key_file: String::new(),
+            self_signed: false,
+            tls12: false,
+            tickets: true,
+            ticket_key_file: String::new(),
+            ticket_lifetime_s: 12 * 3600,
+        }
+    }
 }
 
 impl TlsConfig {
@@ -37,6 +60,12 @@ impl TlsConfig {
         }
         if self.self_signed && !self.cert_file.is_empty() {
             return Err("tls.self_signed and tls.cert_file exclude each other".into());
+        }
+        if self.tickets && !(60..=7 * 24 * 3600).contains(&self.ticket_lifetime_s) {
+            return Err(
+                "tls.ticket_lifetime_s must be within 60..=604800 (RFC 8446 caps it at 7 days)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -122,11 +151,110 @@ pub fn server_config(cfg: &crate::Config) -> anyhow::Result<Option<Arc<rustls::S
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match or are unsupported")?;
-    // No 0-RTT; session resumption by tickets comes later (issue 5).
+    // No 0-RTT (replayable); resumption by tickets when configured.
     sc.max_early_data_size = 0;
-    sc.send_tls13_tickets = 0;
+    if t.tickets {
+        sc.ticketer = if t.ticket_key_file.is_empty() {
+            rustls::crypto::ring::Ticketer::new().context("making a TLS ticket key")?
+        } else {
+            Arc::new(FileTicketer::load(&t.ticket_key_file, t.ticket_lifetime_s)?)
+        };
+        // Two, as rustls does by default: a reconnect racing the old
+        // connection still has one to use.
+        sc.send_tls13_tickets = 2;
+    } else {
+        sc.send_tls13_tickets = 0;
+    }
     // After a TLS 1.3 handshake the I/O loop takes the traffic keys and
     // drops the rustls session (conn/tls.rs): 8.4 KB -> ~1 KB per connection.
     sc.enable_secret_extraction = true;
     Ok(Some(Arc::new(sc)))
+}
+
+/// Tickets sealed with a key from a file (ChaCha20-Poly1305, random nonce):
+/// every node given the same file accepts the others' tickets. Rotate by
+/// replacing the file and reloading; old tickets then fall back to a full
+/// handshake.
+struct FileTicketer {
+    key: ring::aead::LessSafeKey,
+    /// First bytes of every ticket: which key sealed it.
+    key_id: [u8; 8],
+    lifetime_s: u32,
+    rng: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for FileTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileTicketer")
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl FileTicketer {
+    fn load(path: &str, lifetime_s: u32) -> anyhow::Result<FileTicketer> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading tls.ticket_key_file {path}"))?;
+        if bytes.len() < 32 {
+            anyhow::bail!("tls.ticket_key_file {path} must hold at least 32 random bytes (head -c 32 /dev/urandom > {path})");
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(&digest.as_ref()[..8]);
+        let okm = ring::digest::digest(
+            &ring::digest::SHA256,
+            &[b"gateway ticket key".as_slice(), &bytes].concat(),
+        );
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, okm.as_ref())
+            .map_err(|_| anyhow::anyhow!("bad ticket key"))?;
+        Ok(FileTicketer {
+            key: ring::aead::LessSafeKey::new(key),
+            key_id,
+            lifetime_s,
+            rng: ring::rand::SystemRandom::new(),
+        })
+    }
+}
+
+impl rustls::server::ProducesTickets for FileTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn lifetime(&self) -> u32 {
+        self.lifetime_s
+    }
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom as _;
+        let mut nonce = [0u8; 12];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(8 + 12 + plain.len() + 16);
+        out.extend_from_slice(&self.key_id);
+        out.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&self.key_id),
+                &mut body,
+            )
+            .ok()?;
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if cipher.len() < 8 + 12 + 16 || cipher[..8] != self.key_id {
+            return None;
+        }
+        let nonce: [u8; 12] = cipher[8..20].try_into().ok()?;
+        let mut body = cipher[20..].to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&self.key_id),
+                &mut body,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
 }

@@ -316,3 +316,30 @@ fn post(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, out)
 }
+
+#[test]
+fn tickets_resume_sessions_across_nodes_sharing_a_ticket_key() {
+    let (mut cfg_a, ca) = tls_config();
+    let key = std::path::Path::new(&cfg_a.tls.cert_file).with_file_name("ticket.key");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    cfg_a.tls.ticket_key_file = key.display().to_string();
+    let mut cfg_b = cfg_a.clone();
+    cfg_b.node_id = "gw-b".into();
+    let (a, _) = common::start(cfg_a);
+    let (b, _) = common::start(cfg_b);
+    // One client config = one session cache, as in a real app.
+    let client = client_config(&ca, &[&rustls::version::TLS13]);
+    let kind = |c: &TlsClient| c.s.conn.handshake_kind();
+    let mut first = TlsClient::connect(a.local_addr, client.clone());
+    first.login("u1"); // reading AuthOk also reads the ticket
+    assert_eq!(kind(&first), Some(rustls::HandshakeKind::Full));
+    let mut second = TlsClient::connect(a.local_addr, client.clone());
+    assert_eq!(second.login("u2").user_id, "u2");
+    assert_eq!(kind(&second), Some(rustls::HandshakeKind::Resumed));
+    // Node B has the same ticket key: a ticket from A resumes there too.
+    let mut third = TlsClient::connect(b.local_addr, client.clone());
+    assert_eq!(third.login("u3").user_id, "u3");
+    assert_eq!(kind(&third), Some(rustls::HandshakeKind::Resumed));
+    a.shutdown(false);
+    b.shutdown(false);
+}

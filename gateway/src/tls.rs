@@ -151,6 +151,8 @@ pub fn server_config(cfg: &crate::Config) -> anyhow::Result<Option<Arc<rustls::S
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match or are unsupported")?;
+    // The server's suite order (strongest first), not the client's.
+    sc.ignore_client_order = true;
     // No 0-RTT (replayable); resumption by tickets when configured.
     sc.max_early_data_size = 0;
     if t.tickets {

@@ -80,6 +80,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// TLS on the client port (detected per connection by its first byte).
     pub tls: crate::tls::TlsConfig,
+    /// WebSocket on the client port (detected by `GET`, after TLS if any).
+    pub ws: WsConfig,
     /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.
     pub demo: bool,
 }
@@ -145,7 +147,32 @@ impl Default for Config {
             auth: AuthConfig::default(),
             nats: NatsConfig::default(),
             tls: Default::default(),
+            ws: WsConfig::default(),
             demo: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Accept WebSocket upgrades on the client port.
+    pub enabled: bool,
+    /// The only path upgraded.
+    pub path: String,
+    /// Origins allowed to upgrade (exact `Origin` values); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Largest upgrade request, bytes; larger gets 431 and a close.
+    pub handshake_bytes_max: u32,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            enabled: true,
+            path: "/ws".into(),
+            allowed_origins: Vec::new(),
+            handshake_bytes_max: 4096,
         }
     }
 }
@@ -286,6 +313,12 @@ impl Config {
         }
         self.nats.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
+        if !(256..=65_536).contains(&self.ws.handshake_bytes_max) || !self.ws.path.starts_with('/')
+        {
+            return bad(
+                "ws.handshake_bytes_max must be within 256..=65536 and ws.path start with /".into(),
+            );
+        }
         Ok(())
     }
 

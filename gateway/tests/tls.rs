@@ -343,3 +343,37 @@ fn tickets_resume_sessions_across_nodes_sharing_a_ticket_key() {
     a.shutdown(false);
     b.shutdown(false);
 }
+
+#[test]
+fn websocket_over_tls() {
+    use prost::Message as _;
+    let (cfg, ca) = tls_config();
+    let (gw, _) = common::start(cfg);
+    let tls = TlsClient::connect(
+        gw.local_addr,
+        client_config(&ca, &[&rustls::version::TLS13]),
+    );
+    let req =
+        tungstenite::client::IntoClientRequest::into_client_request("wss://localhost/ws").unwrap();
+    let (mut ws, resp) = tungstenite::client(req, tls.s).unwrap_or_else(|e| panic!("upgrade: {e}"));
+    assert_eq!(resp.status(), 101);
+    let auth = Frame {
+        body: Some(Body::Auth(pb::Auth {
+            protocol_version: gw_proto::PROTOCOL_VERSION,
+            token: common::token("wss-user", 600),
+            ..Default::default()
+        })),
+    };
+    ws.send(tungstenite::Message::Binary(auth.encode_to_vec().into()))
+        .unwrap();
+    let reply = loop {
+        if let tungstenite::Message::Binary(b) = ws.read().unwrap() {
+            break Frame::decode(&b[..]).unwrap();
+        }
+    };
+    assert!(
+        matches!(reply.body, Some(Body::AuthOk(ref ok)) if ok.user_id == "wss-user"),
+        "{reply:?}"
+    );
+    gw.shutdown(false);
+}

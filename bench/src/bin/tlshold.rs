@@ -32,6 +32,9 @@ struct Args {
     /// CA certificate (PEM) to trust: connect with TLS (server name localhost).
     #[arg(long)]
     ca: Option<String>,
+    /// Plain WebSocket (`GET /ws` upgrade, then one masked binary message per frame).
+    #[arg(long)]
+    ws: bool,
     /// Measure handshakes per second over this many connections instead.
     #[arg(long)]
     handshakes: Option<usize>,
@@ -172,7 +175,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
             None => {
                 let mut s = s;
-                s.write_all(&auth).await?;
+                if a.ws {
+                    upgrade(&mut s).await?;
+                    s.write_all(&ws_message(&auth[4..])).await?;
+                } else {
+                    s.write_all(&auth).await?;
+                }
                 anyhow::ensure!(s.read(&mut buf).await? > 0, "closed before AuthOk");
                 plain.push(s);
             }
@@ -183,8 +191,40 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let per = end.saturating_sub(base) as f64 / (a.conns - mark) as f64;
     println!(
         "{{\"transport\":\"{}\",\"conns\":{},\"bytes_per_conn\":{per:.0}}}",
-        if tls.is_some() { "tls" } else { "tcp" },
+        match (tls.is_some(), a.ws) {
+            (true, _) => "tls",
+            (false, true) => "ws",
+            (false, false) => "tcp",
+        },
         a.conns
     );
     Ok(())
+}
+
+/// The WebSocket upgrade, up to the end of the 101 response.
+async fn upgrade(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        anyhow::ensure!(s.read(&mut b).await? == 1, "closed during the upgrade");
+        head.push(b[0]);
+    }
+    anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused");
+    Ok(())
+}
+
+/// One masked binary WebSocket message (client to server), payload < 64 KiB.
+fn ws_message(payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut v = vec![0x82];
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
 }

@@ -163,7 +163,12 @@ fn serve(core: &Rc<Core>, id: u64) {
         else {
             return;
         };
-        if closing.is_some() {
+        if let Some(reason) = closing {
+            core.with_conn(idx, id, |c| {
+                if let Some(b) = super::ws::closing(c, reason) {
+                    core.push_out_raw(c, crate::core::push::Out::frame(b));
+                }
+            });
             let _ = flush(core, idx, id); // one best-effort flush of a final frame
             core.teardown(idx, id);
             return;
@@ -234,6 +239,21 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
     if tls {
         CoreMetrics::add(&core.metrics.bytes_in, n as u64);
         super::tls::input(core, idx, id, data);
+    } else {
+        plain_input(core, idx, id, data);
+    }
+}
+
+/// Plaintext (after TLS, if any): WebSocket when it starts with `GET` or
+/// was upgraded, else length-prefixed frames.
+pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    let ws = core
+        .with_conn(idx, id, |c| {
+            super::ws::active(c) || super::ws::maybe_start(core, c, data)
+        })
+        .unwrap_or(false);
+    if ws {
+        super::ws::input(core, idx, id, data);
     } else {
         on_bytes(core, idx, id, data);
     }

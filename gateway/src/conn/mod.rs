@@ -8,6 +8,7 @@ mod io;
 pub mod poller;
 mod records;
 mod tls;
+pub mod ws;
 
 pub use io::IoLoop;
 pub use poller::Poller;

@@ -121,7 +121,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         return;
     }
     if !got.plain.is_empty() {
-        super::io::on_bytes(core, idx, id, &got.plain);
+        super::io::plain_input(core, idx, id, &got.plain);
     }
     if got.peer_closed {
         core.close(idx, id, CloseReason::ClientClosed, None);

@@ -80,6 +80,9 @@ pub struct Conn {
     pub readable: bool,
     /// The last write hit EAGAIN: wait for the write edge.
     pub write_blocked: bool,
+    /// WebSocket: 0 = not upgraded, 1 = open, 2 = open and a close frame
+    /// sent (one byte, so an idle WebSocket costs nothing more).
+    pub ws: u8,
     /// Set once authenticated.
     pub user: Option<Rc<str>>,
     pub device: Option<Rc<str>>,
@@ -114,6 +117,8 @@ pub struct Extra {
     pub metadata: HashMap<String, String>,
     /// The TLS session, for a connection that opened with a TLS record.
     pub tls: Option<crate::conn::Tls>,
+    /// The WebSocket state, for a connection that opened with `GET`.
+    pub ws: Option<crate::conn::ws::Ws>,
 }
 
 impl Conn {
@@ -124,6 +129,18 @@ impl Conn {
     /// The rarely used state, allocated on first use.
     pub fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
+    }
+    /// Frees the rarely used state once nothing in it is in use.
+    pub fn shrink_extra(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| {
+            e.rooms.is_empty()
+                && e.resume_seq == 0
+                && e.metadata.is_empty()
+                && e.tls.is_none()
+                && e.ws.is_none()
+        }) {
+            self.extra = None;
+        }
     }
 }
 
@@ -300,6 +317,7 @@ impl Core {
             queued: false,
             readable: true,
             write_blocked: false,
+            ws: 0,
             user: None,
             device: None,
             created: now,
@@ -438,6 +456,16 @@ impl Core {
 
     /// Appends to the outbound queue and counts it (no limit check).
     fn push_out(&self, c: &mut Conn, out: Out) {
+        let out = if crate::conn::ws::open(c) {
+            crate::conn::ws::wrap(out)
+        } else {
+            out
+        };
+        self.push_out_raw(c, out);
+    }
+
+    /// Queues bytes as they are (WebSocket control frames, HTTP replies).
+    pub fn push_out_raw(&self, c: &mut Conn, out: Out) {
         c.out_bytes += out.len() as u32;
         c.out.push_back(out);
         CoreMetrics::inc(&self.metrics.frames_out);

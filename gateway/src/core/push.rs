@@ -18,21 +18,34 @@ use super::wheel::Tick;
 
 /// Bytes of the per-recipient head, at most.
 pub const HEAD_BYTES_MAX: usize = 24;
+/// Room in a head: a WebSocket header (up to 10 bytes) may replace the
+/// 4-byte length prefix.
+const HEAD_BUF: usize = HEAD_BYTES_MAX + 8;
 
 /// The per-recipient bytes in front of a shared body.
 #[derive(Clone, Copy)]
 pub struct Head {
-    buf: [u8; HEAD_BYTES_MAX],
+    buf: [u8; HEAD_BUF],
     len: u8,
 }
 
 impl Head {
     pub const EMPTY: Head = Head {
-        buf: [0; HEAD_BYTES_MAX],
+        buf: [0; HEAD_BUF],
         len: 0,
     };
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len as usize]
+    }
+    /// `prefix` followed by this head from byte `from` (at most HEAD_BUF bytes).
+    pub fn replaced_prefix(&self, prefix: &[u8], from: usize) -> Head {
+        let rest = &self.as_slice()[from.min(self.len as usize)..];
+        let mut h = Head::EMPTY;
+        let n = (prefix.len() + rest.len()).min(HEAD_BUF);
+        h.buf[..prefix.len()].copy_from_slice(prefix);
+        h.buf[prefix.len()..n].copy_from_slice(&rest[..n - prefix.len()]);
+        h.len = n as u8;
+        h
     }
 }
 
@@ -58,7 +71,7 @@ impl Out {
     }
 }
 
-fn varint(mut v: u64, out: &mut [u8; HEAD_BYTES_MAX], at: &mut usize) {
+fn varint(mut v: u64, out: &mut [u8; HEAD_BUF], at: &mut usize) {
     loop {
         let b = (v & 0x7f) as u8;
         v >>= 7;

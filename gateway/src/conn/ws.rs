@@ -1,0 +1,396 @@
+//! WebSocket (RFC 6455) on the client port, after TLS when there is TLS:
+//! a connection whose first plaintext byte is `G` (`GET /ws HTTP/1.1`) is
+//! upgraded, then every binary message carries one Frame without the
+//! length prefix. The handshake is bounded (`ws.handshake_bytes_max`), the
+//! path and Origin are checked, text frames and unmasked frames close the
+//! connection, ping and pong count as life, and the gateway's typed close
+//! reason goes out as close code 4000 + reason. No extensions
+//! (permessage-deflate is never negotiated: memory).
+
+use std::rc::Rc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use gw_proto::CloseReason;
+
+use crate::core::push::Out;
+use crate::core::{Conn, Core};
+use crate::metrics::CoreMetrics;
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const OP_CONT: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+/// Control frames carry at most this many bytes (RFC 6455 §5.5).
+const CONTROL_MAX: usize = 125;
+
+/// A WebSocket's state while it needs more than `Conn::ws` (allocated in
+/// the connection's `Extra` only while used).
+pub enum Ws {
+    /// Reading the HTTP upgrade request.
+    Handshake(Vec<u8>),
+    /// The fragments of a message not finished yet.
+    Fragments(Vec<u8>),
+}
+
+const OPEN: u8 = 1;
+const CLOSE_SENT: u8 = 2;
+
+/// Whether the connection is a WebSocket (upgraded or upgrading).
+pub fn active(c: &Conn) -> bool {
+    c.ws != 0 || c.extra.as_ref().is_some_and(|e| e.ws.is_some())
+}
+
+/// Whether queued frames must be wrapped as WebSocket messages.
+pub fn open(c: &Conn) -> bool {
+    c.ws != 0
+}
+
+/// Whether this first plaintext of a connection starts a WebSocket upgrade.
+pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
+    if !core.cfg.ws.enabled || first.first() != Some(&b'G') || c.authed() || !c.partial.is_empty() {
+        return false;
+    }
+    c.extra_mut().ws = Some(Ws::Handshake(Vec::new()));
+    true
+}
+
+/// Turns a queued length-prefixed frame into a binary WebSocket message.
+pub fn wrap(out: Out) -> Out {
+    let total = out.len();
+    let payload = total.saturating_sub(4);
+    let mut hdr = [0u8; 10];
+    hdr[0] = 0x80 | OP_BINARY;
+    let n = if payload < 126 {
+        hdr[1] = payload as u8;
+        2
+    } else if payload <= u16::MAX as usize {
+        hdr[1] = 126;
+        hdr[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
+        4
+    } else {
+        hdr[1] = 127;
+        hdr[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
+        10
+    };
+    if out.head.as_slice().len() >= 4 {
+        Out {
+            head: out.head.replaced_prefix(&hdr[..n], 4),
+            body: out.body,
+        }
+    } else {
+        // A frame encoded on its own: the prefix is the body's first 4 bytes.
+        Out {
+            head: crate::core::push::Head::EMPTY.replaced_prefix(&hdr[..n], 0),
+            body: out.body.slice(4.min(out.body.len())..),
+        }
+    }
+}
+
+/// A server frame (unmasked) with `payload`.
+fn frame(op: u8, payload: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(payload.len() + 4);
+    v.push(0x80 | op);
+    if payload.len() < 126 {
+        v.push(payload.len() as u8);
+    } else {
+        v.push(126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    Bytes::from(v)
+}
+
+/// The close frame for a gateway close reason: code 4000 + reason.
+pub fn close_frame(reason: CloseReason) -> Bytes {
+    let code = 4000u16 + reason as u16;
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(
+        reason
+            .as_str_name()
+            .trim_start_matches("CLOSE_REASON_")
+            .as_bytes(),
+    );
+    frame(OP_CLOSE, &p)
+}
+
+/// Queues bytes that are already WebSocket (or HTTP) bytes.
+fn send_raw(core: &Core, c: &mut Conn, bytes: Bytes) {
+    core.push_out_raw(c, Out::frame(bytes));
+}
+
+/// Feeds plaintext to the WebSocket layer; whole binary messages go to the
+/// frame decoder. A partial WebSocket frame waits in `Conn::partial`.
+pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    let Some((state, partial)) = core.with_conn(idx, id, |c| {
+        let state = c.extra.as_mut().and_then(|e| e.ws.take());
+        (state, std::mem::take(&mut c.partial))
+    }) else {
+        return;
+    };
+    let (state, rest, result) = match state {
+        Some(Ws::Handshake(mut buf)) => {
+            buf.extend_from_slice(data);
+            handshake(core, idx, id, buf)
+        }
+        Some(Ws::Fragments(message)) => frames(core, idx, id, partial, message, data),
+        None => frames(core, idx, id, partial, Vec::new(), data),
+    };
+    match result {
+        Ok(messages) => {
+            for m in messages {
+                let mut framed = Vec::with_capacity(m.len() + 4);
+                framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&m);
+                super::io::on_bytes(core, idx, id, &framed);
+            }
+        }
+        Err((reason, why)) => {
+            CoreMetrics::inc(&core.metrics.ws_rejected);
+            tracing::debug!(conn_id = id, %why, "WebSocket closed");
+            core.close(idx, id, reason, None);
+        }
+    }
+    // After the decoder, which uses `partial` for frames of its own (none:
+    // it gets whole messages).
+    core.with_conn(idx, id, |c| {
+        c.partial = rest;
+        c.extra_mut().ws = state;
+        c.shrink_extra();
+    });
+}
+
+type Outcome = Result<Vec<Vec<u8>>, (CloseReason, String)>;
+/// The state to keep, the bytes of a frame not complete yet, the outcome.
+type Step = (Option<Ws>, Vec<u8>, Outcome);
+
+fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>) -> Step {
+    let max = core.cfg.ws.handshake_bytes_max as usize;
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > max {
+            reject(core, idx, id, "431 Request Header Fields Too Large");
+            let why = "handshake too large".to_string();
+            return (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)));
+        }
+        return (Some(Ws::Handshake(buf)), Vec::new(), Ok(vec![]));
+    };
+    if end + 4 > max {
+        reject(core, idx, id, "431 Request Header Fields Too Large");
+        let why = "handshake too large".to_string();
+        return (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)));
+    }
+    match check(&core.cfg.ws, &buf[..end]) {
+        Ok(key) => {
+            let digest = ring::digest::digest(
+                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                format!("{key}{GUID}").as_bytes(),
+            );
+            let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            core.with_conn(idx, id, |c| {
+                send_raw(core, c, Bytes::from(resp));
+                c.ws = OPEN;
+            });
+            CoreMetrics::inc(&core.metrics.ws_upgrades);
+            // Bytes after the request are the first WebSocket frames.
+            frames(core, idx, id, Vec::new(), Vec::new(), &buf[end + 4..])
+        }
+        Err((status, why)) => {
+            reject(core, idx, id, status);
+            (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)))
+        }
+    }
+}
+
+fn reject(core: &Core, idx: u32, id: u64, status: &str) {
+    let resp = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
+}
+
+/// Checks the upgrade request; returns the Sec-WebSocket-Key.
+fn check<'a>(
+    cfg: &crate::config::WsConfig,
+    head: &'a [u8],
+) -> Result<&'a str, (&'static str, String)> {
+    let bad = |why: &str| ("400 Bad Request", why.to_string());
+    let text = std::str::from_utf8(head).map_err(|_| bad("request is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let request = lines.next().unwrap_or("");
+    let mut parts = request.split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    if method != Some("GET") || version != Some("HTTP/1.1") {
+        return Err(bad("not a GET HTTP/1.1 request"));
+    }
+    let path = target.unwrap_or("").split('?').next().unwrap_or("");
+    if path != cfg.path {
+        return Err((
+            "404 Not Found",
+            format!("path {path:?} is not {:?}", cfg.path),
+        ));
+    }
+    let (mut upgrade, mut connection, mut version, mut key, mut origin) =
+        (false, false, false, None, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(bad("malformed header line"));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
+            "connection" => {
+                connection = value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            }
+            "sec-websocket-version" => version = value == "13",
+            "sec-websocket-key" => key = Some(value),
+            "origin" => origin = Some(value),
+            _ => {}
+        }
+    }
+    if !(upgrade && connection) {
+        return Err(bad("not a WebSocket upgrade"));
+    }
+    if !version {
+        return Err((
+            "426 Upgrade Required",
+            "Sec-WebSocket-Version must be 13".into(),
+        ));
+    }
+    let key = key.ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| bad("bad Sec-WebSocket-Key"))?;
+    if raw.len() != 16 {
+        return Err(bad("bad Sec-WebSocket-Key"));
+    }
+    if !cfg.allowed_origins.is_empty()
+        && !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o))
+    {
+        return Err(("403 Forbidden", format!("origin {origin:?} is not allowed")));
+    }
+    Ok(key)
+}
+
+/// Parses client frames; returns whole binary messages.
+fn frames(
+    core: &Rc<Core>,
+    idx: u32,
+    id: u64,
+    mut partial: Vec<u8>,
+    mut message: Vec<u8>,
+    data: &[u8],
+) -> Step {
+    partial.extend_from_slice(data);
+    let max = core.cfg.frame_bytes_max as usize;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    // `Conn::ws` stays open, so the close frame with the reason goes out.
+    let fail = |reason, why: &str| (None, Vec::new(), Err((reason, why.to_string())));
+    loop {
+        let b = &partial[pos..];
+        if b.len() < 2 {
+            break;
+        }
+        let (fin, op, masked) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[1] & 0x80 != 0);
+        if b[0] & 0x70 != 0 {
+            return fail(
+                CloseReason::ProtocolViolation,
+                "reserved bits set (no extension was negotiated)",
+            );
+        }
+        if !masked {
+            return fail(
+                CloseReason::ProtocolViolation,
+                "a client frame without a mask",
+            );
+        }
+        let (len, at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => {
+                let l = u64::from_be_bytes(b[2..10].try_into().unwrap_or([0xff; 8]));
+                (usize::try_from(l).unwrap_or(usize::MAX), 10)
+            }
+            126 | 127 => break,
+            l => (l as usize, 2),
+        };
+        if op >= 8 && (len > CONTROL_MAX || !fin) {
+            return fail(
+                CloseReason::ProtocolViolation,
+                "a control frame over 125 bytes or fragmented",
+            );
+        }
+        if len > max || message.len().saturating_add(len) > max {
+            return fail(
+                CloseReason::FrameTooLarge,
+                "message larger than frame_bytes_max",
+            );
+        }
+        if b.len() < at + 4 + len {
+            break;
+        }
+        let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let payload: Vec<u8> = b[at + 4..at + 4 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ mask[i % 4])
+            .collect();
+        pos += at + 4 + len;
+        // Any whole WebSocket frame is a sign of life (ping and pong too).
+        core.with_conn(idx, id, |c| c.last_in = core.now());
+        match op {
+            OP_BINARY | OP_CONT => {
+                if op == OP_BINARY && !message.is_empty() {
+                    return fail(
+                        CloseReason::ProtocolViolation,
+                        "a new message inside a fragmented one",
+                    );
+                }
+                message.extend_from_slice(&payload);
+                if fin {
+                    out.push(std::mem::take(&mut message));
+                }
+            }
+            OP_TEXT => {
+                return fail(
+                    CloseReason::ProtocolViolation,
+                    "a text message (frames are binary)",
+                )
+            }
+            OP_PING => core
+                .with_conn(idx, id, |c| send_raw(core, c, frame(OP_PONG, &payload)))
+                .unwrap_or(()),
+            OP_PONG => {}
+            OP_CLOSE => {
+                // Echo the code, then close cleanly.
+                core.with_conn(idx, id, |c| {
+                    send_raw(core, c, frame(OP_CLOSE, &payload[..payload.len().min(2)]))
+                });
+                core.with_conn(idx, id, |c| c.ws = CLOSE_SENT);
+                core.close(idx, id, CloseReason::ClientClosed, None);
+                return (None, Vec::new(), Ok(out));
+            }
+            _ => return fail(CloseReason::ProtocolViolation, "unknown opcode"),
+        }
+    }
+    let rest = if pos == partial.len() {
+        Vec::new()
+    } else {
+        partial.split_off(pos)
+    };
+    let state = (!message.is_empty()).then_some(Ws::Fragments(message));
+    (state, rest, Ok(out))
+}
+
+/// Before a WebSocket connection is torn down: the close frame with the
+/// gateway's reason, unless one went out already.
+pub fn closing(c: &mut Conn, reason: CloseReason) -> Option<Bytes> {
+    if c.ws != OPEN {
+        return None;
+    }
+    c.ws = CLOSE_SENT;
+    Some(close_frame(reason))
+}

@@ -1,0 +1,253 @@
+//! WebSocket on the client port: one binary message per frame, next to
+//! plain TCP; bad handshakes, text, unmasked and oversized frames.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::{http_get, test_config, Client, WAIT};
+use gw_proto::pb::{self, frame::Body, Frame};
+use prost::Message as _;
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn connect(addr: SocketAddr, origin: Option<&str>) -> Result<Ws, Box<tungstenite::Error>> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws"))
+            .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    tungstenite::client(req, s)
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => Box::new(e),
+            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking socket"),
+        })
+}
+
+fn send(ws: &mut Ws, body: Body) {
+    let bytes = Frame { body: Some(body) }.encode_to_vec();
+    ws.send(Message::Binary(bytes.into())).unwrap();
+}
+
+fn recv(ws: &mut Ws) -> Body {
+    loop {
+        match ws.read().unwrap() {
+            Message::Binary(b) => return Frame::decode(&b[..]).unwrap().body.unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn login(ws: &mut Ws, user: &str) -> pb::AuthOk {
+    send(
+        ws,
+        Body::Auth(pb::Auth {
+            protocol_version: gw_proto::PROTOCOL_VERSION,
+            token: common::token(user, 600),
+            device_id: "browser".into(),
+            ..Default::default()
+        }),
+    );
+    match recv(ws) {
+        Body::AuthOk(ok) => ok,
+        other => panic!("expected AuthOk, got {other:?}"),
+    }
+}
+
+/// The close code the server sent, after reading to the close.
+fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+            Ok(Message::Close(None)) => return None,
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn closes(gw: &gateway::GatewayHandle, reason: &str) -> u64 {
+    let (_, body) = http_get(gw.admin_addr.unwrap(), "/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["closes"][reason].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn websocket_and_plain_tcp_share_the_port() {
+    let (gw, _) = common::start(test_config());
+    let mut alice = connect(gw.local_addr, None).unwrap();
+    assert_eq!(login(&mut alice, "alice").user_id, "alice");
+    // WebSocket-level ping counts as life and is answered.
+    alice.send(Message::Ping(b"hi".to_vec().into())).unwrap();
+    send(&mut alice, Body::Ping(pb::Ping::default()));
+    assert!(matches!(recv(&mut alice), Body::Pong(_)));
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    assert_eq!(
+        bob.call(1, "chat.send", r#"{"to":"alice","text":"to the browser"}"#)
+            .status,
+        0
+    );
+    let p = loop {
+        if let Body::Push(p) = recv(&mut alice) {
+            break p;
+        }
+    };
+    assert_eq!(p.route, "chat.msg");
+    send(&mut alice, Body::Ack(pb::Ack { seq: p.seq }));
+    // A large message (over 64 KiB of WebSocket payload needs the 64-bit length).
+    let big = "y".repeat(60_000);
+    send(
+        &mut alice,
+        Body::Upstream(pb::Upstream {
+            correlation_id: 5,
+            route: "echo".into(),
+            payload: big.clone().into_bytes().into(),
+            ..Default::default()
+        }),
+    );
+    let r = loop {
+        if let Body::UpstreamReply(r) = recv(&mut alice) {
+            break r;
+        }
+    };
+    assert_eq!(r.payload.len(), big.len());
+    // A kick arrives as GoAway, then a close frame with code 4000 + KICKED.
+    let mut admin = Client::login(gw.local_addr, "admin").0;
+    assert_eq!(admin.call(2, "test.kick", "alice").status, 0);
+    assert!(matches!(recv(&mut alice), Body::GoAway(_)));
+    assert_eq!(
+        close_code(&mut alice),
+        Some(4000 + pb::CloseReason::Kicked as u16)
+    );
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_client_close_is_echoed_and_counted_as_client_closed() {
+    let (gw, _) = common::start(test_config());
+    let mut ws = connect(gw.local_addr, None).unwrap();
+    login(&mut ws, "carol");
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    common::eventually("a CLIENT_CLOSED close", || {
+        closes(&gw, "CLIENT_CLOSED") == 1
+    });
+    gw.shutdown(false);
+}
+
+#[test]
+fn text_unmasked_and_oversized_frames_close_with_typed_codes() {
+    let mut cfg = test_config();
+    cfg.frame_bytes_max = 1024;
+    cfg.outbound_bytes_max = 64 * 1024;
+    let (gw, _) = common::start(cfg);
+    let (mut bob, _) = Client::login(gw.local_addr, "bob");
+    // Text instead of binary.
+    let mut ws = connect(gw.local_addr, None).unwrap();
+    ws.send(Message::Text("hello".into())).unwrap();
+    assert_eq!(
+        close_code(&mut ws),
+        Some(4000 + pb::CloseReason::ProtocolViolation as u16)
+    );
+    // Larger than frame_bytes_max.
+    let mut ws = connect(gw.local_addr, None).unwrap();
+    ws.send(Message::Binary(vec![0u8; 2048].into())).unwrap();
+    assert_eq!(
+        close_code(&mut ws),
+        Some(4000 + pb::CloseReason::FrameTooLarge as u16)
+    );
+    // An unmasked frame, by hand after a real handshake.
+    let mut raw = raw_upgrade(gw.local_addr, "/ws", None);
+    raw.write_all(&[0x82, 0x02, 0x08, 0x00]).unwrap();
+    assert!(read_all(&mut raw)
+        .windows(2)
+        .any(|w| w == (4000 + pb::CloseReason::ProtocolViolation as u16).to_be_bytes()));
+    assert_eq!(bob.call(1, "echo", "fine").status, 0);
+    let (_, metrics) = http_get(gw.admin_addr.unwrap(), "/metrics");
+    assert!(metrics.contains("gateway_ws_rejected_total"));
+    gw.shutdown(false);
+}
+
+/// A hand-made upgrade request; returns the socket after the 101 response.
+fn raw_upgrade(addr: SocketAddr, path: &str, origin: Option<&str>) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    if path == "/ws" && origin.is_empty() {
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(
+            text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{text}"
+        );
+    }
+    s
+}
+
+fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn bad_handshakes_get_http_errors() {
+    let mut cfg = test_config();
+    cfg.ws.allowed_origins = vec!["https://app.example".into()];
+    cfg.ws.handshake_bytes_max = 512;
+    let (gw, _) = common::start(cfg);
+    // Wrong path.
+    let mut s = raw_upgrade(gw.local_addr, "/other", None);
+    assert!(
+        String::from_utf8_lossy(&read_all(&mut s)).is_empty(),
+        "the 404 was read by raw_upgrade"
+    );
+    // Origin not allowed, and allowed.
+    assert!(connect(gw.local_addr, Some("https://evil.example")).is_err());
+    let mut ok = connect(gw.local_addr, Some("https://app.example")).unwrap();
+    login(&mut ok, "dora");
+    // A handshake that never ends within handshake_bytes_max.
+    let mut s = TcpStream::connect(gw.local_addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+    s.write_all(&[b'a'; 600]).unwrap();
+    let reply = String::from_utf8_lossy(&read_all(&mut s)).to_string();
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    common::eventually("three refused", || {
+        let (_, m) = http_get(gw.admin_addr.unwrap(), "/metrics");
+        m.lines()
+            .filter(|l| l.starts_with("gateway_ws_rejected_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+            == 3
+    });
+    gw.shutdown(false);
+}

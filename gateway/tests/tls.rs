@@ -114,12 +114,6 @@ impl TlsClient {
     }
 }
 
-fn closes(gw: &gateway::GatewayHandle, reason: &str) -> u64 {
-    let (_, body) = http_get(gw.admin_addr.unwrap(), "/stats");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["closes"][reason].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn tls_and_plain_tcp_share_the_port() {
     let (cfg, ca) = tls_config();
@@ -175,7 +169,7 @@ fn tls_and_plain_tcp_share_the_port() {
     alice.s.conn.send_close_notify();
     alice.s.flush().unwrap();
     common::eventually("a CLIENT_CLOSED close", || {
-        closes(&gw, "CLIENT_CLOSED") == 1
+        common::closes(&gw, "CLIENT_CLOSED") == 1
     });
     assert_eq!(bob.call(2, "echo", "still").status, 0);
     gw.shutdown(false);
@@ -188,7 +182,9 @@ fn tls12_is_refused_unless_configured() {
     let tls12 = client_config(&ca, &[&rustls::version::TLS12]);
     let mut c = TlsClient::connect(gw.local_addr, tls12);
     assert!(c.send(Body::Ping(pb::Ping::default())).is_err() || c.recv().is_err());
-    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
+    common::eventually("a TLS_FAILED close", || {
+        common::closes(&gw, "TLS_FAILED") == 1
+    });
     gw.shutdown(false);
 
     let (mut cfg, ca) = tls_config();
@@ -213,7 +209,9 @@ fn garbage_after_a_tls_byte_closes_that_connection_only() {
     bad.send_raw(&[0xAB; 32]);
     let (closed, _) = bad.read_to_close();
     assert!(closed);
-    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
+    common::eventually("a TLS_FAILED close", || {
+        common::closes(&gw, "TLS_FAILED") == 1
+    });
     assert_eq!(bob.call(1, "echo", "fine").status, 0);
     gw.shutdown(false);
 }
@@ -229,7 +227,9 @@ fn a_stalled_handshake_is_reaped_at_the_auth_deadline() {
     let (closed, _) = slow.read_to_close();
     assert!(closed);
     assert!(t.elapsed() < Duration::from_secs(5));
-    common::eventually("an AUTH_TIMEOUT close", || closes(&gw, "AUTH_TIMEOUT") == 1);
+    common::eventually("an AUTH_TIMEOUT close", || {
+        common::closes(&gw, "AUTH_TIMEOUT") == 1
+    });
     gw.shutdown(false);
 }
 
@@ -241,7 +241,7 @@ fn without_tls_configured_a_tls_hello_is_a_bad_frame() {
     let (closed, _) = c.read_to_close();
     assert!(closed);
     common::eventually("a FRAME_TOO_LARGE close", || {
-        closes(&gw, "FRAME_TOO_LARGE") == 1
+        common::closes(&gw, "FRAME_TOO_LARGE") == 1
     });
     gw.shutdown(false);
 }
@@ -260,7 +260,9 @@ fn a_corrupt_record_after_the_handshake_closes_with_tls_failed() {
     forged.extend_from_slice(&[0x5A; 0x20]);
     alice.s.sock.write_all(&forged).unwrap();
     assert!(alice.recv().is_err(), "the connection must close");
-    common::eventually("a TLS_FAILED close", || closes(&gw, "TLS_FAILED") == 1);
+    common::eventually("a TLS_FAILED close", || {
+        common::closes(&gw, "TLS_FAILED") == 1
+    });
     gw.shutdown(false);
 }
 
@@ -294,27 +296,9 @@ fn a_certificate_reload_serves_new_connections_and_keeps_open_ones() {
         client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]),
     );
     assert_eq!(again.login("again").user_id, "again");
-    let (status, _) = post(gw.admin_addr.unwrap(), "/tls/reload");
+    let (status, _) = common::http_request(gw.admin_addr.unwrap(), "POST", "/tls/reload");
     assert_eq!(status, 500);
     gw.shutdown(false);
-}
-
-fn post(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
 }
 
 #[test]

@@ -73,12 +73,6 @@ fn close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
-fn closes(gw: &gateway::GatewayHandle, reason: &str) -> u64 {
-    let (_, body) = http_get(gw.admin_addr.unwrap(), "/stats");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["closes"][reason].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn websocket_and_plain_tcp_share_the_port() {
     let (gw, _) = common::start(test_config());
@@ -143,7 +137,7 @@ fn a_client_close_is_echoed_and_counted_as_client_closed() {
         }
     }
     common::eventually("a CLIENT_CLOSED close", || {
-        closes(&gw, "CLIENT_CLOSED") == 1
+        common::closes(&gw, "CLIENT_CLOSED") == 1
     });
     gw.shutdown(false);
 }

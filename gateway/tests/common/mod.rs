@@ -285,11 +285,15 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-/// GET on the admin server; returns (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A request with no body on the admin server; returns (status, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out
@@ -299,4 +303,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
+}
+
+/// GET on the admin server; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// Closes with `reason` (e.g. "TLS_FAILED") so far, from /stats.
+pub fn closes(gw: &GatewayHandle, reason: &str) -> u64 {
+    let (_, body) = http_get(gw.admin_addr.unwrap(), "/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["closes"][reason].as_u64().unwrap_or(0)
 }

@@ -195,6 +195,31 @@ fn tls12_is_refused_unless_configured() {
         client_config(&ca, &[&rustls::version::TLS12]),
     );
     assert_eq!(c.login("old").user_id, "old");
+    // A record over rustls' 4 KiB read size arrives whole.
+    c.send(Body::Upstream(pb::Upstream {
+        correlation_id: 1,
+        route: "echo".into(),
+        payload: vec![b'z'; 10_000].into(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let r = loop {
+        if let Body::UpstreamReply(r) = c.recv().unwrap() {
+            break r;
+        }
+    };
+    assert_eq!(r.payload.len(), 10_000);
+    // The last frame before a close comes before close_notify.
+    let (mut admin, _) = Client::login(gw.local_addr, "admin");
+    assert_eq!(admin.call(2, "test.kick", "old").status, 0);
+    let g = loop {
+        match c.recv() {
+            Ok(Body::GoAway(g)) => break g,
+            Ok(_) => continue,
+            Err(e) => panic!("no GoAway before the close: {e}"),
+        }
+    };
+    assert_eq!(g.reason, pb::CloseReason::Kicked as i32);
     gw.shutdown(false);
 }
 

@@ -245,3 +245,89 @@ fn bad_handshakes_get_http_errors() {
     });
     gw.shutdown(false);
 }
+
+/// One masked binary message.
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80 | op];
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&[1, 2, 3, 4]);
+    v.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    v
+}
+
+#[test]
+fn messages_after_a_violation_in_the_same_read_are_not_handled() {
+    let (gw, rec) = common::start(test_config());
+    let mut s = raw_upgrade(gw.local_addr, "/ws", None);
+    // A Ping before Auth (a violation), then an Auth, in one write.
+    let ping = Frame {
+        body: Some(Body::Ping(pb::Ping::default())),
+    }
+    .encode_to_vec();
+    let auth = Frame {
+        body: Some(Body::Auth(pb::Auth {
+            protocol_version: gw_proto::PROTOCOL_VERSION,
+            token: common::token("mallory", 600),
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec();
+    let mut both = masked(2, &ping);
+    both.extend(masked(2, &auth));
+    s.write_all(&both).unwrap();
+    read_all(&mut s);
+    // A session afterwards proves the core has handled everything before it.
+    let _marker = Client::login(gw.local_addr, "marker");
+    rec.wait_for("the marker online", |e| {
+        e.iter()
+            .any(|e| matches!(e, common::Ev::Online { user, .. } if user == "marker"))
+    });
+    assert!(
+        !rec.events()
+            .iter()
+            .any(|e| matches!(e, common::Ev::Online { user, .. } if user == "mallory")),
+        "a session was bound on a connection closed for a violation"
+    );
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_does_not_read_ends_as_a_slow_consumer() {
+    let mut cfg = test_config();
+    cfg.outbound_bytes_max = 64 * 1024;
+    cfg.frame_bytes_max = 1024;
+    let (gw, _) = common::start(cfg);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&gw.local_addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut s = s;
+    write!(s, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    // Pings, never reading the pongs: 6 bytes each, 36 KB per write.
+    let chunk: Vec<u8> = (0..6000).flat_map(|_| masked(9, b"")).collect();
+    for _ in 0..400 {
+        if s.write_all(&chunk).is_err() {
+            break; // closed by the gateway, or our own send buffer is full
+        }
+        if common::closes(&gw, "SLOW_CONSUMER") == 1 {
+            break;
+        }
+    }
+    common::eventually("a SLOW_CONSUMER close", || {
+        common::closes(&gw, "SLOW_CONSUMER") == 1
+    });
+    gw.shutdown(false);
+}

@@ -135,7 +135,8 @@ impl Records {
                 .ok_or("a TLS record without a content type")?;
             match plain[end] {
                 APPLICATION_DATA => out.plain.extend_from_slice(&plain[..end]),
-                ALERT if plain[..end] == [1, 0] => {
+                // close_notify (description 0); TLS 1.3 ignores the level.
+                ALERT if end == 2 && plain[1] == 0 => {
                     out.peer_closed = true; // close_notify
                     break;
                 }

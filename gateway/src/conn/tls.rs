@@ -171,10 +171,21 @@ fn feed_session<'a>(
         if need == RECORD_HEADER && have < RECORD_HEADER {
             continue; // header done; body next
         }
+        // rustls reads at most 4 KiB per call: feed the whole record.
         let record = std::mem::take(pending);
-        if let Err(e) = conn.read_tls(&mut &record[..]) {
-            got.failed = Some(e.to_string());
-            return data;
+        let mut rd = &record[..];
+        while !rd.is_empty() {
+            match conn.read_tls(&mut rd) {
+                Ok(0) => {
+                    got.failed = Some("rustls took no bytes of a record".into());
+                    return data;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    got.failed = Some(e.to_string());
+                    return data;
+                }
+            }
         }
         match conn.process_new_packets() {
             Ok(state) => got.peer_closed = state.peer_has_closed(),
@@ -202,11 +213,12 @@ fn hand_over(tls: &mut Tls) -> Result<bool, String> {
     while conn.wants_write() {
         conn.write_tls(&mut unsent).map_err(|e| e.to_string())?;
     }
+    // If taking the keys fails, the connection closes with this in place:
+    // it must never seal anything (close_sent), its keys being all zeros.
+    let mut stand_in = Records::new(Dir::new(0, empty_secret())?, Dir::new(0, empty_secret())?);
+    stand_in.close_sent = true;
     let placeholder = Tls::Records {
-        rec: Box::new(Records::new(
-            Dir::new(0, empty_secret())?,
-            Dir::new(0, empty_secret())?,
-        )),
+        rec: Box::new(stand_in),
         unsent: Vec::new(),
     };
     let Tls::Session { conn, .. } = std::mem::replace(tls, placeholder) else {
@@ -249,10 +261,13 @@ pub fn flush(core: &Core, c: &mut Conn) -> io::Result<()> {
 }
 
 fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) -> io::Result<()> {
-    if c.close.is_some() {
-        tls.send_close_notify();
-    }
+    let mut close_sent = false;
     loop {
+        // close_notify after the last frame (a client drops what follows it).
+        if c.close.is_some() && c.out.is_empty() && !close_sent {
+            tls.send_close_notify();
+            close_sent = true;
+        }
         // Plaintext in, as much as rustls takes (its buffer is bounded).
         while let Some(front) = c.out.front() {
             let (head, body, len) = (front.head, front.body.clone(), front.len());
@@ -320,6 +335,12 @@ fn flush_records(
                 rec.seal_close_notify(unsent);
                 continue;
             }
+            return Ok(());
+        }
+        if rec.close_sent {
+            // Nothing may follow close_notify (or a failed handover).
+            c.out = Default::default();
+            c.out_bytes = 0;
             return Ok(());
         }
         if rec.tx_exhausted() {

@@ -133,8 +133,10 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     };
     let (state, rest, result) = match state {
         Some(Ws::Handshake(mut buf)) => {
+            // Look for the blank line only in what is new (and 3 bytes back).
+            let from = buf.len().saturating_sub(3);
             buf.extend_from_slice(data);
-            handshake(core, idx, id, buf)
+            handshake(core, idx, id, buf, from)
         }
         Some(Ws::Fragments(message)) => frames(core, idx, id, partial, message, data),
         None => frames(core, idx, id, partial, Vec::new(), data),
@@ -142,6 +144,14 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     match result {
         Ok(messages) => {
             for m in messages {
+                // Nothing more once the connection is closing (a bad frame,
+                // a slow consumer, the client's close).
+                if core
+                    .with_conn(idx, id, |c| c.close.is_some())
+                    .unwrap_or(true)
+                {
+                    break;
+                }
                 let mut framed = Vec::with_capacity(m.len() + 4);
                 framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
                 framed.extend_from_slice(&m);
@@ -167,9 +177,13 @@ type Outcome = Result<Vec<Vec<u8>>, (CloseReason, String)>;
 /// The state to keep, the bytes of a frame not complete yet, the outcome.
 type Step = (Option<Ws>, Vec<u8>, Outcome);
 
-fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>) -> Step {
+fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> Step {
     let max = core.cfg.ws.handshake_bytes_max as usize;
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(end) = buf[from..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + from)
+    else {
         if buf.len() > max {
             reject(core, idx, id, "431 Request Header Fields Too Large");
             let why = "handshake too large".to_string();
@@ -360,9 +374,26 @@ fn frames(
                     "a text message (frames are binary)",
                 )
             }
-            OP_PING => core
-                .with_conn(idx, id, |c| send_raw(core, c, frame(OP_PONG, &payload)))
-                .unwrap_or(()),
+            OP_PING => {
+                // Pongs count against outbound_bytes_max like any output: a
+                // client that pings without reading is a slow consumer.
+                let limit = core.cfg.outbound_bytes_max as usize;
+                let queued = core
+                    .with_conn(idx, id, |c| {
+                        let fits = c.out_bytes as usize + payload.len() + 4 <= limit;
+                        if fits {
+                            send_raw(core, c, frame(OP_PONG, &payload));
+                        }
+                        fits
+                    })
+                    .unwrap_or(false);
+                if !queued {
+                    return fail(
+                        CloseReason::SlowConsumer,
+                        "pings faster than pongs are read",
+                    );
+                }
+            }
             OP_PONG => {}
             OP_CLOSE => {
                 // Echo the code, then close cleanly.

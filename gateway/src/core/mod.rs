@@ -466,7 +466,7 @@ impl Core {
 
     /// Queues bytes as they are (WebSocket control frames, HTTP replies).
     pub fn push_out_raw(&self, c: &mut Conn, out: Out) {
-        c.out_bytes += out.len() as u32;
+        c.out_bytes = c.out_bytes.saturating_add(out.len() as u32);
         c.out.push_back(out);
         CoreMetrics::inc(&self.metrics.frames_out);
     }

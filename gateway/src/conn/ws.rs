@@ -337,7 +337,7 @@ fn frames(
                 "a control frame over 125 bytes or fragmented",
             );
         }
-        if len > max || message.len().saturating_add(len) > max {
+        if len > max || (op < 8 && message.len().saturating_add(len) > max) {
             return fail(
                 CloseReason::FrameTooLarge,
                 "message larger than frame_bytes_max",

@@ -331,3 +331,43 @@ fn a_ping_flood_from_a_client_that_does_not_read_ends_as_a_slow_consumer() {
     });
     gw.shutdown(false);
 }
+
+#[test]
+fn fragments_are_reassembled_and_stray_continuations_refused() {
+    let (gw, _) = common::start(test_config());
+    let auth = Frame {
+        body: Some(Body::Auth(pb::Auth {
+            protocol_version: gw_proto::PROTOCOL_VERSION,
+            token: common::token("frag", 600),
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec();
+    // Auth in three fragments, a ping (control) in the middle.
+    let mut s = raw_upgrade(gw.local_addr, "/ws", None);
+    let (a, rest) = auth.split_at(10);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let mut wire = masked(0x02 & 0x0f, a);
+    wire[0] &= 0x7f; // FIN off: first fragment
+    let mut mid = masked(0x00, b);
+    mid[0] &= 0x7f;
+    wire.extend(mid);
+    wire.extend(masked(0x09, b"p"));
+    wire.extend(masked(0x00, c)); // FIN on: the end
+    s.write_all(&wire).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap(); // the pong, then the AuthOk message
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"frag") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before AuthOk");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // A continuation with no message started.
+    let mut s = raw_upgrade(gw.local_addr, "/ws", None);
+    s.write_all(&masked(0x00, b"x")).unwrap();
+    let code = (4000 + pb::CloseReason::ProtocolViolation as u16).to_be_bytes();
+    assert!(read_all(&mut s).windows(2).any(|w| w == code));
+    gw.shutdown(false);
+}

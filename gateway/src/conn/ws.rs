@@ -138,8 +138,8 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
             buf.extend_from_slice(data);
             handshake(core, idx, id, buf, from)
         }
-        Some(Ws::Fragments(message)) => frames(core, idx, id, partial, message, data),
-        None => frames(core, idx, id, partial, Vec::new(), data),
+        Some(Ws::Fragments(message)) => frames(core, idx, id, partial, Some(message), data),
+        None => frames(core, idx, id, partial, None, data),
     };
     match result {
         Ok(messages) => {
@@ -210,7 +210,7 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
             });
             CoreMetrics::inc(&core.metrics.ws_upgrades);
             // Bytes after the request are the first WebSocket frames.
-            frames(core, idx, id, Vec::new(), Vec::new(), &buf[end + 4..])
+            frames(core, idx, id, Vec::new(), None, &buf[end + 4..])
         }
         Err((status, why)) => {
             reject(core, idx, id, status);
@@ -295,7 +295,7 @@ fn frames(
     idx: u32,
     id: u64,
     mut partial: Vec<u8>,
-    mut message: Vec<u8>,
+    mut message: Option<Vec<u8>>,
     data: &[u8],
 ) -> Step {
     partial.extend_from_slice(data);
@@ -337,7 +337,7 @@ fn frames(
                 "a control frame over 125 bytes or fragmented",
             );
         }
-        if len > max || (op < 8 && message.len().saturating_add(len) > max) {
+        if len > max || (op < 8 && message.as_ref().map_or(0, Vec::len).saturating_add(len) > max) {
             return fail(
                 CloseReason::FrameTooLarge,
                 "message larger than frame_bytes_max",
@@ -357,15 +357,26 @@ fn frames(
         core.with_conn(idx, id, |c| c.last_in = core.now());
         match op {
             OP_BINARY | OP_CONT => {
-                if op == OP_BINARY && !message.is_empty() {
-                    return fail(
-                        CloseReason::ProtocolViolation,
-                        "a new message inside a fragmented one",
-                    );
-                }
-                message.extend_from_slice(&payload);
+                // `message` is Some exactly while a fragmented message is open.
+                let m = match (op, message.as_mut()) {
+                    (OP_BINARY, None) => message.insert(Vec::new()),
+                    (OP_CONT, Some(m)) => m,
+                    (OP_BINARY, Some(_)) => {
+                        return fail(
+                            CloseReason::ProtocolViolation,
+                            "a new message inside a fragmented one",
+                        )
+                    }
+                    _ => {
+                        return fail(
+                            CloseReason::ProtocolViolation,
+                            "a continuation with no message started",
+                        )
+                    }
+                };
+                m.extend_from_slice(&payload);
                 if fin {
-                    out.push(std::mem::take(&mut message));
+                    out.extend(message.take());
                 }
             }
             OP_TEXT => {
@@ -397,9 +408,16 @@ fn frames(
             OP_PONG => {}
             OP_CLOSE => {
                 // Echo the code, then close cleanly.
-                core.with_conn(idx, id, |c| {
-                    send_raw(core, c, frame(OP_CLOSE, &payload[..payload.len().min(2)]))
-                });
+                // Echo a valid code; answer 1002 (protocol error) to a bad one.
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let valid = |c: u16| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999);
+                let echo = match code {
+                    None if payload.is_empty() => Vec::new(),
+                    Some(c) if valid(c) => c.to_be_bytes().to_vec(),
+                    _ => 1002u16.to_be_bytes().to_vec(),
+                };
+                core.with_conn(idx, id, |c| send_raw(core, c, frame(OP_CLOSE, &echo)));
                 core.with_conn(idx, id, |c| c.ws = CLOSE_SENT);
                 core.close(idx, id, CloseReason::ClientClosed, None);
                 return (None, Vec::new(), Ok(out));
@@ -412,7 +430,7 @@ fn frames(
     } else {
         partial.split_off(pos)
     };
-    let state = (!message.is_empty()).then_some(Ws::Fragments(message));
+    let state = message.map(Ws::Fragments);
     (state, rest, Ok(out))
 }
 

@@ -107,18 +107,25 @@ echo "gateway pid $GW_PID, idle rss $RSS_0"
 FLOOD=(./target/release/flood hold --target "$HOST:$PORT" --rate "$RATE" --sources "$SOURCES"
        --heartbeat-ms "$HEARTBEAT_MS" --pid "$GW_PID" --sample-ms 1000)
 
+# sample K READY_FILE: sets EST_K RSS_K THP_K SLAB_K SUNR_K GWC_K once the
+# connections of flood K are up and the gateway's RSS has settled.
+sample() {
+    local k=$1
+    printf -v "EST_$k" '%s' "$(established "$2")"
+    printf -v "RSS_$k" '%s' "$(settle_rss "$GW_PID")"
+    printf -v "THP_$k" '%s' "$(thp "$GW_PID")"
+    printf -v "SLAB_$k" '%s' "$(meminfo Slab)"
+    printf -v "SUNR_$k" '%s' "$(meminfo SUnreclaim)"
+    printf -v "GWC_$k" '%s' "$(gw_conns)"
+}
+
 echo "== flood 1: $N1 connections"
 "${FLOOD[@]}" --conns "$N1" --first-id 0 --hold-s 3600 \
     --ready-file "$TMP/f1.ready" --json "$OUT_DIR/mem_slope_flood1.json" >"$TMP/flood1.log" 2>&1 &
 F1=$!
 FLOOD_PIDS+=("$F1")
 wait_ready "$TMP/f1.ready" "$F1" $(( N1 / RATE + 60 ))
-EST_1=$(established "$TMP/f1.ready")
-RSS_1=$(settle_rss "$GW_PID")
-THP_1=$(thp "$GW_PID")
-SLAB_1=$(meminfo Slab)
-SUNR_1=$(meminfo SUnreclaim)
-GWC_1=$(gw_conns)
+sample 1 "$TMP/f1.ready"
 echo "established $EST_1 (gateway reports $GWC_1), gateway rss $RSS_1"
 
 N_ADD=$(( N2 - N1 ))
@@ -128,12 +135,7 @@ echo "== flood 2: $N_ADD more connections"
 F2=$!
 FLOOD_PIDS+=("$F2")
 wait_ready "$TMP/f2.ready" "$F2" $(( N_ADD / RATE + 60 ))
-EST_2=$(established "$TMP/f2.ready")
-RSS_2=$(settle_rss "$GW_PID")
-THP_2=$(thp "$GW_PID")
-SLAB_2=$(meminfo Slab)
-SUNR_2=$(meminfo SUnreclaim)
-GWC_2=$(gw_conns)
+sample 2 "$TMP/f2.ready"
 echo "established $EST_2 more (gateway reports $GWC_2), gateway rss $RSS_2"
 
 wait "$F2" || true

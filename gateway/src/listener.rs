@@ -10,13 +10,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::core::Core;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, LogLimit};
 
 /// Binds one listener per core on `cfg.listen`. With port 0 the first picks
 /// a port and the others join it. Returns the sockets and the bound address.
@@ -90,7 +90,7 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
         return;
     }
     let mut backoff_ms: u32 = 0;
-    let mut last_log: Option<Instant> = None;
+    let log_limit = LogLimit::default();
     let mut unlogged: u64 = 0;
     loop {
         core.accept_wait().await;
@@ -120,9 +120,8 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
                 _ => {
                     CoreMetrics::inc(&core.metrics.accept_errors);
                     unlogged += 1;
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    if log_limit.allow() {
                         log_accept_error(core, &e, unlogged);
-                        last_log = Some(Instant::now());
                         unlogged = 0;
                     }
                     backoff_ms = backoff_ms

@@ -3,6 +3,7 @@
 //! its inbox and sums them when /metrics or /stats is scraped.
 
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use gw_proto::CloseReason;
 use serde::Serialize;
@@ -25,7 +26,26 @@ macro_rules! counters {
             $(pub $name: u64,)*
         }
 
-        impl CoreMetrics {
+        /// At most one log line per second from one place (accept errors, a full
+/// queue, ...): `if limit.allow() { tracing::warn!(..) }`.
+#[derive(Default)]
+pub struct LogLimit(Cell<Option<Instant>>);
+
+impl LogLimit {
+    /// How often a limited line may be logged.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    pub fn allow(&self) -> bool {
+        let now = Instant::now();
+        if self.0.get().is_some_and(|t| now.duration_since(t) < Self::INTERVAL) {
+            return false;
+        }
+        self.0.set(Some(now));
+        true
+    }
+}
+
+impl CoreMetrics {
             fn counters(&self) -> Counters {
                 Counters { $($name: self.$name.get(),)* }
             }
@@ -50,7 +70,7 @@ counters! {
     auth_failures: "Failed authentications",
     frames_in: "Frames received",
     frames_out: "Frames queued for sending",
-    bytes_in: "Bytes received",
+    bytes_in: "Bytes read from sockets",
     bytes_out: "Bytes written to sockets",
     heartbeats: "Ping frames answered",
     upstreams: "Upstream frames forwarded to the backend",

@@ -102,6 +102,13 @@ impl BackendReply {
             ..Default::default()
         }
     }
+    /// A retryable error: the client should try again after `retry_after_ms`.
+    pub fn retry(code: ErrorCode, message: &str, retry_after_ms: u32) -> Self {
+        BackendReply {
+            retry_after_ms,
+            ..Self::error(code, message)
+        }
+    }
 }
 
 /// A push that was accepted but not acknowledged by the client.

@@ -221,9 +221,11 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
     };
     let Some((Some(user), Some(device))) = admitted else {
         CoreMetrics::inc(&core.metrics.upstream_busy);
-        let mut r =
-            BackendReply::error(ErrorCode::Busy, "too many requests in flight; retry later");
-        r.retry_after_ms = core.cfg.busy_retry_after_ms;
+        let r = BackendReply::retry(
+            ErrorCode::Busy,
+            "too many requests in flight; retry later",
+            core.cfg.busy_retry_after_ms,
+        );
         core.send_frame(idx, id, reply_body(corr, &r));
         return;
     };
@@ -254,12 +256,11 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
     .await;
     let mut reply = reply.unwrap_or_else(|| {
         CoreMetrics::inc(&core.metrics.upstream_timeouts);
-        let mut r = BackendReply::error(
+        BackendReply::retry(
             ErrorCode::Timeout,
             "the backend did not answer within upstream_timeout_ms",
-        );
-        r.retry_after_ms = core.cfg.busy_retry_after_ms;
-        r
+            core.cfg.busy_retry_after_ms,
+        )
     });
     if reply.payload.len()
         > (core.cfg.frame_bytes_max as usize).saturating_sub(REPLY_OVERHEAD_BYTES)

@@ -40,7 +40,7 @@ pub struct IoLoop {
     /// When no waiter can be armed (no free fd for the dup): poll epoll on a
     /// timer instead, until one can.
     fallback: Option<glommio::timer::Timer>,
-    last_error_log: Option<std::time::Instant>,
+    waiter_errors: crate::metrics::LogLimit,
     events: Vec<Event>,
 }
 
@@ -50,7 +50,7 @@ impl IoLoop {
             core,
             waiter: None,
             fallback: None,
-            last_error_log: None,
+            waiter_errors: Default::default(),
             events: Vec::new(),
         }
     }
@@ -139,12 +139,8 @@ impl Future for IoLoop {
                 Ok(w) => this.waiter = Some(w), // polled at the top: registers the wake-up
                 Err(e) => {
                     // Out of files (EMFILE): poll epoll every FALLBACK_POLL instead.
-                    let quiet = this
-                        .last_error_log
-                        .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
-                    if !quiet {
+                    if this.waiter_errors.allow() {
                         tracing::warn!(core = this.core.index, error = %e, "cannot arm the epoll waiter (open-file limit?); polling every 10 ms until it can");
-                        this.last_error_log = Some(std::time::Instant::now());
                     }
                     this.fallback = Some(glommio::timer::Timer::new(FALLBACK_POLL));
                 }
@@ -226,48 +222,55 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
         return;
     }
     let n = n as usize;
+    CoreMetrics::add(&core.metrics.bytes_in, n as u64);
     let data = &scratch[..n];
-    let tls = core
-        .with_conn(idx, id, |c| {
-            if n < scratch.len() {
-                // Drained: with edge-triggered epoll, new data brings a new event.
-                c.readable = false;
-            }
-            super::tls::active(c) || super::tls::maybe_start(core, c, data)
-        })
-        .unwrap_or(false);
-    if tls {
-        CoreMetrics::add(&core.metrics.bytes_in, n as u64);
-        super::tls::input(core, idx, id, data);
-    } else {
-        plain_input(core, idx, id, data);
+    let layer = core.with_conn(idx, id, |c| {
+        if n < scratch.len() {
+            // Drained: with edge-triggered epoll, new data brings a new event.
+            c.readable = false;
+        }
+        layer(core, c, data, true)
+    });
+    match layer {
+        Some(Layer::Tls) => super::tls::input(core, idx, id, data),
+        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
+        Some(Layer::Frames) => on_bytes(core, idx, id, data),
+        None => {}
     }
 }
 
-/// Plaintext (after TLS, if any): WebSocket when it starts with `GET` or
-/// was upgraded, else length-prefixed frames.
-pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    let ws = core
-        .with_conn(idx, id, |c| {
-            super::ws::active(c) || super::ws::maybe_start(core, c, data)
-        })
-        .unwrap_or(false);
-    if ws {
-        super::ws::input(core, idx, id, data);
+/// What received bytes go to first.
+enum Layer {
+    Tls,
+    Ws,
+    Frames,
+}
+
+/// The layer for a connection's bytes: TLS (raw bytes only) or WebSocket
+/// when the connection uses them or its first bytes start one, else frames.
+fn layer(core: &Core, c: &mut Conn, data: &[u8], raw: bool) -> Layer {
+    if raw && (super::tls::active(c) || super::tls::maybe_start(core, c, data)) {
+        Layer::Tls
+    } else if super::ws::active(c) || super::ws::maybe_start(core, c, data) {
+        Layer::Ws
     } else {
-        on_bytes(core, idx, id, data);
+        Layer::Frames
+    }
+}
+
+/// Plaintext out of TLS: WebSocket or frames.
+pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    match core.with_conn(idx, id, |c| layer(core, c, data, false)) {
+        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
+        Some(_) => on_bytes(core, idx, id, data),
+        None => {}
     }
 }
 
 /// Decodes and handles every whole frame in `data` (plus any partial);
-/// `data` is plaintext (after TLS, when the connection uses it).
+/// `data` is plaintext (after TLS and WebSocket, when the connection uses
+/// them).
 pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    if !core
-        .with_conn(idx, id, |c| super::tls::active(c))
-        .unwrap_or(false)
-    {
-        CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
-    }
     let now = core.now();
     let Some(mut partial) = core.with_conn(idx, id, |c| std::mem::take(&mut c.partial)) else {
         return;

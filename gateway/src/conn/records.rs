@@ -10,12 +10,13 @@ use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
-pub const PLAINTEXT_MAX: usize = 16 * 1024;
+pub const PLAINTEXT_BYTES_MAX: usize = 16 * 1024;
 /// Largest ciphertext in one record: plaintext, content type, padding, tag.
-const CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 256;
-const HEADER: usize = 5;
-const TAG: usize = 16;
-const APPLICATION_DATA: u8 = 23;
+const CIPHERTEXT_BYTES_MAX: usize = PLAINTEXT_BYTES_MAX + 256;
+/// TLS record header: type, version, length.
+pub const HEADER_BYTES: usize = 5;
+const TAG_BYTES: usize = 16;
+pub const APPLICATION_DATA: u8 = 23;
 /// Records per key and direction before the connection is closed (clients
 /// reconnect): under the AES-GCM confidentiality limit of 2^24.5 records
 /// (RFC 8446 §5.5), since this layer does not do KeyUpdate.
@@ -103,25 +104,28 @@ impl Records {
         };
         let mut pos = 0;
         let mut rec = Vec::new();
-        while buf.len() - pos >= HEADER {
-            let h = &buf[pos..pos + HEADER];
+        while buf.len() - pos >= HEADER_BYTES {
+            let h = &buf[pos..pos + HEADER_BYTES];
             let len = u16::from_be_bytes([h[3], h[4]]) as usize;
-            if h[0] != APPLICATION_DATA || h[1] != 3 || !(TAG + 1..=CIPHERTEXT_MAX).contains(&len) {
+            if h[0] != APPLICATION_DATA
+                || h[1] != 3
+                || !(TAG_BYTES + 1..=CIPHERTEXT_BYTES_MAX).contains(&len)
+            {
                 return Err(format!(
                     "unexpected TLS record (type {}, length {len})",
                     h[0]
                 ));
             }
-            if buf.len() - pos < HEADER + len {
+            if buf.len() - pos < HEADER_BYTES + len {
                 break;
             }
             if self.rx.exhausted() {
                 return Err("the client's TLS key reached its record limit".into());
             }
-            let header: [u8; HEADER] = [h[0], h[1], h[2], h[3], h[4]];
+            let header: [u8; HEADER_BYTES] = [h[0], h[1], h[2], h[3], h[4]];
             rec.clear();
-            rec.extend_from_slice(&buf[pos + HEADER..pos + HEADER + len]);
-            pos += HEADER + len;
+            rec.extend_from_slice(&buf[pos + HEADER_BYTES..pos + HEADER_BYTES + len]);
+            pos += HEADER_BYTES + len;
             let nonce = self.rx.nonce();
             let plain = self
                 .rx
@@ -154,40 +158,68 @@ impl Records {
         Ok(out)
     }
 
-    /// Appends one record carrying `plain` (at most PLAINTEXT_MAX bytes) of
-    /// `content_type` to `out`.
-    pub fn seal(&mut self, plain: &[u8], content_type: u8, out: &mut Vec<u8>) {
-        let len = plain.len() + 1 + TAG;
-        let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+    /// Starts a record at the end of `out` (its header, filled in by
+    /// `finish`); the caller appends at most PLAINTEXT_BYTES_MAX bytes of
+    /// plaintext after it. Returns where the record starts.
+    pub fn begin(out: &mut Vec<u8>) -> usize {
         let start = out.len();
-        out.extend_from_slice(&header);
-        out.extend_from_slice(plain);
+        out.extend_from_slice(&[0; HEADER_BYTES]);
+        start
+    }
+
+    /// Seals the record started at `start` in place. On failure the record
+    /// is removed from `out`: plaintext never leaves unsealed.
+    pub fn finish(
+        &mut self,
+        out: &mut Vec<u8>,
+        start: usize,
+        content_type: u8,
+    ) -> Result<(), String> {
         out.push(content_type);
+        let len = out.len() - start - HEADER_BYTES + TAG_BYTES;
+        let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+        out[start..start + HEADER_BYTES].copy_from_slice(&header);
         let nonce = self.tx.nonce();
-        let mut body = out.split_off(start + HEADER);
-        // Sealing cannot fail for lengths within the record limit.
-        let _ = self
-            .tx
-            .key
-            .seal_in_place_append_tag(nonce, Aad::from(header), &mut body);
-        out.extend_from_slice(&body);
+        match self.tx.key.seal_in_place_separate_tag(
+            nonce,
+            Aad::from(header),
+            &mut out[start + HEADER_BYTES..],
+        ) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err("sealing a TLS record failed".into())
+            }
+        }
+    }
+
+    /// Appends one record carrying `plain` (at most PLAINTEXT_BYTES_MAX bytes).
+    pub fn seal(
+        &mut self,
+        plain: &[u8],
+        content_type: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let start = Self::begin(out);
+        out.extend_from_slice(plain);
+        self.finish(out, start, content_type)
     }
 
     /// Appends a close_notify alert record.
-    pub fn seal_close_notify(&mut self, out: &mut Vec<u8>) {
-        if !self.close_sent {
-            self.close_sent = true;
-            self.seal(&[1, 0], ALERT, out);
+    pub fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.close_sent {
+            return Ok(());
         }
+        self.close_sent = true;
+        self.seal(&[1, 0], ALERT, out)
     }
 
     /// Whether the sending key may protect no more records.
     pub fn tx_exhausted(&self) -> bool {
         self.tx.exhausted()
-    }
-
-    pub fn seal_data(&mut self, plain: &[u8], out: &mut Vec<u8>) {
-        self.seal(plain, APPLICATION_DATA, out);
     }
 }
 
@@ -212,35 +244,36 @@ mod tests {
     fn sealed_records_open_whole_and_split_at_every_byte() {
         let (mut tx, _) = pair();
         let mut wire = Vec::new();
-        tx.seal_data(b"hello", &mut wire);
-        tx.seal_data(&vec![1u8; PLAINTEXT_MAX], &mut wire);
+        tx.seal(b"hello", APPLICATION_DATA, &mut wire).unwrap();
+        tx.seal(&vec![1u8; PLAINTEXT_BYTES_MAX], APPLICATION_DATA, &mut wire)
+            .unwrap();
         let (_, mut rx) = pair();
         let o = rx.open(&wire).unwrap();
-        assert_eq!(o.plain.len(), 5 + PLAINTEXT_MAX);
+        assert_eq!(o.plain.len(), 5 + PLAINTEXT_BYTES_MAX);
         assert_eq!(&o.plain[..5], b"hello");
         let (_, mut rx) = pair();
         let mut got = Vec::new();
         for b in &wire {
             got.extend(rx.open(std::slice::from_ref(b)).unwrap().plain);
         }
-        assert_eq!(got.len(), 5 + PLAINTEXT_MAX);
+        assert_eq!(got.len(), 5 + PLAINTEXT_BYTES_MAX);
     }
 
     #[test]
     fn tampering_alerts_and_unknown_types_are_refused() {
         let (mut tx, _) = pair();
         let mut wire = Vec::new();
-        tx.seal_data(b"hello", &mut wire);
+        tx.seal(b"hello", APPLICATION_DATA, &mut wire).unwrap();
         let last = wire.len() - 1;
         wire[last] ^= 1;
         assert!(pair().1.open(&wire).is_err(), "a bad tag");
         let (mut tx, _) = pair();
         let mut wire = Vec::new();
-        tx.seal_close_notify(&mut wire);
+        tx.seal_close_notify(&mut wire).unwrap();
         assert!(pair().1.open(&wire).unwrap().peer_closed);
         let (mut tx, _) = pair();
         let mut wire = Vec::new();
-        tx.seal(&[24, 0, 0, 1, 0], 22, &mut wire); // a KeyUpdate
+        tx.seal(&[24, 0, 0, 1, 0], 22, &mut wire).unwrap(); // a KeyUpdate
         assert!(pair().1.open(&wire).unwrap_err().contains("KeyUpdate"));
         assert!(
             pair().1.open(&[22, 3, 3, 0, 1, 0]).is_err(),

@@ -12,17 +12,15 @@ use std::rc::Rc;
 
 use gw_proto::CloseReason;
 
-use super::records::{Dir, Records, PLAINTEXT_MAX};
+use super::records::{Dir, Records, APPLICATION_DATA, HEADER_BYTES, PLAINTEXT_BYTES_MAX};
 use crate::core::{Conn, Core};
 use crate::metrics::CoreMetrics;
 use crate::tls::TLS_HANDSHAKE_BYTE;
 
 /// Plaintext read out of rustls per step, bytes.
-const PLAIN_CHUNK: usize = 16 * 1024;
-/// TLS record header: type, version, length.
-const RECORD_HEADER: usize = 5;
+const PLAIN_CHUNK_BYTES: usize = 16 * 1024;
 /// Largest record a client may send during the handshake, bytes.
-const HANDSHAKE_RECORD_MAX: usize = 16 * 1024 + 2048;
+const HANDSHAKE_RECORD_BYTES_MAX: usize = 16 * 1024 + 2048;
 
 /// A connection's TLS state.
 pub enum Tls {
@@ -41,12 +39,13 @@ pub enum Tls {
 /// Whether this first read of a connection starts a TLS handshake; if so
 /// (and TLS is configured), the connection becomes a TLS connection.
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    let Some(cfg) = core.tls.borrow().clone() else {
-        return false;
-    };
+    // Cheap checks first: this runs on every read of a plain connection.
     if first.first() != Some(&TLS_HANDSHAKE_BYTE) || c.authed() || !c.partial.is_empty() {
         return false;
     }
+    let Some(cfg) = core.tls.borrow().clone() else {
+        return false;
+    };
     match rustls::ServerConnection::new(cfg.clone()) {
         Ok(mut conn) => {
             // Bounds what rustls buffers for a client that does not read.
@@ -91,19 +90,31 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     let mut rest = data;
     if let Tls::Session { conn, pending } = &mut tls {
         rest = feed_session(conn, pending, rest, &mut got);
-        if got.failed.is_none() && !conn.is_handshaking() {
-            match hand_over(&mut tls) {
-                Ok(true) => CoreMetrics::inc(&core.metrics.tls_handovers),
-                Ok(false) => {}
-                Err(e) => got.failed = Some(e),
+    }
+    let mut tls = match tls {
+        Tls::Session { conn, .. } if got.failed.is_none() && tls13_done(&conn) => {
+            match hand_over(*conn) {
+                Ok(records) => {
+                    CoreMetrics::inc(&core.metrics.tls_handovers);
+                    Some(records)
+                }
+                Err(e) => {
+                    got.failed = Some(e);
+                    None
+                }
             }
         }
-    }
-    if let (Tls::Records { rec, .. }, None) = (&mut tls, &got.failed) {
+        other => Some(other),
+    };
+    if let (Some(Tls::Records { rec, .. }), None) = (&mut tls, &got.failed) {
         if !rest.is_empty() {
             match rec.open(rest) {
                 Ok(o) => {
-                    got.plain.extend_from_slice(&o.plain);
+                    if got.plain.is_empty() {
+                        got.plain = o.plain;
+                    } else {
+                        got.plain.extend_from_slice(&o.plain);
+                    }
                     got.peer_closed |= o.peer_closed;
                 }
                 Err(e) => got.failed = Some(e),
@@ -111,7 +122,12 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         }
     }
     core.with_conn(idx, id, |c| {
-        c.extra_mut().tls = Some(tls);
+        if tls.is_none() {
+            // The keys could not be taken: nothing more may be written.
+            c.out = Default::default();
+            c.out_bytes = 0;
+        }
+        c.extra_mut().tls = tls;
         core.ready(c); // handshake records or alerts to write
     });
     if let Some(why) = got.failed {
@@ -138,21 +154,19 @@ fn feed_session<'a>(
     got: &mut Input,
 ) -> &'a [u8] {
     let mut data = data;
-    let mut chunk = [0u8; PLAIN_CHUNK];
+    let mut chunk = [0u8; PLAIN_CHUNK_BYTES];
     loop {
-        let tls13_done = !conn.is_handshaking()
-            && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-        if tls13_done || got.failed.is_some() || got.peer_closed {
+        if tls13_done(conn) || got.failed.is_some() || got.peer_closed {
             return data;
         }
         // Complete one record in `pending`, from `data`.
         let have = pending.len();
-        let need = if have < RECORD_HEADER {
-            RECORD_HEADER
+        let need = if have < HEADER_BYTES {
+            HEADER_BYTES
         } else {
-            RECORD_HEADER + u16::from_be_bytes([pending[3], pending[4]]) as usize
+            HEADER_BYTES + u16::from_be_bytes([pending[3], pending[4]]) as usize
         };
-        if need > HANDSHAKE_RECORD_MAX + RECORD_HEADER && conn.is_handshaking() {
+        if need > HANDSHAKE_RECORD_BYTES_MAX + HEADER_BYTES && conn.is_handshaking() {
             got.failed = Some(format!("TLS record of {need} bytes during the handshake"));
             return data;
         }
@@ -168,7 +182,7 @@ fn feed_session<'a>(
             }
             continue; // the header is complete now: read the body
         }
-        if need == RECORD_HEADER && have < RECORD_HEADER {
+        if need == HEADER_BYTES && have < HEADER_BYTES {
             continue; // header done; body next
         }
         // rustls reads at most 4 KiB per call: feed the whole record.
@@ -200,48 +214,28 @@ fn feed_session<'a>(
     }
 }
 
-/// Takes the traffic keys out of a finished TLS 1.3 session (true when
-/// it did); what rustls had not written yet goes first.
-fn hand_over(tls: &mut Tls) -> Result<bool, String> {
-    let Tls::Session { conn, .. } = tls else {
-        return Ok(false);
-    };
-    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-        return Ok(false); // TLS 1.2 stays in rustls
-    }
+/// A TLS 1.3 handshake is done: the keys can move to the record layer.
+/// (TLS 1.2 stays in rustls.)
+fn tls13_done(conn: &rustls::ServerConnection) -> bool {
+    !conn.is_handshaking() && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+}
+
+/// Takes the traffic keys out of a finished TLS 1.3 session; what rustls
+/// had not written yet goes first.
+fn hand_over(mut conn: rustls::ServerConnection) -> Result<Tls, String> {
     let mut unsent = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut unsent).map_err(|e| e.to_string())?;
     }
-    // If taking the keys fails, the connection closes with this in place:
-    // it must never seal anything (close_sent), its keys being all zeros.
-    let mut stand_in = Records::new(Dir::new(0, empty_secret())?, Dir::new(0, empty_secret())?);
-    stand_in.close_sent = true;
-    let placeholder = Tls::Records {
-        rec: Box::new(stand_in),
-        unsent: Vec::new(),
-    };
-    let Tls::Session { conn, .. } = std::mem::replace(tls, placeholder) else {
-        return Ok(false);
-    };
     let secrets = conn
         .dangerous_extract_secrets()
         .map_err(|e| format!("taking the TLS keys: {e}"))?;
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
-    *tls = Tls::Records {
+    Ok(Tls::Records {
         rec: Box::new(Records::new(Dir::new(rx_seq, rx)?, Dir::new(tx_seq, tx)?)),
         unsent,
-    };
-    Ok(true)
-}
-
-/// A stand-in while the session is moved out (32-byte key, as ChaCha20 wants).
-fn empty_secret() -> rustls::ConnectionTrafficSecrets {
-    rustls::ConnectionTrafficSecrets::Chacha20Poly1305 {
-        key: rustls::crypto::cipher::AeadKey::from([0u8; 32]),
-        iv: rustls::crypto::cipher::Iv::new([0u8; 12]),
-    }
+    })
 }
 
 /// Moves queued frames into TLS records and the records to the socket,
@@ -313,15 +307,16 @@ fn flush_records(
     rec: &mut Records,
     unsent: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let mut plain = Vec::new();
     loop {
-        while !unsent.is_empty() {
-            match FdWriter(c.fd).write(unsent) {
+        let mut sent = 0;
+        while sent < unsent.len() {
+            match FdWriter(c.fd).write(&unsent[sent..]) {
                 Ok(n) => {
                     CoreMetrics::add(&core.metrics.bytes_out, n as u64);
-                    unsent.drain(..n);
+                    sent += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    unsent.drain(..sent);
                     c.write_blocked = true;
                     return Ok(());
                 }
@@ -329,16 +324,17 @@ fn flush_records(
                 Err(e) => return Err(e),
             }
         }
-        *unsent = Vec::new(); // give the buffer back while idle
+        unsent.clear();
         if c.out.is_empty() {
             if c.close.is_some() && !rec.close_sent {
-                rec.seal_close_notify(unsent);
+                rec.seal_close_notify(unsent).map_err(io::Error::other)?;
                 continue;
             }
+            *unsent = Vec::new(); // give the buffer back while idle
             return Ok(());
         }
         if rec.close_sent {
-            // Nothing may follow close_notify (or a failed handover).
+            // Nothing may follow close_notify.
             c.out = Default::default();
             c.out_bytes = 0;
             return Ok(());
@@ -348,25 +344,27 @@ fn flush_records(
                 "the TLS key reached its record limit; the client reconnects",
             ));
         }
-        // Up to one record's worth of queued frames.
-        plain.clear();
+        // Up to one record's worth of queued frames, gathered in place.
+        let start = Records::begin(unsent);
+        let room = |unsent: &Vec<u8>| PLAINTEXT_BYTES_MAX - (unsent.len() - start - HEADER_BYTES);
         while let Some(front) = c.out.front() {
             let (len, off) = (front.len(), c.out_off as usize);
-            let n = (len - off).min(PLAINTEXT_MAX - plain.len());
+            let n = (len - off).min(room(unsent));
             let head = front.head.as_slice();
             let (end, hl) = (off + n, head.len());
             if off < hl {
-                plain.extend_from_slice(&head[off..end.min(hl)]);
+                unsent.extend_from_slice(&head[off..end.min(hl)]);
             }
             if end > hl {
-                plain.extend_from_slice(&front.body[off.max(hl) - hl..end - hl]);
+                unsent.extend_from_slice(&front.body[off.max(hl) - hl..end - hl]);
             }
             super::io::advance(c, n);
-            if plain.len() == PLAINTEXT_MAX {
+            if room(unsent) == 0 {
                 break;
             }
         }
-        rec.seal_data(&plain, unsent);
+        rec.finish(unsent, start, APPLICATION_DATA)
+            .map_err(io::Error::other)?;
     }
 }
 

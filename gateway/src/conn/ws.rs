@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use gw_proto::CloseReason;
+use gw_proto::{CloseReason, LEN_PREFIX_BYTES};
 
 use crate::core::push::Out;
 use crate::core::{Conn, Core};
@@ -25,7 +25,7 @@ const OP_CLOSE: u8 = 8;
 const OP_PING: u8 = 9;
 const OP_PONG: u8 = 10;
 /// Control frames carry at most this many bytes (RFC 6455 §5.5).
-const CONTROL_MAX: usize = 125;
+const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 
 /// A WebSocket's state while it needs more than `Conn::ws` (allocated in
 /// the connection's `Extra` only while used).
@@ -51,7 +51,7 @@ pub fn open(c: &Conn) -> bool {
 
 /// Whether this first plaintext of a connection starts a WebSocket upgrade.
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    if !core.cfg.ws.enabled || first.first() != Some(&b'G') || c.authed() || !c.partial.is_empty() {
+    if first.first() != Some(&b'G') || c.authed() || !c.partial.is_empty() || !core.cfg.ws.enabled {
         return false;
     }
     c.extra_mut().ws = Some(Ws::Handshake(Vec::new()));
@@ -152,10 +152,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                 {
                     break;
                 }
-                let mut framed = Vec::with_capacity(m.len() + 4);
-                framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
-                framed.extend_from_slice(&m);
-                super::io::on_bytes(core, idx, id, &framed);
+                super::io::on_bytes(core, idx, id, &m);
             }
         }
         Err((reason, why)) => {
@@ -331,13 +328,14 @@ fn frames(
             126 | 127 => break,
             l => (l as usize, 2),
         };
-        if op >= 8 && (len > CONTROL_MAX || !fin) {
+        if op >= 8 && (len > CONTROL_PAYLOAD_BYTES_MAX || !fin) {
             return fail(
                 CloseReason::ProtocolViolation,
                 "a control frame over 125 bytes or fragmented",
             );
         }
-        if len > max || (op < 8 && message.as_ref().map_or(0, Vec::len).saturating_add(len) > max) {
+        let so_far = message.as_ref().map_or(0, |m| m.len() - LEN_PREFIX_BYTES);
+        if len > max || (op < 8 && so_far.saturating_add(len) > max) {
             return fail(
                 CloseReason::FrameTooLarge,
                 "message larger than frame_bytes_max",
@@ -347,19 +345,26 @@ fn frames(
             break;
         }
         let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        let payload: Vec<u8> = b[at + 4..at + 4 + len]
+        let unmasked = b[at + 4..at + 4 + len]
             .iter()
             .enumerate()
-            .map(|(i, x)| x ^ mask[i % 4])
-            .collect();
+            .map(|(i, x)| x ^ mask[i % 4]);
+        // Control payloads (at most 125 bytes) apart; data goes straight
+        // into the message.
+        let payload: Vec<u8> = if op >= 8 {
+            unmasked.clone().collect()
+        } else {
+            Vec::new()
+        };
         pos += at + 4 + len;
         // Any whole WebSocket frame is a sign of life (ping and pong too).
         core.with_conn(idx, id, |c| c.last_in = core.now());
         match op {
             OP_BINARY | OP_CONT => {
                 // `message` is Some exactly while a fragmented message is open.
+                // A message starts with room for its frame length prefix.
                 let m = match (op, message.as_mut()) {
-                    (OP_BINARY, None) => message.insert(Vec::new()),
+                    (OP_BINARY, None) => message.insert(vec![0; LEN_PREFIX_BYTES]),
                     (OP_CONT, Some(m)) => m,
                     (OP_BINARY, Some(_)) => {
                         return fail(
@@ -374,9 +379,14 @@ fn frames(
                         )
                     }
                 };
-                m.extend_from_slice(&payload);
+                m.extend(unmasked);
                 if fin {
-                    out.extend(message.take());
+                    // Whole: a length-prefixed frame for the decoder.
+                    if let Some(mut m) = message.take() {
+                        let n = (m.len() - LEN_PREFIX_BYTES) as u32;
+                        m[..LEN_PREFIX_BYTES].copy_from_slice(&n.to_be_bytes());
+                        out.push(m);
+                    }
                 }
             }
             OP_TEXT => {

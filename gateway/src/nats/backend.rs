@@ -2,7 +2,6 @@
 //! frames into NATS requests, session events into publishes, and interest
 //! changes into subscriptions. One per core; it holds only channel ends.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use super::interest::{Inbound, Interest as Subscriptions};
 use crate::backend::{
     Backend, BackendFactory, BackendReply, Interest, LocalBoxFuture, SessionEvent, UpstreamRequest,
 };
+use crate::metrics::LogLimit;
 
 pub struct NatsBackend {
     tx: flume::Sender<ToNats>,
@@ -22,9 +22,8 @@ pub struct NatsBackend {
     subjects: Subjects,
     node: String,
     stats: Arc<BridgeStats>,
-    /// Last time a dropped event was logged (seconds since start), for rate-limiting.
-    dropped_logged: Cell<u64>,
-    started: std::time::Instant,
+    /// Limits the log of dropped events.
+    dropped_log: LogLimit,
 }
 
 /// Hands each core its link; `inbound` is taken by the server for the
@@ -77,8 +76,7 @@ impl BackendFactory for NatsFactory {
             subjects: self.subjects.clone(),
             node: self.node.clone(),
             stats: self.stats.clone(),
-            dropped_logged: Cell::new(0),
-            started: std::time::Instant::now(),
+            dropped_log: LogLimit::default(),
         })
     }
 }
@@ -95,9 +93,7 @@ impl NatsBackend {
         };
         if self.tx.try_send(msg).is_err() {
             self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-            let now = self.started.elapsed().as_secs() + 1;
-            if self.dropped_logged.get() != now {
-                self.dropped_logged.set(now);
+            if self.dropped_log.allow() {
                 tracing::warn!(kind, "NATS bridge queue full (nats.bridge_queue_max): session event dropped; see gateway_nats_events_dropped_total");
             }
         }

@@ -299,12 +299,6 @@ async fn log_status(rx: flume::Receiver<interest::Status>, core: usize) {
     }
 }
 
-fn retryable(code: ErrorCode, msg: &str, retry_after_ms: u32) -> BackendReply {
-    let mut r = BackendReply::error(code, msg);
-    r.retry_after_ms = retry_after_ms;
-    r
-}
-
 async fn run_core(
     client: async_nats::Client,
     rx: flume::Receiver<ToNats>,
@@ -333,7 +327,7 @@ async fn run_core(
             ToNats::Request(call) => {
                 if client.connection_state() != async_nats::connection::State::Connected {
                     ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                    let r = retryable(
+                    let r = BackendReply::retry(
                         ErrorCode::BackendUnavailable,
                         "NATS is unreachable from this gateway; retry later",
                         ctx.retry_after_ms,
@@ -403,7 +397,7 @@ async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
         Err(e) => match e.kind() {
             RequestErrorKind::NoResponders => {
                 ctx.stats.no_responders.fetch_add(1, Ordering::Relaxed);
-                retryable(
+                BackendReply::retry(
                     ErrorCode::BackendUnavailable,
                     &format!("no backend serves route {route:?}"),
                     ctx.retry_after_ms,
@@ -411,7 +405,7 @@ async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
             }
             RequestErrorKind::TimedOut => {
                 ctx.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
-                retryable(
+                BackendReply::retry(
                     ErrorCode::Timeout,
                     "the backend did not answer within upstream_timeout_ms",
                     ctx.retry_after_ms,
@@ -419,7 +413,7 @@ async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
             }
             RequestErrorKind::Other => {
                 ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                retryable(
+                BackendReply::retry(
                     ErrorCode::BackendUnavailable,
                     "NATS request failed; retry later",
                     ctx.retry_after_ms,

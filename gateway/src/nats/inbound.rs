@@ -24,7 +24,7 @@ pub struct InboundCtx {
 }
 
 /// How often an idle inbound task checks whether its core is stopping.
-const STOP_CHECK: Duration = Duration::from_millis(100);
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs until the core stops or the subscription connection closes.
 pub async fn run(core: Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
@@ -35,15 +35,22 @@ pub async fn run(core: Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) 
 
 async fn serve(core: &Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
     while !core.stopping.get() {
-        let next = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
-            glommio::timer::sleep(STOP_CHECK).await;
-            None
-        })
-        .await;
-        let m = match next {
-            None => continue,
-            Some(Ok(m)) => m,
-            Some(Err(_)) => return,
+        // What is queued first; a timer only while waiting on an empty queue.
+        let m = match rx.try_recv() {
+            Ok(m) => m,
+            Err(flume::TryRecvError::Disconnected) => return,
+            Err(flume::TryRecvError::Empty) => {
+                let next = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
+                    glommio::timer::sleep(STOP_CHECK_INTERVAL).await;
+                    None
+                })
+                .await;
+                match next {
+                    None => continue,
+                    Some(Ok(m)) => m,
+                    Some(Err(_)) => return,
+                }
+            }
         };
         ctx.stats.inbound_pushes.fetch_add(1, Ordering::Relaxed);
         if let Err(why) = handle(core, &ctx, m).await {

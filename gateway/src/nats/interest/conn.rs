@@ -16,12 +16,12 @@ use super::failure::{ConnErr, HINT_AUTH, HINT_PROTOCOL, HINT_TLS};
 use super::nkey::nkey_sign;
 use super::tls::build_tls;
 use super::url::ServerUrl;
-use super::wire::{encode_cmd, encode_sub, parse_op, Op, ServerInfo, DEFAULT_MAX_PAYLOAD};
+use super::wire::{encode_cmd, encode_sub, parse_op, Op, ServerInfo, PAYLOAD_BYTES_MAX_DEFAULT};
 use super::{Auth, Cmd, End, Status, Task};
 
-const READ_CHUNK: usize = 64 << 10;
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Write once this much is buffered, even if more commands are queued.
-const WRITE_BATCH: usize = 256 << 10;
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -50,7 +50,7 @@ impl Task {
         let _ = tcp.set_nodelay(true);
         let mut tcp = tcp;
         let mut rbuf = BytesMut::with_capacity(4096);
-        let mut info = match read_op(&mut tcp, &mut rbuf, DEFAULT_MAX_PAYLOAD).await? {
+        let mut info = match read_op(&mut tcp, &mut rbuf, PAYLOAD_BYTES_MAX_DEFAULT).await? {
             Op::Info(json) => {
                 ServerInfo::parse(&json).map_err(|e| ConnErr::new(e, HINT_PROTOCOL))?
             }
@@ -175,7 +175,7 @@ impl Task {
         } = conn;
         let mut max_payload = info.max_payload();
         let mut headers_ok = info.headers;
-        let mut wbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut wbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
 
         // Snapshot the table. Commands queued so far are superseded by it:
         // drop them under the same lock the callers send under, so every
@@ -270,10 +270,10 @@ impl Task {
                     return End::Lost(format!("write error: {e}"));
                 }
             }
-            if rbuf.capacity() > 4 * READ_CHUNK && rbuf.is_empty() {
-                rbuf = BytesMut::with_capacity(READ_CHUNK);
-            } else if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                rbuf.reserve(READ_CHUNK);
+            if rbuf.capacity() > 4 * READ_CHUNK_BYTES && rbuf.is_empty() {
+                rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            } else if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
+                rbuf.reserve(READ_CHUNK_BYTES);
             }
 
             tokio::select! {
@@ -293,7 +293,7 @@ impl Task {
                         Some(c) => encode_cmd(&mut wbuf, c, max_payload, headers_ok),
                         None => true,
                     };
-                    while !stop && wbuf.len() < WRITE_BATCH {
+                    while !stop && wbuf.len() < WRITE_BATCH_BYTES {
                         match self.rx.try_recv() {
                             Ok(c) => stop = encode_cmd(&mut wbuf, c, max_payload, headers_ok),
                             Err(mpsc::error::TryRecvError::Empty) => break,
@@ -334,8 +334,8 @@ async fn write_all(s: &mut Box<dyn Stream>, data: &[u8]) -> std::io::Result<()> 
 async fn flush(s: &mut Box<dyn Stream>, w: &mut Vec<u8>) -> std::io::Result<()> {
     let r = write_all(s, w).await;
     w.clear();
-    if w.capacity() > 4 * WRITE_BATCH {
-        *w = Vec::with_capacity(READ_CHUNK);
+    if w.capacity() > 4 * WRITE_BATCH_BYTES {
+        *w = Vec::with_capacity(READ_CHUNK_BYTES);
     }
     r
 }

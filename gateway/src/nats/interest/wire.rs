@@ -9,10 +9,10 @@ use bytes::Bytes;
 use super::{Cmd, Inbound};
 
 /// Longest control line accepted (INFO of a big cluster can be long).
-pub(super) const MAX_CONTROL_LINE: usize = 1 << 20;
+pub(super) const CONTROL_LINE_BYTES_MAX: usize = 1 << 20;
 /// Ceiling on the server's advertised max_payload (nats-server allows 64 MiB).
-const MAX_PAYLOAD_CEILING: usize = 64 << 20;
-pub(super) const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+const PAYLOAD_BYTES_CEILING: usize = 64 << 20;
+pub(super) const PAYLOAD_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
 #[derive(Debug)]
 pub(super) enum Op {
@@ -43,9 +43,9 @@ impl ServerInfo {
 
     pub(super) fn max_payload(&self) -> usize {
         if self.max_payload <= 0 {
-            DEFAULT_MAX_PAYLOAD
+            PAYLOAD_BYTES_MAX_DEFAULT
         } else {
-            (self.max_payload as u64).min(MAX_PAYLOAD_CEILING as u64) as usize
+            (self.max_payload as u64).min(PAYLOAD_BYTES_CEILING as u64) as usize
         }
     }
 }
@@ -92,12 +92,12 @@ fn split_args<'a>(args: &'a [u8], out: &mut [&'a [u8]; 5]) -> Result<usize, Stri
 /// operation and how many bytes it used.
 pub(super) fn parse_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op, usize)>, String> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_CONTROL_LINE {
+        if buf.len() > CONTROL_LINE_BYTES_MAX {
             return Err("control line too long".into());
         }
         return Ok(None);
     };
-    if nl > MAX_CONTROL_LINE {
+    if nl > CONTROL_LINE_BYTES_MAX {
         return Err("control line too long".into());
     }
     let line = &buf[..nl];

@@ -9,7 +9,7 @@ use super::super::nkey::{
 };
 use super::super::url::parse_url;
 use super::super::wire::{
-    encode_headers, parse_headers, parse_op, Op, ServerInfo, MAX_CONTROL_LINE,
+    encode_headers, parse_headers, parse_op, Op, ServerInfo, CONTROL_LINE_BYTES_MAX,
 };
 
 fn parse_all(input: &[u8], max: usize) -> Result<Vec<Op>, String> {
@@ -96,7 +96,7 @@ fn malformed_input_is_an_error_not_a_panic() {
         );
     }
     // A control line that never ends.
-    assert!(parse_op(&vec![b'x'; MAX_CONTROL_LINE + 1], 1024).is_err());
+    assert!(parse_op(&vec![b'x'; CONTROL_LINE_BYTES_MAX + 1], 1024).is_err());
     // Random bytes: never panic.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let alphabet = b"MSGHPINOK-ERF \r\n0123456789abc";

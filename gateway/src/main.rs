@@ -61,10 +61,7 @@ fn token(sub: &str, did: Option<&str>, ttl_s: u64) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + ttl_s});
-    if let Some(d) = did {
-        claims["did"] = d.into();
-    }
+    let claims = gateway::auth::claims(sub, did, now, ttl_s);
     match std::env::var("GATEWAY_TOKEN_SECRET") {
         Ok(s) => gateway::auth::sign_hs256(s.as_bytes(), None, &claims),
         Err(_) => gateway::auth::sign_hs256(DEMO_SECRET.as_bytes(), Some(DEMO_KID), &claims),

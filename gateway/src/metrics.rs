@@ -9,7 +9,7 @@ use gw_proto::CloseReason;
 use serde::Serialize;
 
 /// Number of `CloseReason` values (index = enum value).
-pub const CLOSE_REASONS: usize = 16;
+pub const CLOSE_REASONS: usize = 17;
 
 macro_rules! counters {
     ($($name:ident : $help:literal),* $(,)?) => {

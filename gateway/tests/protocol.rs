@@ -192,9 +192,10 @@ fn garbage_bytes_close_with_bad_frame_and_others_keep_working() {
     let mut c = Client::connect(gw.local_addr);
     c.send_raw(&[0, 0, 0, 0]); // a frame with no body
     expect_error_close(&mut c, ErrorCode::BadFrame);
-    // HTTP is a WebSocket upgrade attempt: another path gets 404 and a close.
+    // HTTP is a WebSocket upgrade attempt: another path gets 404 and a close
+    // (`/` would be the demo page: test_config runs in demo mode).
     let mut c = Client::connect(gw.local_addr);
-    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.send_raw(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut reply = String::new();
     let _ = std::io::Read::read_to_string(&mut c.s, &mut reply);
     assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");

@@ -371,3 +371,49 @@ fn fragments_are_reassembled_and_stray_continuations_refused() {
     assert!(read_all(&mut s).windows(2).any(|w| w == code));
     gw.shutdown(false);
 }
+
+/// Demo mode serves the demo page, the client library and demo tokens on
+/// the client port; the token logs in. Without demo mode those paths are
+/// ordinary wrong WebSocket paths (404).
+#[test]
+fn demo_page_and_token_endpoint_only_in_demo_mode() {
+    let (gw, _) = common::start(test_config());
+    let (status, page) = http_get(gw.local_addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("gateway-client.js"), "{page}");
+    let (status, js) = http_get(gw.local_addr, "/gateway-client.js");
+    assert_eq!(status, 200);
+    assert!(js.contains("export class GatewayClient"));
+    let (status, body) = http_get(gw.local_addr, "/demo/token?user=erin&device=web1");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut c = Client::connect(gw.local_addr);
+    match c.auth_with(v["token"].as_str().unwrap().to_string(), "") {
+        Body::AuthOk(ok) => assert_eq!(
+            (ok.user_id.as_str(), ok.device_id.as_str()),
+            ("erin", "web1")
+        ),
+        other => panic!("{other:?}"),
+    }
+    let (status, _) = http_get(gw.local_addr, "/demo/token?user=bad%20name");
+    assert_eq!(status, 400);
+    assert_eq!(common::closes(&gw, "HTTP_ANSWERED"), 4);
+    gw.shutdown(false);
+
+    // Without --demo: an HS256 key from the environment (PATH is long
+    // enough to be a secret and always set), and no demo paths.
+    let mut cfg = test_config();
+    cfg.demo = false;
+    cfg.auth.keys = vec![gateway::auth::KeySpec {
+        kid: None,
+        alg: gateway::auth::Alg::HS256,
+        secret_env: Some("PATH".into()),
+        public_key_file: None,
+    }];
+    let (gw, _) = common::start(cfg);
+    for path in ["/", "/gateway-client.js", "/demo/token?user=erin"] {
+        assert_eq!(http_get(gw.local_addr, path).0, 404, "{path}");
+    }
+    assert_eq!(common::closes(&gw, "HTTP_ANSWERED"), 0);
+    gw.shutdown(false);
+}

@@ -263,6 +263,18 @@ impl Verifier {
     }
 }
 
+/// The claims of a token for `sub` valid from `now_unix_s` for `ttl_s`,
+/// with the device id `did` when given (the `token` command and the demo
+/// token endpoint).
+pub fn claims(sub: &str, did: Option<&str>, now_unix_s: u64, ttl_s: u64) -> Value {
+    let mut c =
+        serde_json::json!({"sub": sub, "iat": now_unix_s, "exp": now_unix_s.saturating_add(ttl_s)});
+    if let Some(d) = did {
+        c["did"] = d.into();
+    }
+    c
+}
+
 /// Mint an HS256 token (used by the demo token command and the flood client).
 /// `claims` is a JSON object; the header is `{"alg":"HS256","kid":..,"typ":"JWT"}`.
 pub fn sign_hs256(secret: &[u8], kid: Option<&str>, claims: &Value) -> String {

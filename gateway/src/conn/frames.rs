@@ -75,7 +75,7 @@ fn jwt_code(e: &JwtError) -> ErrorCode {
     }
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use gw_proto::{CloseReason, LEN_PREFIX_BYTES};
 
+use super::http::Request;
 use crate::core::push::Out;
 use crate::core::{Conn, Core};
 use crate::metrics::CoreMetrics;
@@ -156,7 +157,9 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
             }
         }
         Err((reason, why)) => {
-            CoreMetrics::inc(&core.metrics.ws_rejected);
+            if reason != CloseReason::HttpAnswered {
+                CoreMetrics::inc(&core.metrics.ws_rejected);
+            }
             tracing::debug!(conn_id = id, %why, "WebSocket closed");
             core.close(idx, id, reason, None);
         }
@@ -193,7 +196,28 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
         let why = "handshake too large".to_string();
         return (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)));
     }
-    match check(&core.cfg.ws, &buf[..end]) {
+    let req = match Request::parse(&buf[..end]) {
+        Ok(req) => req,
+        Err(why) => {
+            reject(core, idx, id, "400 Bad Request");
+            return (
+                None,
+                Vec::new(),
+                Err((CloseReason::ProtocolViolation, why.into())),
+            );
+        }
+    };
+    // Demo mode: the demo page, the client library, demo tokens.
+    let web = core.cfg.demo && req.path != core.cfg.ws.path;
+    if let Some(resp) = web
+        .then(|| super::web::answer(&req, super::frames::unix_now()))
+        .flatten()
+    {
+        core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
+        let why = format!("answered HTTP {} {}", req.method, req.path);
+        return (None, Vec::new(), Err((CloseReason::HttpAnswered, why)));
+    }
+    match check(&core.cfg.ws, &req) {
         Ok(key) => {
             let digest = ring::digest::digest(
                 &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
@@ -221,63 +245,44 @@ fn reject(core: &Core, idx: u32, id: u64, status: &str) {
     core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
 }
 
-/// Checks the upgrade request; returns the Sec-WebSocket-Key.
-fn check<'a>(
+/// Checks an upgrade request; returns its Sec-WebSocket-Key. Pure, so the
+/// fuzz target `ws_handshake` drives it with [`Request::parse`].
+pub fn check<'a>(
     cfg: &crate::config::WsConfig,
-    head: &'a [u8],
+    req: &Request<'a>,
 ) -> Result<&'a str, (&'static str, String)> {
     let bad = |why: &str| ("400 Bad Request", why.to_string());
-    let text = std::str::from_utf8(head).map_err(|_| bad("request is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let request = lines.next().unwrap_or("");
-    let mut parts = request.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    if method != Some("GET") || version != Some("HTTP/1.1") {
-        return Err(bad("not a GET HTTP/1.1 request"));
+    if req.method != "GET" {
+        return Err(bad("not a GET request"));
     }
-    let path = target.unwrap_or("").split('?').next().unwrap_or("");
-    if path != cfg.path {
+    if req.path != cfg.path {
         return Err((
             "404 Not Found",
-            format!("path {path:?} is not {:?}", cfg.path),
+            format!("path {:?} is not {:?}", req.path, cfg.path),
         ));
     }
-    let (mut upgrade, mut connection, mut version, mut key, mut origin) =
-        (false, false, false, None, None);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(bad("malformed header line"));
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
-            "connection" => {
-                connection = value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            }
-            "sec-websocket-version" => version = value == "13",
-            "sec-websocket-key" => key = Some(value),
-            "origin" => origin = Some(value),
-            _ => {}
-        }
-    }
-    if !(upgrade && connection) {
+    let upgrade = req
+        .header("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !(upgrade && req.header_has("connection", "upgrade")) {
         return Err(bad("not a WebSocket upgrade"));
     }
-    if !version {
+    if req.header("sec-websocket-version") != Some("13") {
         return Err((
             "426 Upgrade Required",
             "Sec-WebSocket-Version must be 13".into(),
         ));
     }
-    let key = key.ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
+    let key = req
+        .header("sec-websocket-key")
+        .ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(key)
         .map_err(|_| bad("bad Sec-WebSocket-Key"))?;
     if raw.len() != 16 {
         return Err(bad("bad Sec-WebSocket-Key"));
     }
+    let origin = req.header("origin");
     if !cfg.allowed_origins.is_empty()
         && !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o))
     {

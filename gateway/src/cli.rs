@@ -74,12 +74,38 @@ overrides! {
     drain_deadline_ms: u32,
     /// retry_after_ms in the drain GoAway [default: 1000]
     goaway_retry_after_ms: u32,
+    /// Window over which a drain spreads its GoAways, ms [default: 10000]
+    drain_spread_ms: u32,
+    /// Random extra retry_after_ms per drain GoAway, up to, ms [default: 5000]
+    goaway_retry_jitter_ms: u32,
     /// Longest accept pause after EMFILE and the like, ms [default: 1000]
     accept_backoff_max_ms: u32,
     /// io_uring registered memory per core, bytes [default: 524288]
     io_memory_bytes: u32,
     /// Admin HTTP address; "" disables it [default: 127.0.0.1:9100]
     admin_listen: String,
+}
+
+/// Flags whose values are lists or optional (not plain overrides).
+#[derive(clap::Args, Debug, Default)]
+pub struct ListOverrides {
+    /// Reconnect hints ("host:port") in drain GoAways, comma-separated [default: none]
+    #[arg(long, value_delimiter = ',')]
+    pub goaway_endpoints: Option<Vec<String>>,
+    /// Environment variable holding the admin bearer token [default: none: no token]
+    #[arg(long)]
+    pub admin_token_env: Option<String>,
+}
+
+impl ListOverrides {
+    pub fn apply(self, cfg: &mut Config) {
+        if let Some(v) = self.goaway_endpoints {
+            cfg.goaway_endpoints = v;
+        }
+        if let Some(v) = self.admin_token_env {
+            cfg.admin_token_env = Some(v);
+        }
+    }
 }
 
 /// Flags for the options of one config section (`[nats]`, `[tls]`).
@@ -169,6 +195,8 @@ pub struct Cli {
     #[command(flatten)]
     pub overrides: Overrides,
     #[command(flatten)]
+    pub lists: ListOverrides,
+    #[command(flatten)]
     pub nats: NatsOverrides,
     #[command(flatten)]
     pub tls: TlsOverrides,
@@ -202,6 +230,7 @@ impl Cli {
             None => Config::default(),
         };
         self.overrides.apply(&mut cfg);
+        self.lists.apply(&mut cfg);
         self.nats.apply(&mut cfg);
         self.tls.apply(&mut cfg);
         if self.demo {

@@ -68,12 +68,22 @@ pub struct Config {
     pub drain_deadline_ms: u32,
     /// retry_after_ms in the GoAway sent on drain.
     pub goaway_retry_after_ms: u32,
+    /// A drain sends its GoAways spread evenly over this window, ms, so the
+    /// clients do not all reconnect in the same second; under drain_deadline_ms.
+    pub drain_spread_ms: u32,
+    /// Each drain GoAway adds a random 0..=this to goaway_retry_after_ms, ms.
+    pub goaway_retry_jitter_ms: u32,
+    /// Other endpoints ("host:port") sent in drain GoAways as reconnect hints.
+    pub goaway_endpoints: Vec<String>,
     /// Longest pause of the accept loop after EMFILE/ENFILE and similar, ms.
     pub accept_backoff_max_ms: u32,
     /// io_uring registered buffer memory per core, bytes (locked memory).
     pub io_memory_bytes: u32,
-    /// Admin HTTP (/metrics, /healthz, /stats); empty string disables it.
+    /// Admin HTTP (/metrics, /healthz, /stats, /connz, /drain, /kick); empty string disables it.
     pub admin_listen: String,
+    /// Name of an environment variable holding the admin bearer token; when
+    /// set, every admin endpoint but /healthz requires `Authorization: Bearer <token>`.
+    pub admin_token_env: Option<String>,
     /// Token verification.
     pub auth: AuthConfig,
     /// NATS: where business backends live; no URLs = the embedded demo backend.
@@ -141,9 +151,13 @@ impl Default for Config {
             tick_ms: 100,
             drain_deadline_ms: 30_000,
             goaway_retry_after_ms: 1_000,
+            drain_spread_ms: 10_000,
+            goaway_retry_jitter_ms: 5_000,
+            goaway_endpoints: Vec::new(),
             accept_backoff_max_ms: 1_000,
             io_memory_bytes: 512 * 1024,
             admin_listen: "127.0.0.1:9100".into(),
+            admin_token_env: None,
             auth: AuthConfig::default(),
             nats: NatsConfig::default(),
             tls: Default::default(),
@@ -292,6 +306,12 @@ impl Config {
                 "tick_ms must be within 10..=1000 (ticks are 32-bit: at 10 ms they last 497 days)"
                     .into(),
             );
+        }
+        if self.drain_spread_ms >= self.drain_deadline_ms {
+            return bad(format!(
+                "drain_spread_ms ({}) must be under drain_deadline_ms ({}): clients need time to leave after the last GoAway",
+                self.drain_spread_ms, self.drain_deadline_ms
+            ));
         }
         if self.accept_backoff_max_ms < 10 {
             return bad("accept_backoff_max_ms must be at least 10 (the first pause)".into());

@@ -225,6 +225,7 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
     CoreMetrics::add(&core.metrics.bytes_in, n as u64);
     let data = &scratch[..n];
     let layer = core.with_conn(idx, id, |c| {
+        c.bytes_in = c.bytes_in.saturating_add(n as u32);
         if n < scratch.len() {
             // Drained: with edge-triggered epoll, new data brings a new event.
             c.readable = false;
@@ -350,7 +351,7 @@ fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
         match sendv(c.fd, c) {
             Ok(n) => {
                 advance(c, n);
-                CoreMetrics::add(&core.metrics.bytes_out, n as u64);
+                wrote(core, c, n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -410,4 +411,10 @@ pub(super) fn advance(c: &mut Conn, n: usize) {
     if c.out.is_empty() {
         c.out = Default::default(); // give the ring buffer back while idle
     }
+}
+
+/// Counts bytes written to a connection's socket.
+pub(super) fn wrote(core: &Core, c: &mut Conn, n: usize) {
+    c.bytes_out = c.bytes_out.saturating_add(n as u32);
+    CoreMetrics::add(&core.metrics.bytes_out, n as u64);
 }

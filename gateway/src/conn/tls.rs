@@ -290,7 +290,7 @@ fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) 
             return Ok(());
         }
         match tls.write_tls(&mut FdWriter(c.fd)) {
-            Ok(n) => CoreMetrics::add(&core.metrics.bytes_out, n as u64),
+            Ok(n) => super::io::wrote(core, c, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 c.write_blocked = true;
                 return Ok(());
@@ -312,7 +312,7 @@ fn flush_records(
         while sent < unsent.len() {
             match FdWriter(c.fd).write(&unsent[sent..]) {
                 Ok(n) => {
-                    CoreMetrics::add(&core.metrics.bytes_out, n as u64);
+                    super::io::wrote(core, c, n);
                     sent += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -1,7 +1,10 @@
-//! Admin HTTP on the control plane (loopback by default): `/metrics`
+//! Admin HTTP on the control plane (loopback by default): `GET /metrics`
 //! (Prometheus text), `/healthz` (200 "ok", 503 while draining or when a
-//! core does not answer), `/stats` (JSON). A deliberately tiny HTTP/1.1
-//! server: GET only, one request per connection, bounded head and time.
+//! core does not answer), `/stats` (JSON), `/connz` (connections, filtered);
+//! `POST /drain`, `/kick`, `/tls/reload`. With `admin_token_env` set, every
+//! endpoint but /healthz needs `Authorization: Bearer <token>`. A
+//! deliberately tiny HTTP/1.1 server: one request per connection, bounded
+//! head and time.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +13,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{collect, Shared};
+use crate::backend::SessionOp;
+use crate::conn::http::Request;
+use crate::core::connz::{ConnzQuery, Sort, CONNZ_LIMIT_DEFAULT, CONNZ_LIMIT_MAX};
+use crate::core::CoreMsg;
 use crate::metrics;
 
 /// Largest request head read, bytes.
@@ -46,7 +53,10 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut buf = vec![0u8; HEAD_BYTES_MAX];
     let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(p) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
         if len == buf.len() {
             return respond(&mut sock, 431, "text/plain", "request head too large\n").await;
         }
@@ -55,73 +65,222 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
             Ok(r) => r?,
         };
         len += n;
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    if method == "POST" && path == "/tls/reload" {
-        return match super::reload_tls(shared) {
-            Ok(()) => respond(&mut sock, 200, "text/plain", "TLS certificate reloaded\n").await,
-            Err(e) => respond(&mut sock, 500, "text/plain", &format!("{e}\n")).await,
-        };
-    }
-    if method != "GET" {
+    };
+    let req = match Request::parse(&buf[..end]) {
+        Ok(r) => r,
+        Err(why) => return respond(&mut sock, 400, "text/plain", &format!("{why}\n")).await,
+    };
+    if req.path != "/healthz" && !authorized(shared, &req) {
         return respond(
             &mut sock,
-            405,
+            401,
             "text/plain",
-            "only GET is served (and POST /tls/reload)\n",
+            "admin token required: Authorization: Bearer <token from admin_token_env>\n",
         )
         .await;
     }
+    let (status, ctype, body) = route(shared, &req).await;
+    respond(&mut sock, status, ctype, &body).await
+}
+
+/// Whether the request carries the admin token (or none is configured).
+fn authorized(shared: &Shared, req: &Request) -> bool {
+    let Some(want) = &shared.admin_token else {
+        return true;
+    };
+    let got = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time in the token's length.
+    got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+type Answer = (u16, &'static str, String);
+
+fn text(status: u16, body: impl Into<String>) -> Answer {
+    (status, "text/plain", body.into())
+}
+
+fn json(status: u16, v: serde_json::Value) -> Answer {
+    (status, "application/json", v.to_string())
+}
+
+async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
     let draining = shared.draining.load(Ordering::SeqCst);
-    match path {
-        "/metrics" => {
+    match (req.method, req.path) {
+        ("POST", "/tls/reload") => match super::reload_tls(shared) {
+            Ok(()) => text(200, "TLS certificate reloaded\n"),
+            Err(e) => text(500, format!("{e}\n")),
+        },
+        ("POST", "/drain") => {
+            if super::start_drain(shared, false).await {
+                text(202, "draining: GoAways go out over drain_spread_ms, the process exits when empty or at drain_deadline_ms\n")
+            } else {
+                text(200, "already draining\n")
+            }
+        }
+        ("POST", "/kick") => kick(shared, req).await,
+        ("GET", "/metrics") => {
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
             let mut text = metrics::render_prometheus(&snaps, draining);
             if let Some(n) = shared.nats.get() {
                 n.render(&mut text);
             }
-            respond(&mut sock, 200, "text/plain; version=0.0.4", &text).await
+            (200, "text/plain; version=0.0.4", text)
         }
-        "/healthz" => {
+        ("GET", "/healthz") => {
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
             if draining {
-                respond(&mut sock, 503, "text/plain", "draining\n").await
+                text(503, "draining\n")
             } else if snaps.len() < shared.mesh.len() {
-                respond(&mut sock, 503, "text/plain", "a core did not answer\n").await
+                text(503, "a core did not answer\n")
             } else {
-                respond(&mut sock, 200, "text/plain", "ok\n").await
+                text(200, "ok\n")
             }
         }
-        "/stats" => {
+        ("GET", "/stats") => {
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
             let total = metrics::total(&snaps);
-            let closes: serde_json::Map<String, serde_json::Value> = (1..metrics::CLOSE_REASONS)
-                .map(|i| (metrics::close_label(i).to_string(), total.closes[i].into()))
-                .collect();
-            let body = serde_json::json!({
-                "node_id": shared.node_id,
-                "draining": draining,
-                "connections": total.connections,
-                "sessions": total.sessions,
-                "counters": total.counters,
-                "closes": closes,
-                "cores": snaps,
-            });
-            respond(&mut sock, 200, "application/json", &body.to_string()).await
-        }
-        _ => {
-            respond(
-                &mut sock,
-                404,
-                "text/plain",
-                "not found: try /metrics, /healthz, /stats\n",
+            json(
+                200,
+                serde_json::json!({
+                    "node_id": shared.node_id,
+                    "draining": draining,
+                    "connections": total.connections,
+                    "sessions": total.sessions,
+                    "counters": total.counters,
+                    "closes": closes_by_reason(&total),
+                    "cores": snaps,
+                }),
             )
-            .await
+        }
+        ("GET", "/connz") => match connz_query(req) {
+            Ok(q) => json(200, super::connz::connz(shared, q, CORE_TIMEOUT).await),
+            Err(e) => text(400, format!("{e}\n")),
+        },
+        (_, "/metrics" | "/healthz" | "/stats" | "/connz" | "/drain" | "/kick" | "/tls/reload") => {
+            text(
+                405,
+                "GET /metrics /healthz /stats /connz; POST /drain /kick /tls/reload\n",
+            )
+        }
+        _ => text(
+            404,
+            "not found: GET /metrics /healthz /stats /connz; POST /drain /kick /tls/reload\n",
+        ),
+    }
+}
+
+/// Closes by reason over all cores, by name.
+pub(super) fn closes_by_reason(
+    total: &metrics::Snapshot,
+) -> serde_json::Map<String, serde_json::Value> {
+    (1..metrics::CLOSE_REASONS)
+        .map(|i| (metrics::close_label(i).to_string(), total.closes[i].into()))
+        .collect()
+}
+
+/// `/connz` query parameters.
+fn connz_query(req: &Request) -> Result<ConnzQuery, String> {
+    fn num(req: &Request, name: &str) -> Result<Option<u64>, String> {
+        req.param(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("{name} must be a number, not {v:?}"))
+            })
+            .transpose()
+    }
+    let transport = req.param("transport");
+    if let Some(t) = &transport {
+        if !["tcp", "tls", "ws", "wss"].contains(&t.as_str()) {
+            return Err(format!("transport must be tcp, tls, ws or wss, not {t:?}"));
         }
     }
+    let authed = match req.param("authed").as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => return Err(format!("authed must be true or false, not {v:?}")),
+    };
+    let sort = match req.param("sort") {
+        None => Sort::Age,
+        Some(s) => Sort::parse(&s).ok_or_else(|| {
+            format!("sort must be age, idle, bytes_in, bytes_out, unacked or queued, not {s:?}")
+        })?,
+    };
+    let limit = num(req, "limit")?.map_or(CONNZ_LIMIT_DEFAULT, |l| l as usize);
+    if limit == 0 || limit > CONNZ_LIMIT_MAX {
+        return Err(format!("limit must be within 1..={CONNZ_LIMIT_MAX}"));
+    }
+    Ok(ConnzQuery {
+        user: req.param("user"),
+        device: req.param("device"),
+        conn_id: num(req, "conn")?,
+        transport,
+        authed,
+        age_ms_min: num(req, "age_ms_min")?,
+        idle_ms_min: num(req, "idle_ms_min")?,
+        sort,
+        limit,
+    })
+}
+
+/// `POST /kick?user=U` or `POST /kick?conn=ID`, with an optional `message`
+/// for the GoAway(KICKED). Answers how many connections matched.
+async fn kick(shared: &Shared, req: &Request<'_>) -> Answer {
+    let message = req.param("message").unwrap_or_default();
+    let (op, q) = match (req.param("user"), req.param("conn")) {
+        (Some(user), None) if !user.is_empty() => (
+            SessionOp::KickUser {
+                user: user.clone(),
+                message,
+            },
+            ConnzQuery {
+                user: Some(user),
+                authed: Some(true),
+                limit: 1,
+                ..Default::default()
+            },
+        ),
+        (None, Some(id)) => match id.parse::<u64>() {
+            Ok(conn_id) => (
+                SessionOp::KickConn { conn_id, message },
+                ConnzQuery {
+                    conn_id: Some(conn_id),
+                    authed: Some(true),
+                    limit: 1,
+                    ..Default::default()
+                },
+            ),
+            Err(_) => return text(400, format!("conn must be a connection id, not {id:?}\n")),
+        },
+        _ => {
+            return text(
+                400,
+                "give exactly one of user=<user id> or conn=<connection id>\n",
+            )
+        }
+    };
+    let matched = super::connz::connz(shared, q, CORE_TIMEOUT).await["matched"].clone();
+    let cores: Vec<usize> = match &op {
+        SessionOp::KickConn { conn_id, .. } => vec![crate::core::conn_id_core(*conn_id)],
+        _ => (0..shared.mesh.len()).collect(),
+    };
+    for core in cores {
+        let Some(tx) = shared.mesh.get(core) else {
+            continue; // an id from no core of this node: matched is 0
+        };
+        if tx.send_async(CoreMsg::Op(op.clone())).await.is_err() {
+            return text(503, "a core is not running\n");
+        }
+    }
+    json(200, serde_json::json!({ "kicked": matched }))
 }
 
 async fn respond(
@@ -132,7 +291,11 @@ async fn respond(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",

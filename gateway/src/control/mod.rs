@@ -4,6 +4,7 @@
 //! fast. The NATS bridge's tasks (`crate::nats::bridge`) run here too.
 
 mod admin;
+mod connz;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub cfg: Config,
     /// The NATS bridge's counters, once it runs.
     pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
+    /// The admin bearer token (from `admin_token_env`), if any.
+    pub admin_token: Option<String>,
 }
 
 impl ControlPlane {
@@ -55,12 +58,17 @@ impl ControlPlane {
             Some(l)
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_token = admin_token(cfg)?;
+        if admin_token.is_none() && admin_addr.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(admin = ?admin_addr, "the admin server is reachable from other hosts and needs no token: anyone there can drain and kick; set admin_token_env or bind admin_listen to 127.0.0.1");
+        }
         let shared = Arc::new(Shared {
             mesh,
             draining: AtomicBool::new(false),
             node_id: cfg.node_id.clone(),
             cfg: cfg.clone(),
             nats: std::sync::OnceLock::new(),
+            admin_token,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let shared_rt = shared.clone();
@@ -123,24 +131,50 @@ async fn handle_signals(shared: Arc<Shared>) {
     };
     loop {
         let fast = tokio::select! {
-            _ = term.recv() => shared.draining.swap(true, Ordering::SeqCst),
+            _ = term.recv() => shared.draining.load(Ordering::SeqCst),
             _ = int.recv() => true,
             _ = hup.recv() => {
                 let _ = reload_tls(&shared); // the outcome is logged
                 continue;
             }
         };
-        let msg = if fast {
-            "stopping now (SIGINT, or a second SIGTERM)"
-        } else {
-            "draining (SIGTERM): GoAway sent to every client"
-        };
-        tracing::info!("{msg}");
-        for tx in &shared.mesh {
-            let _ = tx
-                .send_async(if fast { CoreMsg::Stop } else { CoreMsg::Drain })
-                .await;
-        }
+        start_drain(&shared, fast).await;
+    }
+}
+
+/// Starts a drain (SIGTERM, `POST /drain`), or with `fast` stops at once
+/// (SIGINT, a second SIGTERM). Returns false when a drain was already on.
+pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
+    let first = !shared.draining.swap(true, Ordering::SeqCst);
+    if !fast && !first {
+        return false;
+    }
+    if fast {
+        tracing::info!("stopping now (SIGINT, or a second SIGTERM)");
+    } else {
+        tracing::info!(
+            spread_ms = shared.cfg.drain_spread_ms,
+            deadline_ms = shared.cfg.drain_deadline_ms,
+            "draining: GoAways spread over drain_spread_ms, exit when empty or at the deadline"
+        );
+    }
+    for tx in &shared.mesh {
+        let _ = tx
+            .send_async(if fast { CoreMsg::Stop } else { CoreMsg::Drain })
+            .await;
+    }
+    true
+}
+
+/// The admin token from the variable `admin_token_env` names.
+fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let Some(var) = &cfg.admin_token_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(t) if t.len() >= 16 => Ok(Some(t)),
+        Ok(_) => anyhow::bail!("admin_token_env: the token in ${var} is shorter than 16 bytes; use a random one (e.g. `openssl rand -hex 24`)"),
+        Err(_) => anyhow::bail!("admin_token_env names ${var}, which is not set (or not UTF-8): export it, or remove admin_token_env"),
     }
 }
 

@@ -90,10 +90,16 @@ impl Core {
         self.listener_ready();
     }
 
-    /// Graceful drain: GoAway to every session, wait for clients to leave up
-    /// to `drain_deadline_ms`, then close the rest. Returns when empty.
+    /// Graceful drain: stop accepting, close connections that never
+    /// authenticated, then send each session a GoAway, spread evenly over
+    /// `drain_spread_ms` so that clients do not all reconnect at once. Each
+    /// GoAway carries `goaway_retry_after_ms` plus a random jitter and the
+    /// `goaway_endpoints` to try. Sessions still open at
+    /// `drain_deadline_ms` are closed (their unacked pushes are reported
+    /// undelivered by `teardown`). Returns when the core is empty.
     pub async fn drain(&self) {
         self.stop_accepting();
+        let started = Instant::now();
         let ids: Vec<(u32, u64, bool)> = {
             let st = self.state.borrow();
             st.conns
@@ -101,19 +107,45 @@ impl Core {
                 .map(|(i, c)| (i as u32, c.id, c.authed()))
                 .collect()
         };
+        let mut sessions = Vec::with_capacity(ids.len());
         for (idx, id, authed) in ids {
             if authed {
-                self.send_frame(
-                    idx,
-                    id,
-                    goaway(CloseReason::Drain, self.cfg.goaway_retry_after_ms),
-                );
+                sessions.push((idx, id));
             } else {
                 self.close(idx, id, CloseReason::Drain, None);
             }
         }
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
-        while self.conn_count() > 0 && Instant::now() < deadline {
+        let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);
+        let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut rng = Jitter::new(seed ^ self.index as u64);
+        let n = sessions.len();
+        let mut sent = 0;
+        tracing::info!(
+            core = self.index,
+            sessions = n,
+            spread_ms = self.cfg.drain_spread_ms,
+            "drain: GoAways spread over the window"
+        );
+        loop {
+            // Session k of n gets its GoAway at spread * k / n.
+            let due = if spread.is_zero() {
+                n
+            } else {
+                let frac = started.elapsed().as_secs_f64() / spread.as_secs_f64();
+                ((frac * n as f64).floor() as usize + 1).min(n)
+            };
+            for &(idx, id) in &sessions[sent..due] {
+                let retry = self.cfg.goaway_retry_after_ms
+                    + rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32;
+                self.send_frame(idx, id, drain_goaway(retry, &self.cfg.goaway_endpoints));
+            }
+            sent = due;
+            if (sent == n && self.conn_count() == 0) || Instant::now() >= deadline {
+                break;
+            }
             glommio::timer::sleep(DRAIN_POLL).await;
         }
         let left = self.conn_count();
@@ -125,6 +157,12 @@ impl Core {
             );
         }
         self.close_all(CloseReason::Drain);
+        // Upstream requests still at a backend may answer with pushes;
+        // wait for them (bounded) so those are routed or reported.
+        let bound = Instant::now() + Duration::from_millis(self.cfg.upstream_timeout_ms as u64);
+        while self.state.borrow().upstream_inflight > 0 && Instant::now() < bound {
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Ends the I/O loop and the accept task while the executor still runs.
@@ -163,6 +201,9 @@ impl Core {
                 CoreMsg::Snapshot(tx) => {
                     let _ = tx.try_send(self.snapshot());
                 }
+                CoreMsg::Connz(q, tx) => {
+                    let _ = tx.try_send(self.connz(&q));
+                }
                 CoreMsg::Drain => {
                     if drain_task.is_none() {
                         let core = self.clone();
@@ -181,11 +222,50 @@ impl Core {
                 CoreMsg::Stop => {
                     self.stop_accepting();
                     self.close_all(CloseReason::Shutdown);
+                    // Pushes still queued for this core: with no connection
+                    // left, ack-required ones to a connection are reported
+                    // undelivered (NO_CONNECTION) instead of being dropped.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let CoreMsg::Push {
+                            target,
+                            body,
+                            ack_required,
+                        } = msg
+                        {
+                            self.deliver(&target, &body, ack_required);
+                        }
+                    }
                     self.stop_tasks().await;
                     return;
                 }
             }
         }
+    }
+}
+
+/// The GoAway of a drain: a reconnect hint and where else to go.
+fn drain_goaway(retry_after_ms: u32, endpoints: &[String]) -> Body {
+    let mut g = goaway(CloseReason::Drain, retry_after_ms);
+    if let Body::GoAway(g) = &mut g {
+        g.endpoints = endpoints.to_vec();
+    }
+    g
+}
+
+/// A small non-cryptographic generator for reconnect jitter (splitmix64).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        Jitter(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// A number in 0..n (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n.max(1)
     }
 }
 

@@ -7,7 +7,9 @@
 //! - `sweep.rs`: the per-tick pass over due connections (auth deadline,
 //!   idle reaping, ack retransmit).
 //! - `lifecycle.rs`: teardown of a connection, drain and stop of the core.
+//! - `connz.rs`: connection inspection for the admin `/connz`.
 
+pub mod connz;
 mod deliver;
 mod lifecycle;
 pub mod push;
@@ -65,6 +67,8 @@ pub enum CoreMsg {
     Drain,
     /// Fast: close everything now, exit.
     Stop,
+    /// Connection inspection (admin `/connz`): this core's matching connections.
+    Connz(Arc<connz::ConnzQuery>, flume::Sender<connz::ConnzPart>),
 }
 
 /// One client connection's state: everything a connection costs besides
@@ -96,6 +100,9 @@ pub struct Conn {
     /// Bytes of the front `out` item already written.
     pub out_off: u32,
     pub out_bytes: u32,
+    /// Bytes read from and written to the socket (saturating; for /connz).
+    pub bytes_in: u32,
+    pub bytes_out: u32,
     pub window: Window,
     /// Bytes of a frame not yet complete (empty, unallocated, when idle).
     pub partial: Vec<u8>,
@@ -327,6 +334,8 @@ impl Core {
             out: VecDeque::new(),
             out_off: 0,
             out_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
             window: Window::default(),
             partial: Vec::new(),
             close: None,

@@ -34,6 +34,8 @@ pub fn test_config() -> Config {
         heartbeat_interval_min_ms: 50,
         ack_timeout_ms: 200,
         drain_deadline_ms: 2_000,
+        drain_spread_ms: 0,
+        goaway_retry_jitter_ms: 0,
         ..Config::default()
     }
 }
@@ -287,11 +289,22 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
 
 /// A request with no body on the admin server; returns (status, body).
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request_with(addr, method, path, &[])
+}
+
+/// A request with extra header lines ("Name: value").
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{extra}\r\n"
     )
     .unwrap();
     let mut out = String::new();

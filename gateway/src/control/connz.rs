@@ -1,0 +1,51 @@
+//! `/connz`: asks every core for its matching connections
+//! (`core/connz.rs`), merges them, and adds the node's closes by reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{collect, Shared};
+use crate::core::connz::{sort_and_cut, ConnzQuery};
+use crate::core::CoreMsg;
+use crate::metrics;
+
+/// The merged answer: `matched` counts every match; `connections` holds the
+/// first `limit` of them by `sort`. A core that does not answer within
+/// `timeout` is named in `cores_missing`.
+pub async fn connz(shared: &Shared, q: ConnzQuery, timeout: Duration) -> serde_json::Value {
+    let q = Arc::new(q);
+    let mut waits = Vec::with_capacity(shared.mesh.len());
+    for (core, tx) in shared.mesh.iter().enumerate() {
+        let (ptx, prx) = flume::bounded(1);
+        // A core whose inbox is full counts as not answering.
+        let sent = tx.try_send(CoreMsg::Connz(q.clone(), ptx)).is_ok();
+        waits.push((core, sent.then_some(prx)));
+    }
+    let (mut matched, mut conns, mut missing) = (0, Vec::new(), Vec::new());
+    for (core, rx) in waits {
+        let part = match rx {
+            Some(rx) => tokio::time::timeout(timeout, rx.recv_async())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        match part {
+            Some(p) => {
+                matched += p.matched;
+                conns.extend(p.conns);
+            }
+            None => missing.push(core),
+        }
+    }
+    sort_and_cut(&mut conns, q.sort, q.limit);
+    let total = metrics::total(&collect(&shared.mesh, timeout).await);
+    serde_json::json!({
+        "node_id": shared.node_id,
+        "matched": matched,
+        "limit": q.limit,
+        "connections": conns,
+        "cores_missing": missing,
+        "closes": super::admin::closes_by_reason(&total),
+    })
+}

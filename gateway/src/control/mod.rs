@@ -48,13 +48,12 @@ impl ControlPlane {
         let admin = if cfg.admin_listen.is_empty() {
             None
         } else {
-            let l = std::net::TcpListener::bind(&cfg.admin_listen).with_context(|| {
+            let l = bind_admin(&cfg.admin_listen).with_context(|| {
                 format!(
                     "binding the admin server on {} (set admin_listen, or \"\" to disable)",
                     cfg.admin_listen
                 )
             })?;
-            l.set_nonblocking(true)?;
             Some(l)
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -164,6 +163,27 @@ pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
             .await;
     }
     true
+}
+
+/// The admin listener, with SO_REUSEPORT like the client listeners: during
+/// a binary upgrade the new process binds the same address while the old
+/// one drains (OPERATIONS.md).
+fn bind_admin(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// The admin token from the variable `admin_token_env` names.

@@ -112,7 +112,11 @@ impl Core {
             if authed {
                 sessions.push((idx, id));
             } else {
-                self.close(idx, id, CloseReason::Drain, None);
+                // Not a session yet: told at once where to go, so a login
+                // racing the drain reconnects elsewhere instead of seeing
+                // a bare close.
+                let g = drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints);
+                self.close(idx, id, CloseReason::Drain, Some(g));
             }
         }
         let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);

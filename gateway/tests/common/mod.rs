@@ -166,10 +166,14 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        Client { s, buf: Vec::new() }
+        Client::try_connect(addr).expect("connect")
+    }
+
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(WAIT))?;
+        Ok(Client { s, buf: Vec::new() })
     }
 
     pub fn send(&mut self, body: Body) {
@@ -241,13 +245,21 @@ impl Client {
     }
 
     pub fn auth_with(&mut self, token: String, device: &str) -> Body {
-        self.send(Body::Auth(pb::Auth {
-            protocol_version: gw_proto::PROTOCOL_VERSION,
-            token,
-            device_id: device.into(),
-            ..Default::default()
-        }));
-        self.recv().expect("auth answer")
+        self.try_auth(token, device).expect("auth answer")
+    }
+
+    /// Sends Auth; the first frame back, or an error (closed, reset, timeout).
+    pub fn try_auth(&mut self, token: String, device: &str) -> anyhow::Result<Body> {
+        let bytes = gw_proto::encode(&Frame {
+            body: Some(Body::Auth(pb::Auth {
+                protocol_version: gw_proto::PROTOCOL_VERSION,
+                token,
+                device_id: device.into(),
+                ..Default::default()
+            })),
+        });
+        self.s.write_all(&bytes)?;
+        self.recv()
     }
 
     /// Authenticates as `user` and returns AuthOk.

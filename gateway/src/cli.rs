@@ -108,7 +108,7 @@ impl ListOverrides {
     }
 }
 
-/// Flags for the options of one config section (`[nats]`, `[tls]`).
+/// Flags for the options of one config section (`[nats]`, `[tls]`, `[overload]`).
 macro_rules! section_overrides {
     ($name:ident, $section:ident, $($(#[$m:meta])* $field:ident = $flag:literal : $ty:ty),* $(,)?) => {
         /// Overrides of one config section; each flag replaces the file's value.
@@ -136,6 +136,32 @@ section_overrides! {
     /// Also accept TLS 1.2 (default: TLS 1.3 only)
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     tls12 = "tls12": bool,
+}
+
+section_overrides! {
+    OverloadOverrides, overload,
+    /// Queueing delay per core above which upstream frames are shed by priority, ms; 0 = never [default: 20]
+    queue_delay_max_ms = "overload-queue-delay-max-ms": u32,
+    /// Window of the queueing-delay average and admission level, ms [default: 1000]
+    queue_delay_window_ms = "overload-queue-delay-window-ms": u32,
+    /// Over the delay, admit this much less per window, percent [default: 5]
+    shed_alpha_pct = "overload-shed-alpha-pct": u32,
+    /// Under the delay, admit this much more per window, percent [default: 1]
+    shed_beta_pct = "overload-shed-beta-pct": u32,
+    /// User priorities are reshuffled this often, s [default: 3600]
+    user_priority_period_s = "overload-user-priority-period-s": u32,
+    /// New connections per second per core; 0 = no limit [default: 0]
+    accept_rate_per_core_per_s = "overload-accept-rate-per-core-per-s": u32,
+    /// New connections at once per core before the accept rate applies [default: 1000]
+    accept_burst = "overload-accept-burst": u32,
+    /// Upstream frames per second per connection; 0 = no limit [default: 1000]
+    upstream_rate_per_conn_per_s = "overload-upstream-rate-per-conn-per-s": u32,
+    /// Upstream frames at once per connection before the rate applies [default: 1000]
+    upstream_burst = "overload-upstream-burst": u32,
+    /// Pushes per second to one room, per core; 0 = no limit [default: 1000]
+    room_broadcast_rate_per_s = "overload-room-broadcast-rate-per-s": u32,
+    /// Pushes at once to one room before the rate applies [default: 1000]
+    room_burst = "overload-room-burst": u32,
 }
 
 section_overrides! {
@@ -173,6 +199,13 @@ section_overrides! {
     bridge_queue_max = "nats-bridge-queue-max": u32,
     /// Wait for a gateway to confirm an ack-required user push, ms [default: 2000]
     push_confirm_timeout_ms = "nats-push-confirm-timeout-ms": u32,
+    /// Session events as requests, resent until a JetStream stream (or a service) confirms [default: false]
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    events_confirm = "nats-events-confirm": bool,
+    /// Give up resending an unconfirmed session event after, ms [default: 60000]
+    events_confirm_window_ms = "nats-events-confirm-window-ms": u32,
+    /// Session events awaiting confirmation at once [default: 10000]
+    events_confirm_inflight_max = "nats-events-confirm-inflight-max": u32,
 }
 
 #[derive(Parser, Debug)]
@@ -200,6 +233,8 @@ pub struct Cli {
     pub nats: NatsOverrides,
     #[command(flatten)]
     pub tls: TlsOverrides,
+    #[command(flatten)]
+    pub overload: OverloadOverrides,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
 }
@@ -233,6 +268,7 @@ impl Cli {
         self.lists.apply(&mut cfg);
         self.nats.apply(&mut cfg);
         self.tls.apply(&mut cfg);
+        self.overload.apply(&mut cfg);
         if self.demo {
             cfg.demo = true;
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeySpec, VerifyOptions};
+pub use crate::core::overload::{OverloadConfig, RoutePriority};
 use crate::nats::NatsConfig;
 
 /// Secret of the demo key used by `--demo`. Public on purpose: demo only.
@@ -94,6 +95,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.
     pub demo: bool,
+    /// Overload control: queueing-delay shedding by priority and rate limits.
+    pub overload: OverloadConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +166,7 @@ impl Default for Config {
             tls: Default::default(),
             ws: WsConfig::default(),
             demo: false,
+            overload: OverloadConfig::default(),
         }
     }
 }
@@ -339,6 +343,9 @@ impl Config {
                 "ws.handshake_bytes_max must be within 256..=65536 and ws.path start with /".into(),
             );
         }
+        self.overload
+            .validate(self.tick_ms)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

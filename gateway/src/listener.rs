@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::core::Core;
-use crate::metrics::{CoreMetrics, LogLimit};
+use crate::metrics::{CoreMetrics, LogLimit, Reject};
 
 /// Binds one listener per core on `cfg.listen`. With port 0 the first picks
 /// a port and the others join it. Returns the sockets and the bound address.
@@ -138,11 +138,33 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
     }
 }
 
-/// Takes an accepted socket: refuse over the cap, else register it.
+/// Takes an accepted socket: refuse over the cap or the accept rate, else
+/// register it.
 fn admit(core: &Core, fd: i32) {
     CoreMetrics::inc(&core.metrics.accepts);
-    if core.conn_count() >= core.conns_max as usize {
-        refuse(core, fd);
+    let refusal = if core.conn_count() >= core.conns_max as usize {
+        CoreMetrics::inc(&core.metrics.conn_limit_refusals);
+        let msg = format!(
+            "server full: conns_per_core_max ({}) reached; retry later",
+            core.conns_max
+        );
+        Some((
+            Reject::ConnLimit,
+            gw_proto::ErrorCode::ServerFull,
+            msg,
+            core.cfg.busy_retry_after_ms,
+        ))
+    } else if let Err(ms) = core.overload.take_accept(core.now()) {
+        // A reconnect storm: spread the retries over busy_retry_after_ms.
+        let retry = ms.saturating_add(core.overload.jitter(core.cfg.busy_retry_after_ms));
+        let msg = "busy: over accept_rate_per_core_per_s; retry later".to_string();
+        Some((Reject::AcceptRate, gw_proto::ErrorCode::Busy, msg, retry))
+    } else {
+        None
+    };
+    if let Some((reason, code, msg, retry_after_ms)) = refusal {
+        core.metrics.rejected(reason);
+        refuse(core, fd, Core::error_body(code, msg, retry_after_ms));
         // SAFETY: closing the fd accept4 just gave us.
         unsafe { libc::close(fd) };
         return;
@@ -179,19 +201,10 @@ fn log_accept_error(core: &Core, e: &io::Error, count: u64) {
     tracing::warn!(core = core.index, error = %e, errors_since_last_log = count, "accept failed: {hint}");
 }
 
-/// Refuses a connection over the cap with an Error frame, best effort.
-fn refuse(core: &Core, fd: i32) {
-    CoreMetrics::inc(&core.metrics.conn_limit_refusals);
+/// Refuses a new connection with an Error frame, best effort; counted as
+/// closed with CONN_LIMIT (the rejection reason says which limit).
+fn refuse(core: &Core, fd: i32, body: gw_proto::pb::frame::Body) {
     core.metrics.closed(gw_proto::CloseReason::ConnLimit);
-    let msg = format!(
-        "server full: conns_per_core_max ({}) reached; retry later",
-        core.conns_max
-    );
-    let body = Core::error_body(
-        gw_proto::ErrorCode::ServerFull,
-        msg,
-        core.cfg.busy_retry_after_ms,
-    );
     let frame = gw_proto::encode(&gw_proto::Frame { body: Some(body) });
     // SAFETY: non-blocking send on an open fd; the stream is dropped (closed) after.
     unsafe {

@@ -18,12 +18,15 @@ macro_rules! counters {
         pub struct CoreMetrics {
             $(pub $name: Cell<u64>,)*
             pub closes: [Cell<u64>; CLOSE_REASONS],
+            pub rejections: [Cell<u64>; REJECT_REASONS],
         }
 
         /// A copy of one core's counters (or their sum), sendable across threads.
         #[derive(Debug, Default, Clone, Serialize, PartialEq)]
         pub struct Counters {
             $(pub $name: u64,)*
+            /// Refusals by overload control and limits, by reason.
+            pub rejections: Rejections,
         }
 
         /// At most one log line per second from one place (accept errors, a full
@@ -47,13 +50,20 @@ impl LogLimit {
 
 impl CoreMetrics {
             fn counters(&self) -> Counters {
-                Counters { $($name: self.$name.get(),)* }
+                let mut rejections = Rejections::default();
+                for (d, s) in rejections.0.iter_mut().zip(self.rejections.iter()) {
+                    *d = s.get();
+                }
+                Counters { $($name: self.$name.get(),)* rejections }
             }
         }
 
         impl Counters {
             fn add(&mut self, o: &Counters) {
                 $(self.$name += o.$name;)*
+                for (d, v) in self.rejections.0.iter_mut().zip(o.rejections.0.iter()) {
+                    *d += v;
+                }
             }
             fn each(&self) -> Vec<(&'static str, &'static str, u64)> {
                 vec![$((stringify!($name), $help, self.$name),)*]
@@ -101,6 +111,11 @@ impl CoreMetrics {
             Self::inc(c);
         }
     }
+    /// Counts a refusal (a BUSY reply, a refused connection, a push over a
+    /// room's rate) by its reason.
+    pub fn rejected(&self, reason: Reject) {
+        Self::inc(&self.rejections[reason as usize]);
+    }
 
     /// Snapshot of this core with its live gauges.
     pub fn snapshot(&self, core: usize, connections: u64, sessions: u64, rooms: u64) -> Snapshot {
@@ -115,7 +130,75 @@ impl CoreMetrics {
             rooms,
             counters: self.counters(),
             closes: closes.to_vec(),
+            admission_level: 0,
+            queue_delay_us: 0,
         }
+    }
+}
+
+/// Number of [`Reject`] reasons.
+pub const REJECT_REASONS: usize = 7;
+
+/// Why something was refused: the `reason` label of `gateway_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// A new connection over the core's cap (`SERVER_FULL`).
+    ConnLimit,
+    /// A new connection over `accept_rate_per_core_per_s` (`BUSY`).
+    AcceptRate,
+    /// An upstream frame over `upstream_rate_per_conn_per_s` (`BUSY`).
+    UpstreamRate,
+    /// An upstream frame over `upstream_inflight_per_conn_max` (`BUSY`).
+    InflightConn,
+    /// An upstream frame over `upstream_inflight_per_core_max` (`BUSY`).
+    InflightCore,
+    /// An upstream frame under the admission level of an overloaded core (`BUSY`).
+    OverloadShed,
+    /// A push to a room over `room_broadcast_rate_per_s` on this core.
+    RoomRate,
+}
+
+impl Reject {
+    pub const ALL: [Reject; REJECT_REASONS] = [
+        Reject::ConnLimit,
+        Reject::AcceptRate,
+        Reject::UpstreamRate,
+        Reject::InflightConn,
+        Reject::InflightCore,
+        Reject::OverloadShed,
+        Reject::RoomRate,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::ConnLimit => "conn_limit",
+            Reject::AcceptRate => "accept_rate",
+            Reject::UpstreamRate => "upstream_rate",
+            Reject::InflightConn => "inflight_conn",
+            Reject::InflightCore => "inflight_core",
+            Reject::OverloadShed => "overload_shed",
+            Reject::RoomRate => "room_rate",
+        }
+    }
+}
+
+/// Rejections by reason (index = `Reject` value); a map by label in JSON.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rejections([u64; REJECT_REASONS]);
+
+impl Rejections {
+    pub fn get(&self, r: Reject) -> u64 {
+        self.0[r as usize]
+    }
+}
+
+impl Serialize for Rejections {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(REJECT_REASONS))?;
+        for r in Reject::ALL {
+            m.serialize_entry(r.label(), &self.get(r))?;
+        }
+        m.end()
     }
 }
 
@@ -132,6 +215,10 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Closes indexed by `CloseReason` value.
     pub closes: Vec<u64>,
+    /// Upstream priority levels admitted (`core::overload::LEVELS` = all).
+    pub admission_level: u64,
+    /// Average queueing delay of the last overload window, µs.
+    pub queue_delay_us: u64,
 }
 
 /// Label for a close reason, as used in metrics and logs.
@@ -162,6 +249,18 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
         s.sessions
     });
     gauge(&mut out, "rooms", "Rooms with local members", &|s| s.rooms);
+    gauge(
+        &mut out,
+        "admission_level",
+        "Upstream priority levels admitted (384 = all; lower = shedding)",
+        &|s| s.admission_level,
+    );
+    gauge(
+        &mut out,
+        "queue_delay_us",
+        "Average queueing delay of the last overload window, us",
+        &|s| s.queue_delay_us,
+    );
     let _ = writeln!(
         out,
         "# HELP gateway_draining 1 while draining\n# TYPE gateway_draining gauge\ngateway_draining {}",
@@ -178,6 +277,15 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
                 let _ = writeln!(out, "gateway_{name}_total{{core=\"{}\"}} {v}", s.core);
             }
         }
+    }
+    let _ = writeln!(out, "# HELP gateway_rejections_total Refusals by overload control and limits, by reason\n# TYPE gateway_rejections_total counter");
+    for r in Reject::ALL {
+        let total: u64 = cores.iter().map(|s| s.counters.rejections.get(r)).sum();
+        let _ = writeln!(
+            out,
+            "gateway_rejections_total{{reason=\"{}\"}} {total}",
+            r.label()
+        );
     }
     let _ = writeln!(out, "# HELP gateway_closes_total Connections closed, by reason\n# TYPE gateway_closes_total counter");
     for i in 1..CLOSE_REASONS {

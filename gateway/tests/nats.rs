@@ -382,6 +382,8 @@ fn two_nodes(urls: [&str; 3]) {
     wait_for_interest(&probe, "gw.user.bob");
     let mut corr = 0;
     call_until_served(&mut alice, &mut corr, "echo", "");
+    // Node B's NATS client may still be connecting: wait until it serves too.
+    call_until_served(&mut bob, &mut corr, "echo", "");
 
     // Chat from node A to node B.
     assert_eq!(

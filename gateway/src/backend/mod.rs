@@ -133,6 +133,8 @@ pub enum UndeliveredReason {
     Unconfirmed,
     /// NATS was unreachable when the push was to be published.
     NatsUnavailable,
+    /// A room push over `room_broadcast_rate_per_s` on the member's core.
+    RateLimited,
 }
 
 /// A user or room whose first local member arrived or last one left; the

@@ -11,7 +11,7 @@ use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
 use crate::auth::JwtError;
 use crate::backend::{BackendReply, SessionEvent, SessionOp, UpstreamRequest};
 use crate::core::Core;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, Reject};
 
 /// Longest route name, bytes.
 pub const ROUTE_BYTES_MAX: usize = 64;
@@ -180,7 +180,8 @@ fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
     }
 }
 
-fn valid_route(r: &str) -> bool {
+/// A route name: 1..=`ROUTE_BYTES_MAX` bytes of `[A-Za-z0-9._-]`.
+pub fn valid_route(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= ROUTE_BYTES_MAX
         && r.bytes()
@@ -206,28 +207,21 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
         core.send_frame(idx, id, reply_body(corr, &r));
         return;
     }
-    let admitted = {
-        let mut st = core.state.borrow_mut();
-        let core_full = st.upstream_inflight >= core.cfg.upstream_inflight_per_core_max;
-        match st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
-            Some(c) if !core_full && c.inflight < core.cfg.upstream_inflight_per_conn_max => {
-                c.inflight += 1;
-                let who = (c.user.clone(), c.device.clone());
-                st.upstream_inflight += 1;
-                Some(who)
-            }
-            _ => None,
+    let (user, device) = match admit(core, idx, id, &u.route) {
+        Ok(Some(who)) => who,
+        Ok(None) => return, // closed meanwhile
+        Err((reason, retry_after_ms)) => {
+            CoreMetrics::inc(&core.metrics.upstream_busy);
+            core.metrics.rejected(reason);
+            let why = match reason {
+                Reject::UpstreamRate => "over upstream_rate_per_conn_per_s; retry later",
+                Reject::OverloadShed => "server overloaded; retry later",
+                _ => "too many requests in flight; retry later",
+            };
+            let r = BackendReply::retry(ErrorCode::Busy, why, retry_after_ms);
+            core.send_frame(idx, id, reply_body(corr, &r));
+            return;
         }
-    };
-    let Some((Some(user), Some(device))) = admitted else {
-        CoreMetrics::inc(&core.metrics.upstream_busy);
-        let r = BackendReply::retry(
-            ErrorCode::Busy,
-            "too many requests in flight; retry later",
-            core.cfg.busy_retry_after_ms,
-        );
-        core.send_frame(idx, id, reply_body(corr, &r));
-        return;
     };
     CoreMetrics::inc(&core.metrics.upstreams);
     let req = UpstreamRequest {
@@ -240,6 +234,46 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
     };
     let core = core.clone();
     glommio::spawn_local(async move { run_upstream(core, idx, id, corr, req).await }).detach();
+}
+
+/// The user and device of an admitted upstream frame.
+type Who = (Rc<str>, Rc<str>);
+
+/// Admission of one upstream frame, cheapest and most personal check
+/// first: the connection's rate, its in-flight cap, the core's admission
+/// level (overload shedding by priority), the core's in-flight cap. On
+/// success the in-flight slots are taken; on refusal: the reason and the
+/// retry_after_ms for the BUSY reply. None: no such session any more.
+fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Reject, u32)> {
+    let now = core.now();
+    let busy_ms = core.cfg.busy_retry_after_ms;
+    let mut st = core.state.borrow_mut();
+    let core_full = st.upstream_inflight >= core.cfg.upstream_inflight_per_core_max;
+    let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+        return Ok(None);
+    };
+    let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
+        return Ok(None);
+    };
+    if let Err(ms) = core.overload.take_upstream(&mut c.upstream_bucket, now) {
+        return Err((Reject::UpstreamRate, ms));
+    }
+    if c.inflight >= core.cfg.upstream_inflight_per_conn_max {
+        return Err((Reject::InflightConn, busy_ms));
+    }
+    if !core.overload.admit_upstream(route, &user) {
+        // Spread the retries of the shed: busy_retry_after_ms plus up to as much again.
+        return Err((
+            Reject::OverloadShed,
+            busy_ms.saturating_add(core.overload.jitter(busy_ms)),
+        ));
+    }
+    if core_full {
+        return Err((Reject::InflightCore, busy_ms));
+    }
+    c.inflight += 1;
+    st.upstream_inflight += 1;
+    Ok(Some((user, device)))
 }
 
 /// Envelope bytes around a reply payload (prefix, tags, ids), at most.

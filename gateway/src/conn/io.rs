@@ -9,6 +9,7 @@
 //! and finish it if it is closing. An idle connection costs no task, no
 //! buffer and no timer: only its slab entry and its epoll registration.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -42,6 +43,10 @@ pub struct IoLoop {
     fallback: Option<glommio::timer::Timer>,
     waiter_errors: crate::metrics::LogLimit,
     events: Vec<Event>,
+    /// Connections whose last event carried a hang-up (FIN, reset), until
+    /// they are read to the end: a short read does not mean drained for
+    /// them (see `serve`). Empty, unallocated, almost always.
+    hangups: HashSet<u64>,
 }
 
 impl IoLoop {
@@ -52,6 +57,7 @@ impl IoLoop {
             fallback: None,
             waiter_errors: Default::default(),
             events: Vec::new(),
+            hangups: HashSet::new(),
         }
     }
 
@@ -74,6 +80,9 @@ impl IoLoop {
                 continue; // closed since: the key names an old connection
             };
             c.readable |= ev.readable();
+            if ev.hangup() {
+                self.hangups.insert(ev.key);
+            }
             if ev.writable() {
                 c.write_blocked = false;
             }
@@ -124,8 +133,11 @@ impl Future for IoLoop {
                 this.collect();
             }
             let mut visits = 0;
+            if this.hangups.is_empty() && this.hangups.capacity() > 1024 {
+                this.hangups = HashSet::new(); // after a mass disconnect
+            }
             while let Some(id) = this.core.next_ready() {
-                serve(&this.core, id);
+                serve(&this.core, id, &mut this.hangups);
                 visits += 1;
                 if visits == VISITS_PER_POLL {
                     cx.waker().wake_by_ref();
@@ -150,13 +162,25 @@ impl Future for IoLoop {
 }
 
 /// Serves one connection: read, decode, write, and finish if closing.
-fn serve(core: &Rc<Core>, id: u64) {
+///
+/// `hangups` holds connections whose event reported the peer's FIN or a
+/// reset. With edge-triggered epoll, data and a FIN that arrive together
+/// (one segment, or both before the events are collected) make a single
+/// edge; a short read of the data then looks drained, and nothing would
+/// ever announce the end of stream: the connection would linger until a
+/// deadline (auth, idle). For these connections reading goes on until the
+/// end of stream (or an error) shows.
+fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
+    let hangup = !hangups.is_empty() && hangups.contains(&id);
     let idx = conn_id_idx(id);
     let mut reads = 0;
     loop {
         let Some((closing, readable, fd)) =
             core.with_conn(idx, id, |c| (c.close, c.readable, c.fd))
         else {
+            if hangup {
+                hangups.remove(&id);
+            }
             return;
         };
         if let Some(reason) = closing {
@@ -167,11 +191,14 @@ fn serve(core: &Rc<Core>, id: u64) {
             });
             let _ = flush(core, idx, id); // one best-effort flush of a final frame
             core.teardown(idx, id);
+            if hangup {
+                hangups.remove(&id);
+            }
             return;
         }
         if readable && reads < READS_PER_VISIT {
             reads += 1;
-            read_once(core, idx, id, fd);
+            read_once(core, idx, id, fd, hangup);
             continue;
         }
         if let Err(e) = flush(core, idx, id) {
@@ -187,12 +214,17 @@ fn serve(core: &Rc<Core>, id: u64) {
                 c.queued = false;
             }
         });
+        if hangup && !readable {
+            hangups.remove(&id);
+        }
         return;
     }
 }
 
 /// One `recv` into the core's scratch buffer, and the frames it completes.
-fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
+/// After a hang-up event a short read does not mean drained: the end of
+/// stream is still to be read.
+fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
     let mut scratch = core.scratch.borrow_mut();
     // SAFETY: recv into our buffer, non-blocking, on the connection's open socket.
     let n = unsafe {
@@ -226,7 +258,7 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32) {
     let data = &scratch[..n];
     let layer = core.with_conn(idx, id, |c| {
         c.bytes_in = c.bytes_in.saturating_add(n as u32);
-        if n < scratch.len() {
+        if n < scratch.len() && !hangup {
             // Drained: with edge-triggered epoll, new data brings a new event.
             c.readable = false;
         }

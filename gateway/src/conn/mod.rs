@@ -14,6 +14,7 @@ mod tls;
 pub mod web;
 pub mod ws;
 
+pub use frames::valid_route;
 pub use io::IoLoop;
 pub use poller::Poller;
 pub use tls::Tls;

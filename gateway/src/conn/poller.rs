@@ -27,6 +27,12 @@ impl Event {
         self.flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
             != 0
     }
+    /// The peer closed or reset: the end of the stream is already queued
+    /// behind whatever data came with this edge, and no further edge will
+    /// announce it.
+    pub fn hangup(&self) -> bool {
+        self.flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+    }
     pub fn writable(&self) -> bool {
         self.flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }

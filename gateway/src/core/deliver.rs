@@ -19,7 +19,7 @@ use super::{conn_id_core, conn_id_idx, Conn, Core, CoreMsg, Members, State};
 use crate::backend::{
     Interest, PushOrder, SessionEvent, SessionOp, Target, UndeliveredPush, UndeliveredReason,
 };
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, Reject};
 
 /// A push that could not be placed, to report after the state borrow ends.
 type Lost = (u64, Option<Rc<str>>, Option<Rc<str>>, UndeliveredPush);
@@ -89,7 +89,9 @@ impl Core {
 
     /// Delivers a push to this core's connections that match `target`;
     /// returns how many connections took it (each one will deliver it or
-    /// report it undelivered).
+    /// report it undelivered). A room push over the room's rate on this
+    /// core (`room_broadcast_rate_per_s`) is dropped when it needs no ack,
+    /// and reported undelivered (`RateLimited`) to each member otherwise.
     pub fn deliver(&self, target: &Target, body: &Bytes, ack_required: bool) -> usize {
         let now = self.now();
         let mut lost: Vec<Lost> = Vec::new();
@@ -103,9 +105,24 @@ impl Core {
                 wheel,
                 ..
             } = &mut *st;
+            let over_rate = match target {
+                Target::Room(r) => rooms.get_key_value(r.as_str()).is_some_and(|(key, _)| {
+                    !self.overload.take_room(key, now, |k| rooms.contains_key(k))
+                }),
+                _ => false,
+            };
+            if over_rate {
+                self.metrics.rejected(Reject::RoomRate);
+            }
             let mut one = |c: &mut Conn| {
                 if c.authed() && c.close.is_none() {
                     placed += 1;
+                    if over_rate {
+                        if ack_required {
+                            lost.push(lost_on(c, body, UndeliveredReason::RateLimited));
+                        }
+                        return;
+                    }
                 }
                 if let Some(l) = self.deliver_one(c, body, ack_required, now, wheel) {
                     lost.push(l);
@@ -135,20 +152,7 @@ impl Core {
         now: super::wheel::Tick,
         wheel: &mut super::wheel::Wheel,
     ) -> Option<Lost> {
-        let lost = |c: &Conn, reason| {
-            let (route, payload) = push::decode_body(body);
-            Some((
-                c.id,
-                c.user.clone(),
-                c.device.clone(),
-                UndeliveredPush {
-                    seq: 0,
-                    route,
-                    payload,
-                    reason,
-                },
-            ))
-        };
+        let lost = |c: &Conn, reason| Some(lost_on(c, body, reason));
         if !c.authed() || c.close.is_some() {
             return if ack_required {
                 lost(
@@ -361,6 +365,18 @@ fn for_members(
         Some(Members::One(i)) => each(*i),
         Some(Members::Many(v)) => v.iter().for_each(|&i| each(i)),
     }
+}
+
+/// A push that will not reach connection `c`.
+fn lost_on(c: &Conn, body: &Bytes, reason: UndeliveredReason) -> Lost {
+    let (route, payload) = push::decode_body(body);
+    let p = UndeliveredPush {
+        seq: 0,
+        route,
+        payload,
+        reason,
+    };
+    (c.id, c.user.clone(), c.device.clone(), p)
 }
 
 fn lost_push(target: &Target, body: &Bytes, reason: UndeliveredReason) -> Lost {

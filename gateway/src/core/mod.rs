@@ -8,10 +8,12 @@
 //!   idle reaping, ack retransmit).
 //! - `lifecycle.rs`: teardown of a connection, drain and stop of the core.
 //! - `connz.rs`: connection inspection for the admin `/connz`.
+//! - `overload.rs`: queueing delay, priority admission and token buckets.
 
 pub mod connz;
 mod deliver;
 mod lifecycle;
+pub mod overload;
 pub mod push;
 mod sweep;
 pub mod wheel;
@@ -109,6 +111,8 @@ pub struct Conn {
     pub close: Option<CloseReason>,
     /// Upstream requests of this connection awaiting the backend.
     pub inflight: u32,
+    /// Upstream frames allowed by `upstream_rate_per_conn_per_s` (8 bytes).
+    pub upstream_bucket: overload::Bucket,
     /// What most connections never use, allocated on first use.
     pub extra: Option<Box<Extra>>,
 }
@@ -242,6 +246,8 @@ pub struct Core {
     /// TLS server settings, when `[tls]` is configured (set after `new`,
     /// replaced on reload; sessions already running keep theirs).
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// Load signal, admission level and rate limits of this core.
+    pub overload: overload::Overload,
     start: Instant,
 }
 
@@ -258,6 +264,7 @@ impl Core {
         conns_max: u32,
         poller: Poller,
     ) -> Core {
+        let load = overload::Overload::new(&cfg, index);
         Core {
             index,
             cfg,
@@ -290,6 +297,7 @@ impl Core {
             nats_running: Cell::new(false),
             stopping: Cell::new(false),
             tls: RefCell::new(None),
+            overload: load,
             start: Instant::now(),
         }
     }
@@ -340,6 +348,7 @@ impl Core {
             partial: Vec::new(),
             close: None,
             inflight: 0,
+            upstream_bucket: Default::default(),
             extra: None,
         });
         let due = now + self.ticks(self.cfg.auth_timeout_ms);
@@ -353,7 +362,7 @@ impl Core {
             c.queued = true; // serve it once: data may have arrived before registration
         }
         drop(st);
-        self.work.borrow_mut().push_back(id);
+        self.push_work(id);
         self.wake_io();
         Ok(id)
     }
@@ -362,7 +371,7 @@ impl Core {
     pub fn ready(&self, c: &mut Conn) {
         if !c.queued {
             c.queued = true;
-            self.work.borrow_mut().push_back(c.id);
+            self.push_work(c.id);
             self.wake_io();
         }
     }
@@ -370,12 +379,22 @@ impl Core {
     /// Puts a connection being served back at the end of the ready list.
     pub fn requeue(&self, c: &mut Conn) {
         c.queued = true;
-        self.work.borrow_mut().push_back(c.id);
+        self.push_work(c.id);
+    }
+
+    /// Appends to the ready list; the overload signal times how long it waits.
+    fn push_work(&self, id: u64) {
+        let mut work = self.work.borrow_mut();
+        work.push_back(id);
+        self.overload.queued(work.len());
     }
 
     /// The next connection to serve.
     pub fn next_ready(&self) -> Option<u64> {
-        self.work.borrow_mut().pop_front()
+        let mut work = self.work.borrow_mut();
+        let id = work.pop_front()?;
+        self.overload.dequeued(work.len());
+        Some(id)
     }
 
     pub fn set_io_waker(&self, w: &Waker) {
@@ -523,12 +542,14 @@ impl Core {
     /// Snapshot of this core's metrics and gauges.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.state.borrow();
-        self.metrics.snapshot(
+        let mut s = self.metrics.snapshot(
             self.index,
             st.conns.len() as u64,
             st.sessions,
             st.rooms.len() as u64,
-        )
+        );
+        (s.admission_level, s.queue_delay_us) = self.overload.gauges();
+        s
     }
 }
 

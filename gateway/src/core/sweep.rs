@@ -4,6 +4,7 @@
 //! are due, not to all connections.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::{CloseReason, ErrorCode};
@@ -22,11 +23,17 @@ enum After {
 }
 
 impl Core {
-    /// Ticks until the core stops.
+    /// Ticks until the core stops. How late each tick wakes up (what any
+    /// task waits for the executor) feeds the overload signal.
     pub async fn run_ticks(self: Rc<Self>) {
         let mut due = Vec::new();
+        let tick = self.tick_duration();
         while !self.stopping.get() {
-            glommio::timer::sleep(self.tick_duration()).await;
+            let slept = Instant::now();
+            glommio::timer::sleep(tick).await;
+            let now = Instant::now();
+            self.overload
+                .on_tick(now.duration_since(slept).saturating_sub(tick), now);
             self.sweep(&mut due);
         }
         self.ticks_running.set(false);

@@ -15,6 +15,7 @@ use gw_proto::ErrorCode;
 use prost::Message as _;
 
 use super::contract::{self, Remote, Subjects};
+use super::events::Events;
 use super::interest::{self, ConnectSpec, Inbound, Interest};
 use super::NatsConfig;
 use crate::backend::{BackendReply, UndeliveredReason};
@@ -47,6 +48,9 @@ pub struct BridgeStats {
     pub publish_errors: AtomicU64,
     pub push_unconfirmed: AtomicU64,
     pub events_dropped: AtomicU64,
+    pub events_confirmed: AtomicU64,
+    pub events_resent: AtomicU64,
+    pub events_unconfirmed: AtomicU64,
     pub inbound_pushes: AtomicU64,
     pub inbound_refused: AtomicU64,
 }
@@ -54,7 +58,7 @@ pub struct BridgeStats {
 impl BridgeStats {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &AtomicU64, &str); 11] = [
+        let rows: [(&str, &AtomicU64, &str); 14] = [
             ("requests", &self.requests, "upstream requests sent to NATS"),
             (
                 "request_timeouts",
@@ -97,6 +101,21 @@ impl BridgeStats {
                 "session events dropped because the bridge queue was full",
             ),
             (
+                "events_confirmed",
+                &self.events_confirmed,
+                "session events confirmed (nats.events_confirm)",
+            ),
+            (
+                "events_resent",
+                &self.events_resent,
+                "session events sent again for want of a confirmation",
+            ),
+            (
+                "events_unconfirmed",
+                &self.events_unconfirmed,
+                "session events given up unconfirmed, or sent unconfirmed over events_confirm_inflight_max",
+            ),
+            (
                 "inbound_pushes",
                 &self.inbound_pushes,
                 "pushes and commands received from NATS",
@@ -132,6 +151,7 @@ struct Ctx {
     confirm_timeout: Duration,
     retry_after_ms: u32,
     stats: Arc<BridgeStats>,
+    events: Arc<Events>,
 }
 
 /// Reads the configured credentials once (files included), for both kinds
@@ -233,6 +253,7 @@ pub async fn start(
         request_timeout: Duration::from_millis(cfg.upstream_timeout_ms as u64),
         confirm_timeout: Duration::from_millis(n.push_confirm_timeout_ms as u64),
         retry_after_ms: cfg.busy_retry_after_ms,
+        events: Arc::new(Events::new(n, &cfg.node_id, stats.clone())),
         stats,
     });
     let urls = n.urls.join(",");
@@ -318,7 +339,7 @@ async fn run_core(
             let left: Vec<ToNats> = rx.drain().collect();
             for m in left {
                 if let ToNats::Publish { subject, payload } = m {
-                    let _ = client.publish(subject, payload).await;
+                    ctx.events.send(&client, subject, payload).await;
                 }
             }
             break;
@@ -338,15 +359,13 @@ async fn run_core(
                 tokio::spawn(request(client.clone(), ctx.clone(), *call));
             }
             ToNats::Publish { subject, payload } => {
-                if let Err(e) = client.publish(subject, payload).await {
-                    ctx.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "NATS publish failed");
-                }
+                ctx.events.send(&client, subject, payload).await;
             }
         }
     }
     // The core is gone: send what is buffered (its last offline and
     // undelivered events) before the connection closes.
+    ctx.events.settle(FLUSH_AT_EXIT).await;
     let connected = client.connection_state() == async_nats::connection::State::Connected;
     if connected
         && tokio::time::timeout(FLUSH_AT_EXIT, client.flush())
@@ -541,8 +560,9 @@ fn confirm(
         for order in &lost {
             ctx.stats.push_unconfirmed.fetch_add(1, Ordering::Relaxed);
             let ev = contract::unplaced_event(&node, &order.target, order, reason);
-            let _ = client
-                .publish(ctx.subjects.event("undelivered"), contract::to_bytes(&ev))
+            let subject = ctx.subjects.event("undelivered");
+            ctx.events
+                .send(&client, subject, contract::to_bytes(&ev))
                 .await;
         }
     });

@@ -36,6 +36,13 @@ pub struct NatsConfig {
     /// How long a gateway waits to learn whether an ack-required user push
     /// reached anyone (NATS request with no responders), ms.
     pub push_confirm_timeout_ms: u32,
+    /// Send session events as requests and resend until something answers
+    /// (a JetStream stream's PubAck): at least once instead of at most once.
+    pub events_confirm: bool,
+    /// How long an unconfirmed event is resent before it is given up, ms.
+    pub events_confirm_window_ms: u32,
+    /// Events awaiting confirmation at once; past it they go unconfirmed.
+    pub events_confirm_inflight_max: u32,
 }
 
 impl Default for NatsConfig {
@@ -56,6 +63,9 @@ impl Default for NatsConfig {
             reconnect_delay_max_ms: 2_000,
             bridge_queue_max: 65_536,
             push_confirm_timeout_ms: 2_000,
+            events_confirm: false,
+            events_confirm_window_ms: 60_000,
+            events_confirm_inflight_max: 10_000,
         }
     }
 }
@@ -103,6 +113,14 @@ impl NatsConfig {
             ("nats.reconnect_delay_max_ms", self.reconnect_delay_max_ms),
             ("nats.bridge_queue_max", self.bridge_queue_max),
             ("nats.push_confirm_timeout_ms", self.push_confirm_timeout_ms),
+            (
+                "nats.events_confirm_window_ms",
+                self.events_confirm_window_ms,
+            ),
+            (
+                "nats.events_confirm_inflight_max",
+                self.events_confirm_inflight_max,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be greater than 0"));

@@ -421,6 +421,7 @@ pub fn undelivered_push(p: &UndeliveredPush) -> pb::UndeliveredPush {
         UndeliveredReason::TooLarge => (R::TooLarge, CloseReason::Unspecified),
         UndeliveredReason::Unconfirmed => (R::Unconfirmed, CloseReason::Unspecified),
         UndeliveredReason::NatsUnavailable => (R::NatsUnavailable, CloseReason::Unspecified),
+        UndeliveredReason::RateLimited => (R::RateLimited, CloseReason::Unspecified),
     };
     pb::UndeliveredPush {
         seq: p.seq,

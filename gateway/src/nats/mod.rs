@@ -15,6 +15,7 @@ pub mod backend;
 pub mod bridge;
 pub mod config;
 pub mod contract;
+pub mod events;
 pub mod inbound;
 pub mod interest;
 

@@ -17,6 +17,7 @@ use gateway::{Config, GatewayHandle};
 use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::Decoded;
 
+pub mod faults;
 pub mod nats;
 
 /// How long a test waits for an expected frame.

@@ -70,6 +70,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The process id while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -141,6 +146,11 @@ impl ChatBackend {
             .expect("spawn chat-backend");
         ChatBackend(child)
     }
+
+    /// The process id (to stop and continue it: a stalled backend).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 impl Drop for ChatBackend {
@@ -158,13 +168,19 @@ pub struct Nats {
 
 impl Nats {
     pub fn connect(url: &str) -> Nats {
+        Self::connect_with(url, async_nats::ConnectOptions::new())
+    }
+
+    /// With options, e.g. a short reconnect delay for tests that restart
+    /// the server.
+    pub fn connect_with(url: &str, opts: async_nats::ConnectOptions) -> Nats {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let client = rt
-            .block_on(async_nats::connect(url))
+            .block_on(opts.connect(url))
             .expect("test NATS client connects");
         Nats { rt, client }
     }
@@ -190,6 +206,17 @@ impl Nats {
         headers: &[(&str, &str)],
         payload: &[u8],
     ) -> Result<async_nats::Message, String> {
+        self.request_within(subject, headers, payload, Duration::from_secs(2))
+    }
+
+    /// A request that gives up after `timeout` ("TimedOut").
+    pub fn request_within(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<async_nats::Message, String> {
         let mut h = async_nats::HeaderMap::new();
         for (k, v) in headers {
             h.insert(*k, *v);
@@ -197,7 +224,7 @@ impl Nats {
         let req = async_nats::Request::new()
             .headers(h)
             .payload(payload.to_vec().into())
-            .timeout(Some(Duration::from_secs(2)));
+            .timeout(Some(timeout));
         let c = self.client.clone();
         self.rt
             .block_on(async move { c.send_request(subject.to_string(), req).await })

@@ -256,6 +256,8 @@ export const ErrorCode = { 0: "UNSPECIFIED", 1: "BAD_FRAME", 2: "FRAME_TOO_LARGE
 // The typed close reason inside a WebSocket close code: 4000 + reason from
 // the gateway; 1000 when the client closed; anything else is UNSPECIFIED
 // (1006: the connection dropped without a close frame).
+const KICKED = 8;
+
 export function closeReasonOf(code) {
   if (code === 1000) return 1;
   return code >= 4000 && code < 5000 ? code - 4000 : 0;
@@ -300,12 +302,25 @@ export class GatewayClient extends EventTarget {
     this.backoffMs = this.opts.reconnectDelayMinMs;
     this.reconnectTimer = null;
     this.stopped = false;
+    this.connecting = null;
     this.everOpened = false; // reconnects only after a first successful connect
   }
 
   // Opens the WebSocket and authenticates; resolves with AuthOk, rejects
   // with an Error carrying `.code` (an ErrorCode) on AuthError.
-  async connect() {
+  // A connect already under way (or an open connection) is returned, not
+  // doubled: two sockets would mix their push sequences.
+  connect() {
+    if (this.state === "open") return Promise.resolve(this.authOk);
+    if (!this.connecting) {
+      this.connecting = this.connectOnce().finally(() => {
+        this.connecting = null;
+      });
+    }
+    return this.connecting;
+  }
+
+  async connectOnce() {
     this.stopped = false;
     clearTimeout(this.reconnectTimer);
     let token;
@@ -341,6 +356,7 @@ export class GatewayClient extends EventTarget {
         });
       };
       ws.onmessage = (ev) => {
+        if (this.ws !== ws) return; // an older socket's leftovers
         let frame;
         try {
           frame = decodeFrame(new Uint8Array(ev.data));
@@ -467,6 +483,8 @@ export class GatewayClient extends EventTarget {
         break;
       case "goAway":
         this.retryAfterMs = body.retryAfterMs;
+        // Kicked: the server wants this client gone, not back.
+        if (body.reason === KICKED) this.stopped = true;
         this.dispatchEvent(new CustomEvent("goaway", { detail: body }));
         break;
       case "error":
@@ -496,6 +514,7 @@ export class GatewayClient extends EventTarget {
     }
     this.pending.clear();
     const reason = closeReasonOf(ev.code);
+    if (reason === KICKED) this.stopped = true;
     const willReconnect = this.willReconnect();
     const delay = this.reconnectDelay();
     this.dispatchEvent(new CustomEvent("close", {

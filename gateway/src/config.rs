@@ -311,6 +311,13 @@ impl Config {
                     .into(),
             );
         }
+        // A day at most: larger is a mistake, and the sum must fit in u32.
+        const RETRY_MS_MAX: u32 = 86_400_000;
+        if self.goaway_retry_after_ms > RETRY_MS_MAX || self.goaway_retry_jitter_ms > RETRY_MS_MAX {
+            return bad(format!(
+                "goaway_retry_after_ms and goaway_retry_jitter_ms must be at most {RETRY_MS_MAX} (a day)"
+            ));
+        }
         if self.drain_spread_ms >= self.drain_deadline_ms {
             return bad(format!(
                 "drain_spread_ms ({}) must be under drain_deadline_ms ({}): clients need time to leave after the last GoAway",

@@ -204,10 +204,15 @@ impl Backend for AckRoomBackend {
         Box::pin(std::future::ready(r))
     }
     fn event(&self, ev: SessionEvent) {
-        if let SessionEvent::Undelivered { user, pushes, .. } = ev {
+        if let SessionEvent::Undelivered {
+            user, room, pushes, ..
+        } = ev
+        {
+            // Who the report names: the user, or the room of a room push.
+            let who = room.map_or(user.to_string(), |r| format!("room {r}"));
             let mut log = (self.0).0.lock().unwrap();
             for p in pushes {
-                log.push((user.to_string(), p.route, p.reason));
+                log.push((who.clone(), p.route, p.reason));
             }
         }
     }
@@ -258,7 +263,7 @@ fn room_over_its_broadcast_rate_drops_plain_pushes_and_reports_ack_required_ones
     assert_eq!(
         ev,
         vec![(
-            "member".to_string(),
+            "room live".to_string(),
             "test.ack".to_string(),
             UndeliveredReason::RateLimited
         )]

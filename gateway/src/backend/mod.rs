@@ -165,6 +165,8 @@ pub enum SessionEvent {
         conn_id: u64,
         user: Rc<str>,
         device: Rc<str>,
+        /// The room, for a room push that reached no connection.
+        room: Option<Rc<str>>,
         pushes: Vec<UndeliveredPush>,
     },
 }

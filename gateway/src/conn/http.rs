@@ -91,6 +91,10 @@ fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'%' => {
                 let hex = b.get(i + 1..i + 3)?;
+                // Two hex digits exactly (from_str_radix would take "+1").
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 let hex = std::str::from_utf8(hex).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
@@ -169,7 +173,8 @@ mod tests {
 
     #[test]
     fn bad_escapes_are_absent_values() {
-        let r = Request::parse(b"GET /?a=%zz&b=%4&c=%ff HTTP/1.1").unwrap();
+        let r = Request::parse(b"GET /?a=%zz&b=%4&c=%ff&d=%+1 HTTP/1.1").unwrap();
+        assert_eq!(r.param("d"), None);
         assert_eq!(r.param("a"), None);
         assert_eq!(r.param("b"), None);
         assert_eq!(r.param("c"), None);

@@ -18,3 +18,12 @@ pub use frames::valid_route;
 pub use io::IoLoop;
 pub use poller::Poller;
 pub use tls::Tls;
+
+/// Whether a frame queued now reaches the client as a frame: plain TCP that
+/// has sent something (so it is not a TLS or WebSocket client whose first
+/// bytes are still on the way) or an open WebSocket. A TLS connection
+/// before Auth, or a WebSocket before its upgrade, would see raw protobuf
+/// where it expects a handshake.
+pub fn speaks_frames(c: &crate::core::Conn) -> bool {
+    ws::open(c) || (c.bytes_in > 0 && !tls::active(c) && !ws::active(c))
+}

@@ -88,10 +88,12 @@ fn authorized(shared: &Shared, req: &Request) -> bool {
     let Some(want) = &shared.admin_token else {
         return true;
     };
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
     let got = req
         .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
     // Constant time in the token's length.
     got.len() == want.len()
         && got

@@ -13,6 +13,10 @@ use crate::metrics;
 /// first `limit` of them by `sort`. A core that does not answer within
 /// `timeout` is named in `cores_missing`.
 pub async fn connz(shared: &Shared, q: ConnzQuery, timeout: Duration) -> serde_json::Value {
+    // One scan at a time: each walks every connection of every core inside
+    // the core's inbox task (tens of ms at a million), so a scrape loop
+    // must not pile them up on the data plane.
+    let _one = shared.scan.lock().await;
     let q = Arc::new(q);
     let mut waits = Vec::with_capacity(shared.mesh.len());
     for (core, tx) in shared.mesh.iter().enumerate() {

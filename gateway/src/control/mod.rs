@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
     /// The admin bearer token (from `admin_token_env`), if any.
     pub admin_token: Option<String>,
+    /// Held while a `/connz` or `/kick` scans the cores (one at a time).
+    pub scan: tokio::sync::Mutex<()>,
 }
 
 impl ControlPlane {
@@ -68,6 +70,7 @@ impl ControlPlane {
             cfg: cfg.clone(),
             nats: std::sync::OnceLock::new(),
             admin_token,
+            scan: tokio::sync::Mutex::new(()),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let shared_rt = shared.clone();

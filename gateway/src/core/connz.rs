@@ -72,7 +72,8 @@ pub struct ConnInfo {
     pub transport: &'static str,
     pub remote: Option<String>,
     pub age_ms: u64,
-    /// Since the last inbound bytes.
+    /// Since the last whole inbound frame (or WebSocket frame): what the
+    /// idle reaper measures.
     pub idle_ms: u64,
     pub bytes_in: u32,
     pub bytes_out: u32,

@@ -22,7 +22,15 @@ use crate::backend::{
 use crate::metrics::{CoreMetrics, Reject};
 
 /// A push that could not be placed, to report after the state borrow ends.
-type Lost = (u64, Option<Rc<str>>, Option<Rc<str>>, UndeliveredPush);
+/// A push that reached nobody: connection id (0 = none), user, device,
+/// room (for a room push), the push.
+type Lost = (
+    u64,
+    Option<Rc<str>>,
+    Option<Rc<str>>,
+    Option<Rc<str>>,
+    UndeliveredPush,
+);
 
 impl Core {
     /// Executes a backend's push orders, then its session operations.
@@ -77,7 +85,10 @@ impl Core {
                 Some(tx) => tx.send_async(msg).await.is_ok(),
                 None => false,
             };
-            if !sent && ack_required {
+            // A stopped core has closed (and reported) all its connections:
+            // a user or room has nobody there. Only a push to one of its
+            // connections is lost.
+            if !sent && ack_required && matches!(target, Target::Conn(_)) {
                 self.report_lost(vec![lost_push(
                     &target,
                     &body,
@@ -91,7 +102,8 @@ impl Core {
     /// returns how many connections took it (each one will deliver it or
     /// report it undelivered). A room push over the room's rate on this
     /// core (`room_broadcast_rate_per_s`) is dropped when it needs no ack,
-    /// and reported undelivered (`RateLimited`) to each member otherwise.
+    /// and reported undelivered (`RateLimited`, once, naming the room)
+    /// otherwise.
     pub fn deliver(&self, target: &Target, body: &Bytes, ack_required: bool) -> usize {
         let now = self.now();
         let mut lost: Vec<Lost> = Vec::new();
@@ -118,9 +130,6 @@ impl Core {
                 if c.authed() && c.close.is_none() {
                     placed += 1;
                     if over_rate {
-                        if ack_required {
-                            lost.push(lost_on(c, body, UndeliveredReason::RateLimited));
-                        }
                         return;
                     }
                 }
@@ -138,6 +147,11 @@ impl Core {
                 },
                 Target::User(u) => for_members(users.get(u.as_str()), conns, &mut one),
                 Target::Room(r) => for_members(rooms.get(r.as_str()), conns, &mut one),
+            }
+            // One report per push and core, naming the room: not one per
+            // member, which for a large room would flood the events.
+            if over_rate && ack_required && placed > 0 {
+                lost.push(lost_push(target, body, UndeliveredReason::RateLimited));
             }
         }
         self.report_lost(lost);
@@ -209,12 +223,13 @@ impl Core {
 
     /// Reports pushes that could not be placed to the backend.
     fn report_lost(&self, lost: Vec<Lost>) {
-        for (conn_id, user, device, p) in lost {
+        for (conn_id, user, device, room, p) in lost {
             CoreMetrics::inc(&self.metrics.undelivered);
             self.backend.event(SessionEvent::Undelivered {
                 conn_id,
                 user: user.unwrap_or_else(|| Rc::from("")),
                 device: device.unwrap_or_else(|| Rc::from("")),
+                room,
                 pushes: vec![p],
             });
         }
@@ -376,19 +391,21 @@ fn lost_on(c: &Conn, body: &Bytes, reason: UndeliveredReason) -> Lost {
         payload,
         reason,
     };
-    (c.id, c.user.clone(), c.device.clone(), p)
+    (c.id, c.user.clone(), c.device.clone(), None, p)
 }
 
 fn lost_push(target: &Target, body: &Bytes, reason: UndeliveredReason) -> Lost {
     let (route, payload) = push::decode_body(body);
-    let conn_id = match target {
-        Target::Conn(id) => *id,
-        _ => 0,
+    let (conn_id, user, room) = match target {
+        Target::Conn(id) => (*id, None, None),
+        Target::User(u) => (0, Some(Rc::from(u.as_str())), None),
+        Target::Room(r) => (0, None, Some(Rc::from(r.as_str()))),
     };
     (
         conn_id,
+        user,
         None,
-        None,
+        room,
         UndeliveredPush {
             seq: 0,
             route,

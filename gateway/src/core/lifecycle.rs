@@ -100,23 +100,25 @@ impl Core {
     pub async fn drain(&self) {
         self.stop_accepting();
         let started = Instant::now();
-        let ids: Vec<(u32, u64, bool)> = {
+        let ids: Vec<(u32, u64, bool, bool)> = {
             let st = self.state.borrow();
             st.conns
                 .iter()
-                .map(|(i, c)| (i as u32, c.id, c.authed()))
+                .map(|(i, c)| (i as u32, c.id, c.authed(), crate::conn::speaks_frames(c)))
                 .collect()
         };
         let mut sessions = Vec::with_capacity(ids.len());
-        for (idx, id, authed) in ids {
+        for (idx, id, authed, framed) in ids {
             if authed {
                 sessions.push((idx, id));
             } else {
-                // Not a session yet: told at once where to go, so a login
-                // racing the drain reconnects elsewhere instead of seeing
-                // a bare close.
-                let g = drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints);
-                self.close(idx, id, CloseReason::Drain, Some(g));
+                // Not a session yet: told at once where to go (when it
+                // would understand a frame), so a login racing the drain
+                // reconnects elsewhere instead of seeing a bare close.
+                let g = framed.then(|| {
+                    drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints)
+                });
+                self.close(idx, id, CloseReason::Drain, g);
             }
         }
         let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);
@@ -142,8 +144,10 @@ impl Core {
                 ((frac * n as f64).floor() as usize + 1).min(n)
             };
             for &(idx, id) in &sessions[sent..due] {
-                let retry = self.cfg.goaway_retry_after_ms
-                    + rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32;
+                let retry = self
+                    .cfg
+                    .goaway_retry_after_ms
+                    .saturating_add(rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
                 self.send_frame(idx, id, drain_goaway(retry, &self.cfg.goaway_endpoints));
             }
             sent = due;
@@ -188,6 +192,21 @@ impl Core {
         self.drop_wakers();
     }
 
+    /// Delivers the pushes waiting in the inbox (against whatever
+    /// connections are left); other messages are moot once stopping.
+    fn deliver_queued(&self, rx: &flume::Receiver<CoreMsg>) {
+        while let Ok(msg) = rx.try_recv() {
+            if let CoreMsg::Push {
+                target,
+                body,
+                ack_required,
+            } = msg
+            {
+                self.deliver(&target, &body, ack_required);
+            }
+        }
+    }
+
     /// Serves the inbox until Stop, or until a drain completes.
     pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
         let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
@@ -229,17 +248,11 @@ impl Core {
                     // Pushes still queued for this core: with no connection
                     // left, ack-required ones to a connection are reported
                     // undelivered (NO_CONNECTION) instead of being dropped.
-                    while let Ok(msg) = rx.try_recv() {
-                        if let CoreMsg::Push {
-                            target,
-                            body,
-                            ack_required,
-                        } = msg
-                        {
-                            self.deliver(&target, &body, ack_required);
-                        }
-                    }
+                    self.deliver_queued(&rx);
                     self.stop_tasks().await;
+                    // Once more: a core that routed a push here while the
+                    // tasks stopped must not lose it with the inbox.
+                    self.deliver_queued(&rx);
                     return;
                 }
             }

@@ -155,6 +155,7 @@ impl Core {
             conn_id,
             user,
             device,
+            room: None,
             pushes,
         });
     }

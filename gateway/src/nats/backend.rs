@@ -163,6 +163,7 @@ impl Backend for NatsBackend {
                 conn_id,
                 user,
                 device,
+                room,
                 pushes,
             } => {
                 let e = gw_proto::pb::UndeliveredEvent {
@@ -172,7 +173,7 @@ impl Backend for NatsBackend {
                     device: device.to_string(),
                     pushes: pushes.iter().map(contract::undelivered_push).collect(),
                     at_unix_ms: contract::unix_ms(),
-                    room: String::new(),
+                    room: room.map(|r| r.to_string()).unwrap_or_default(),
                 };
                 self.publish("undelivered", contract::to_bytes(&e));
             }

@@ -14,7 +14,7 @@
 //! counted and logged. At most `events_confirm_inflight_max` events wait at
 //! once; past that, events are published without confirmation and counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,10 @@ pub struct Events {
     timeout: Duration,
     inflight_max: u32,
     inflight: Arc<Semaphore>,
+    /// Events whose confirmation task still runs (for `settle`).
+    pending: AtomicUsize,
+    /// `settle` counted what it gave up on (once for all cores).
+    abandoned_counted: AtomicBool,
     /// `<node>.<boot time>.`: message ids unique across restarts.
     id_prefix: String,
     seq: AtomicU64,
@@ -55,6 +59,8 @@ impl Events {
             timeout: Duration::from_millis(cfg.push_confirm_timeout_ms as u64),
             inflight_max: cfg.events_confirm_inflight_max,
             inflight: Arc::new(Semaphore::new(cfg.events_confirm_inflight_max as usize)),
+            pending: AtomicUsize::new(0),
+            abandoned_counted: AtomicBool::new(false),
             id_prefix: format!("{node}.{boot}."),
             seq: AtomicU64::new(0),
             stats,
@@ -108,8 +114,10 @@ impl Events {
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
         let (me, client) = (self.clone(), client.clone());
+        self.pending.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             me.confirmed(&client, subject, payload, &id).await;
+            me.pending.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });
     }
@@ -155,17 +163,27 @@ impl Events {
         }
     }
 
-    /// Waits (at most `wait`) for events still awaiting confirmation.
+    /// Waits (at most `wait`) for events still awaiting confirmation. Every
+    /// core's bridge task calls it when it stops; it takes nothing, so the
+    /// other cores' last events still get confirmed meanwhile. What is still
+    /// unconfirmed at the end is counted once, then dropped with the runtime.
     pub async fn settle(&self, wait: Duration) {
-        let n = self.inflight_max;
-        if !self.confirm || n == 0 {
+        if !self.confirm {
             return;
         }
-        if tokio::time::timeout(wait, self.inflight.acquire_many(n))
-            .await
-            .is_err()
-        {
-            tracing::warn!("stopping with session events still unconfirmed");
+        let deadline = Instant::now() + wait;
+        while self.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.pending.load(Ordering::SeqCst);
+        if left > 0 && !self.abandoned_counted.swap(true, Ordering::SeqCst) {
+            self.stats
+                .events_unconfirmed
+                .fetch_add(left as u64, Ordering::Relaxed);
+            tracing::warn!(
+                events = left,
+                "stopping with session events still unconfirmed (counted in gateway_nats_events_unconfirmed_total)"
+            );
         }
     }
 }

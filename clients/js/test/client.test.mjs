@@ -1,0 +1,143 @@
+// Behaviour of GatewayClient against a scripted server (a mock WebSocket):
+// acks and duplicate suppression, no reconnect after KICKED, reconnect with
+// back-off otherwise, one socket for concurrent connect() calls, pending
+// requests rejected on close. `node --test clients/js/test/`.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+const sockets = [];
+class MockWS {
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    sockets.push(this);
+  }
+  send(b) {
+    this.sent.push(b);
+  }
+  close(code = 1000) {
+    if (this.closed) return;
+    this.closed = true;
+    setTimeout(() => this.onclose && this.onclose({ code }), 0);
+  }
+  open() {
+    this.onopen();
+  }
+  recv(frame) {
+    const b = encodeFrame(frame);
+    this.onmessage({ data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) });
+  }
+  frames(type) {
+    return this.sent.map((b) => decodeFrame(b)).filter((f) => f.type === type);
+  }
+}
+globalThis.WebSocket = MockWS;
+globalThis.CustomEvent ??= class extends Event {
+  constructor(t, o) {
+    super(t);
+    this.detail = o?.detail;
+  }
+};
+const { GatewayClient, encodeFrame, decodeFrame } = await import("../gateway-client.js");
+const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
+
+async function connected(opts = {}) {
+  sockets.length = 0;
+  const gw = new GatewayClient("ws://x/ws", { token: "t", reconnectDelayMinMs: 10, ...opts });
+  const p = gw.connect();
+  await tick();
+  const ws = sockets.at(-1);
+  ws.open();
+  ws.recv({ type: "authOk", body: { connId: (1n << 60n) + 1n, frameBytesMax: 65536, heartbeatIntervalMs: 0 } });
+  const ok = await p;
+  return { gw, ws, ok };
+}
+
+test("auth sends the token and resolves with AuthOk, conn id exact", async () => {
+  const { gw, ws, ok } = await connected();
+  assert.equal(ws.frames("auth")[0].body.token, "t");
+  assert.equal(ok.connId, (1n << 60n) + 1n);
+  gw.close();
+});
+
+test("ack-required pushes are acked once per batch; retransmits are not dispatched again", async () => {
+  const { gw, ws } = await connected();
+  const seen = [];
+  gw.addEventListener("push", (e) => seen.push(e.detail.seq));
+  for (const seq of [1n, 2n, 3n]) ws.recv({ type: "push", body: { seq, route: "r", ackRequired: true } });
+  ws.recv({ type: "push", body: { seq: 2n, route: "r", ackRequired: true, retransmit: true } });
+  ws.recv({ type: "push", body: { route: "plain" } });
+  await tick();
+  assert.deepEqual(seen, [1n, 2n, 3n, 0n]);
+  assert.deepEqual(ws.frames("ack").map((f) => f.body.seq), [3n]);
+  gw.close();
+});
+
+test("requests match replies by correlation id and are rejected on close", async () => {
+  const { gw, ws } = await connected();
+  const a = gw.request("echo", "a");
+  const b = gw.request("echo", "b");
+  const [ua, ub] = ws.frames("upstream");
+  ws.recv({ type: "upstreamReply", body: { correlationId: ub.body.correlationId, status: 22, retryAfterMs: 100 } });
+  const rb = await b;
+  assert.deepEqual([rb.status, rb.retryAfterMs], [22, 100]);
+  assert.equal(new TextDecoder().decode(ua.body.payload), "a");
+  gw.close();
+  await assert.rejects(a, /connection closed/);
+  await assert.rejects(gw.request("echo", "c"), /not connected/);
+});
+
+test("after KICKED the client stays away", async () => {
+  const { gw, ws } = await connected();
+  let detail;
+  gw.addEventListener("close", (e) => (detail = e.detail));
+  ws.recv({ type: "goAway", body: { reason: 8, message: "kicked" } });
+  ws.close(4008);
+  await tick(50);
+  assert.equal(detail.reasonName, "KICKED");
+  assert.equal(detail.willReconnect, false);
+  assert.equal(sockets.length, 1, "no new socket");
+});
+
+test("after a drain GoAway it reconnects, no sooner than retry_after_ms", async () => {
+  const { gw, ws } = await connected();
+  let detail;
+  gw.addEventListener("close", (e) => (detail = e.detail));
+  ws.recv({ type: "goAway", body: { reason: 9, retryAfterMs: 30 } });
+  ws.close(4009);
+  await tick(10);
+  assert.equal(detail.reasonName, "DRAIN");
+  assert.equal(detail.willReconnect, true);
+  assert.ok(detail.retryAfterMs >= 30);
+  assert.equal(sockets.length, 1, "not before retry_after_ms");
+  await tick(60);
+  assert.equal(sockets.length, 2, "reconnected");
+  gw.close();
+});
+
+test("concurrent connect() calls share one socket", async () => {
+  sockets.length = 0;
+  const gw = new GatewayClient("ws://x/ws", { token: async () => { await tick(); return "t"; } });
+  const p1 = gw.connect();
+  const p2 = gw.connect();
+  await tick(20);
+  assert.equal(sockets.length, 1);
+  sockets[0].open();
+  sockets[0].recv({ type: "authOk", body: { connId: 7n } });
+  const [a, b] = await Promise.all([p1, p2]);
+  assert.equal(a, b);
+  assert.equal(await gw.connect(), a, "open: the same AuthOk");
+  gw.close();
+});
+
+test("an auth error with a fixed token does not retry", async () => {
+  sockets.length = 0;
+  const gw = new GatewayClient("ws://x/ws", { token: "bad" });
+  const p = gw.connect();
+  await tick();
+  sockets[0].open();
+  sockets[0].recv({ type: "authError", body: { code: 11, message: "bad signature" } });
+  await assert.rejects(p, (e) => e.code === 11);
+  await tick(50);
+  assert.equal(sockets.length, 1);
+});

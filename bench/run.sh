@@ -33,6 +33,16 @@
 #             on the same port while the users stay (100 probe pushes before
 #             and after); then the same hold without NATS (gateway bytes per
 #             connection with and without subscriptions).
+#   idle      memory per idle connection over each transport in $TRANSPORTS
+#             [tcp ws tls wss]: per transport a fresh gateway (ONE process,
+#             --demo --cores 1 --tls-self-signed, all transports on one
+#             port), `flood hold` with $N_IDLE (8,000) connections,
+#             bytes_per_conn = gateway RSS slope between $MARK and $N_IDLE.
+#             idle-tcp, idle-ws, idle-tls, idle-wss: one transport.
+#   latency   the same gateways, `flood echo` with $CONNS connections at
+#             $ECHO_RATE (2,000) requests/s for $DURATION_S s over each
+#             transport: round-trip percentiles, gateway CPU.
+#             latency-tcp, latency-ws, latency-tls, latency-wss: one.
 #
 # Builds release binaries, starts what the scenario needs, stops everything
 # it started (also on error or Ctrl-C), prints a summary and writes JSON
@@ -51,6 +61,8 @@
 # N_BCAST [20000], N_INTEREST [19000], PUB_S [15],
 # DURATION_S [20], CB_CONNS [1], PUBS [1], PUB_RATE [100], PAYLOAD [64],
 # PUB_TAIL_S [3] (hold after the publishers end),
+# idle/latency: TRANSPORTS [tcp ws tls wss], N_IDLE [8000], IDLE_HOLD_S [5],
+# CONNS [1000], ECHO_RATE [2000], DURATION_S [20],
 # GW_BIN_DIR [target/release] (gateway and chat-backend from elsewhere,
 # e.g. a clean checkout, while flood and natspub come from here),
 # SKIP_BUILD [0] (1: use the binaries as they are), GW_REV [git HEAD]
@@ -69,7 +81,12 @@ while [[ $# -gt 0 ]]; do
         *) usage ;;
     esac
 done
-case $SCENARIO in peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest) ;; *) usage ;; esac
+case $SCENARIO in
+    peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest) ;;
+    idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
+    latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
+    *) usage ;;
+esac
 OUT=${OUT:-bench/results/$SCENARIO.json}
 OUT_DIR=$(dirname "$OUT")
 mkdir -p "$OUT_DIR"
@@ -303,6 +320,9 @@ conditions() { # extra JSON
 # The nats-* scenarios (nats_scenario and its helpers).
 # shellcheck source=bench/run_nats.sh
 source bench/run_nats.sh
+# The idle and latency scenarios over TCP, WebSocket, TLS and wss.
+# shellcheck source=bench/run_transports.sh
+source bench/run_transports.sh
 
 case $SCENARIO in
 peers | baseline)
@@ -471,5 +491,8 @@ million)
     ;;
 nats-echo | nats-push | nats-broadcast | nats-interest)
     nats_scenario "$SCENARIO"
+    ;;
+idle* | latency*)
+    transports_scenario "$SCENARIO"
     ;;
 esac

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 use crate::proto::Protocol;
+use crate::transport::TransportArgs;
 
 /// Connections one worker process may hold (RLIMIT_NOFILE is 20,000 here;
 /// the rest is headroom for the executor's own descriptors).
@@ -26,6 +27,8 @@ pub struct Common {
     /// Wire protocol: gw (the gateway), mqtt (3.1.1), nats, raw (connect only).
     #[arg(long, value_enum, default_value_t = Protocol::Gw)]
     pub protocol: Protocol,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Connections to open, over all worker processes.
     #[arg(long, default_value_t = 1000)]
     pub conns: u64,
@@ -242,6 +245,10 @@ impl Scenario {
             }
             (Scenario::Broadcast(_), Protocol::Raw) => bail!("broadcast needs gw, mqtt or nats"),
             _ => {}
+        }
+        c.transport.check()?;
+        if (c.transport.tls || c.transport.ws) && c.protocol != Protocol::Gw {
+            bail!("--tls and --ws need --protocol gw");
         }
         if c.protocol == Protocol::Mqtt && c.heartbeat_ms > 65_535_000 {
             bail!("MQTT keepalive is at most 65535 s");

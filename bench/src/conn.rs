@@ -1,7 +1,8 @@
 //! Connections of the flood client, for every scenario and protocol: the
 //! settings and counters they share, and the short-lived task that sets
-//! each one up (connect, handshake, join the room, with retries) before
-//! handing the socket to a [`crate::held::Held`] task.
+//! each one up (connect, TLS and WebSocket upgrade when asked, handshake,
+//! join the room, with retries) before handing the stream to a
+//! [`crate::held::Held`] task.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -15,15 +16,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::poll_fn;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 
 use crate::args::{Common, Scenario, Share};
 use crate::msg::{histogram, round_histogram, PHASES, PHASE_ACTION};
 use crate::net::{self, mono_ns, RxEnd};
-use crate::proto::{self, Event, Protocol};
+use crate::proto::{self, Codec, Event, Protocol};
+use crate::transport::{io_reason, Stream, Transport};
 use crate::wire::{self, close_reason_name, errno_name, error_code_name};
-use crate::{mqtt, nats};
+use crate::{mqtt, nats, ws};
 
 /// Settings every connection task of a worker reads.
 pub struct Settings {
@@ -32,6 +33,8 @@ pub struct Settings {
     pub share: Share,
     pub secret: Vec<u8>,
     pub kid: Option<String>,
+    pub transport: Transport,
+    pub codec: Codec,
     /// Interval of a held connection's timer: echo requests or heartbeats.
     pub tick: Duration,
     pub echo: bool,
@@ -112,12 +115,18 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     pub heartbeat: Bytes,
     pub connect_us: RefCell<Histogram<u64>>,
+    /// TCP connect plus TLS handshake and WebSocket upgrade (not plain TCP).
+    pub transport_us: RefCell<Histogram<u64>>,
     pub ready_us: RefCell<Histogram<u64>>,
     pub join_us: RefCell<Histogram<u64>>,
     pub reconnect_us: RefCell<Histogram<u64>>,
     pub failed: RefCell<BTreeMap<String, u64>>,
     pub retried: RefCell<BTreeMap<String, u64>>,
     pub dropped: RefCell<BTreeMap<String, u64>>,
+    /// TLS handshakes by version, cipher suite and kind (full, resumed).
+    pub tls_sessions: RefCell<BTreeMap<String, u64>>,
+    /// WebSocket messages masked so far (each gets its own mask).
+    pub masked: Cell<u64>,
     /// Tasks of the established connections; dropping them closes them.
     pub held: RefCell<Vec<glommio::Task<()>>>,
     /// Connection tasks still connecting or handshaking.
@@ -136,12 +145,15 @@ impl Ctx {
             set,
             shared,
             connect_us: RefCell::new(histogram()),
+            transport_us: RefCell::new(histogram()),
             ready_us: RefCell::new(histogram()),
             join_us: RefCell::new(histogram()),
             reconnect_us: RefCell::new(histogram()),
             failed: RefCell::default(),
             retried: RefCell::default(),
             dropped: RefCell::default(),
+            tls_sessions: RefCell::default(),
+            masked: Cell::new(0),
             held: RefCell::new(Vec::with_capacity(conns as usize)),
             establishing: Cell::new(0),
             echo_rtt_us: RefCell::new(histogram()),
@@ -149,6 +161,17 @@ impl Ctx {
             echo_status: RefCell::default(),
             rounds: RefCell::new(rounds),
         }
+    }
+
+    /// What to write for a length-prefixed frame: the frame, or over
+    /// WebSocket one masked binary message.
+    pub fn out(&self, frame: Bytes) -> Bytes {
+        if !self.set.codec.ws {
+            return frame;
+        }
+        let n = self.masked.get().wrapping_add(1);
+        self.masked.set(n);
+        ws::wrap(&frame, jitter(n ^ (self.set.share.first_id << 20)) as u32)
     }
 
     pub fn on_delivery(&self, payload: &[u8]) {
@@ -232,22 +255,31 @@ pub fn jitter(i: u64) -> u64 {
 pub fn rx_end_name(phase: &str, e: RxEnd) -> String {
     match e {
         RxEnd::Eof => format!("{phase}:closed"),
-        RxEnd::Io(e) => format!("{phase}:{}", errno_name(&e)),
+        RxEnd::Io(e) => format!("{phase}:{}", io_reason(&e)),
         RxEnd::BadFrame(_) => format!("{phase}:bad_frame"),
+    }
+}
+
+/// Failure reason of a WebSocket close code: `ws_close:<CloseReason>` for
+/// the gateway's 4000 + reason, else the number.
+pub fn ws_close_name(code: u16) -> String {
+    match code {
+        4000..=4999 => format!("ws_close:{}", close_reason_name(code as i32 - 4000)),
+        c => format!("ws_close:{c}"),
     }
 }
 
 /// Reads until `pick` decides on an event: Ok, or Err(reason).
 async fn await_event(
-    stream: &mut TcpStream,
-    proto: Protocol,
+    stream: &mut Stream,
+    codec: Codec,
     partial: &mut Vec<u8>,
     phase: &str,
     pick: &mut dyn FnMut(Event) -> Option<Result<(), String>>,
 ) -> Result<(), String> {
     let mut outcome: Option<Result<(), String>> = None;
     poll_fn(|cx| {
-        let r = net::poll_frames(stream, proto, partial, cx, 4, &mut |ev| {
+        let r = net::poll_frames(stream, codec, partial, cx, 4, &mut |ev| {
             if outcome.is_none() {
                 outcome = pick(ev);
             }
@@ -277,49 +309,71 @@ fn refusal(ev: Event) -> Option<Result<(), String>> {
         Event::Refused(r) => Some(Err(r)),
         Event::Error(c) => Some(Err(format!("error:{}", error_code_name(c)))),
         Event::GoAway(r) => Some(Err(format!("goaway:{}", close_reason_name(r)))),
+        Event::Closed(c) => Some(Err(ws_close_name(c))),
         _ => None,
     }
 }
 
-/// Connects from `source`, completes the protocol's handshake as `user`,
-/// and joins the room when `join`. Err: the failure reason.
+/// Writes `bytes` whole and flushes them (TLS keeps records until a flush).
+async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| format!("write:{}", io_reason(&e)))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("write:{}", io_reason(&e)))
+}
+
+/// Connects from `source`, brings up the transport (TLS, WebSocket),
+/// completes the protocol's handshake as `user`, and joins the room when
+/// `join`. `seed` varies the WebSocket key. Err: the failure reason.
 pub async fn establish(
     ctx: &Ctx,
     user: &str,
     source: Option<IpAddr>,
     join: bool,
     reconnect: bool,
-) -> Result<(TcpStream, Vec<u8>), String> {
+    seed: u64,
+) -> Result<(Stream, Vec<u8>), String> {
     let c = &ctx.set.c;
     let t0 = Instant::now();
     let sock =
         net::start_connect(c.target, source).map_err(|e| format!("socket:{}", errno_name(&e)))?;
-    let mut stream = net::into_glommio(sock);
-    net::wait_connected(&mut stream)
+    let mut tcp = net::into_glommio(sock);
+    net::wait_connected(&mut tcp)
         .await
         .map_err(|e| format!("connect:{}", errno_name(&e)))?;
     if !reconnect {
         ctx.connect_us.borrow_mut().saturating_record(micros(t0));
     }
-    let mut partial = Vec::new();
+    let transport = &ctx.set.transport;
+    let (mut stream, mut partial) = transport.open(tcp, seed).await?;
+    if !reconnect && !transport.is_tcp() {
+        ctx.transport_us.borrow_mut().saturating_record(micros(t0));
+    }
+    if let Some(kind) = stream.tls_summary() {
+        bump(&ctx.tls_sessions, kind);
+    }
+    let codec = ctx.set.codec;
     let p = c.protocol;
-    let hello: Vec<u8> = match p {
-        Protocol::Raw => Vec::new(),
+    let hello: Bytes = match p {
+        Protocol::Raw => Bytes::new(),
         Protocol::Gw => {
             let token = wire::token(&ctx.set.secret, ctx.set.kid.as_deref(), user, c.token_ttl_s);
-            wire::auth_frame(token, &c.device, c.heartbeat_ms).to_vec()
+            ctx.out(wire::auth_frame(token, &c.device, c.heartbeat_ms))
         }
-        Protocol::Mqtt => mqtt::connect(user, c.heartbeat_ms.div_ceil(1000).min(65_535) as u16),
-        Protocol::Nats => nats::connect(user),
+        Protocol::Mqtt => {
+            mqtt::connect(user, c.heartbeat_ms.div_ceil(1000).min(65_535) as u16).into()
+        }
+        Protocol::Nats => nats::connect(user).into(),
     };
     if !hello.is_empty() {
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|e| format!("write:{}", errno_name(&e)))?;
+        send(&mut stream, &hello).await?;
         await_event(
             &mut stream,
-            p,
+            codec,
             &mut partial,
             "handshake",
             &mut |ev| match ev {
@@ -340,32 +394,34 @@ pub async fn establish(
         return Ok((stream, partial));
     };
     let t1 = Instant::now();
-    let sub: Vec<u8> = match p {
-        Protocol::Gw => wire::upstream_frame(
+    let sub: Bytes = match p {
+        Protocol::Gw => ctx.out(wire::upstream_frame(
             1,
             "room.join",
             format!("{{\"room\":\"{room}\"}}").into_bytes(),
-        )
-        .to_vec(),
-        Protocol::Mqtt => mqtt::subscribe(1, room),
-        Protocol::Nats => nats::subscribe(room, 1),
+        )),
+        Protocol::Mqtt => mqtt::subscribe(1, room).into(),
+        Protocol::Nats => nats::subscribe(room, 1).into(),
         Protocol::Raw => return Err("join:raw".into()),
     };
-    stream
-        .write_all(&sub)
-        .await
-        .map_err(|e| format!("write:{}", errno_name(&e)))?;
-    await_event(&mut stream, p, &mut partial, "join", &mut |ev| match ev {
-        Event::Reply {
-            corr: 1, status: 0, ..
-        } => Some(Ok(())),
-        Event::Reply {
-            corr: 1, status, ..
-        } => Some(Err(format!("join:{}", status_name(status)))),
-        Event::SubAck(true) | Event::Pong => Some(Ok(())),
-        Event::SubAck(false) => Some(Err("join:suback_refused".into())),
-        ev => refusal(ev),
-    })
+    send(&mut stream, &sub).await?;
+    await_event(
+        &mut stream,
+        codec,
+        &mut partial,
+        "join",
+        &mut |ev| match ev {
+            Event::Reply {
+                corr: 1, status: 0, ..
+            } => Some(Ok(())),
+            Event::Reply {
+                corr: 1, status, ..
+            } => Some(Err(format!("join:{}", status_name(status)))),
+            Event::SubAck(true) | Event::Pong => Some(Ok(())),
+            Event::SubAck(false) => Some(Err("join:suback_refused".into())),
+            ev => refusal(ev),
+        },
+    )
     .await?;
     ctx.join_us.borrow_mut().saturating_record(micros(t1));
     Ok((stream, partial))
@@ -402,7 +458,7 @@ pub async fn conn_task(ctx: Rc<Ctx>, i: u64, phase: usize) {
     let mut attempt = 0;
     let est = loop {
         let r = futures_lite::future::or(
-            establish(&ctx, &user, source, join, phase == PHASE_ACTION),
+            establish(&ctx, &user, source, join, phase == PHASE_ACTION, i),
             async {
                 glommio::timer::sleep(timeout).await;
                 Err("timeout".to_string())

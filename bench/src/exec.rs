@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::poll_fn;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 
 use crate::args::{split, Scenario};
@@ -20,17 +19,19 @@ use crate::conn::{conn_task, establish, source_of, status_name, Ctx, RoundAcc, S
 use crate::msg::{PHASE_ACTION, PHASE_FULL, PHASE_MARK};
 use crate::net::{self, mono_ns};
 use crate::proto::{self, Event};
-use crate::wire::errno_name;
+use crate::transport::{io_reason, Stream};
 
 /// What one executor hands back at the end.
 pub struct ExecOut {
     pub connect_us: Histogram<u64>,
+    pub transport_us: Histogram<u64>,
     pub ready_us: Histogram<u64>,
     pub join_us: Histogram<u64>,
     pub reconnect_us: Histogram<u64>,
     pub failed: BTreeMap<String, u64>,
     pub retried: BTreeMap<String, u64>,
     pub dropped: BTreeMap<String, u64>,
+    pub tls_sessions: BTreeMap<String, u64>,
     pub echo_rtt_us: Histogram<u64>,
     pub echo_sent: u64,
     pub echo_status: BTreeMap<String, u64>,
@@ -85,13 +86,13 @@ async fn ramp(ctx: &Rc<Ctx>, e: u64, from: u64, to: u64, phase: usize, paced: bo
 /// statuses; returns only when the connection ends.
 async fn sender_reads(
     ctx: &Ctx,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     partial: &mut Vec<u8>,
     replies: &mut BTreeMap<String, u64>,
 ) -> String {
-    let proto = ctx.set.c.protocol;
+    let codec = ctx.set.codec;
     poll_fn(|cx| {
-        let r = net::poll_frames(stream, proto, partial, cx, 8, &mut |ev| match ev {
+        let r = net::poll_frames(stream, codec, partial, cx, 8, &mut |ev| match ev {
             Event::Reply { status, .. } => *replies.entry(status_name(status)).or_insert(0) += 1,
             Event::Refused(r) => *replies.entry(r).or_insert(0) += 1,
             _ => {}
@@ -111,7 +112,7 @@ async fn sender_reads(
 /// The broadcast sender: connects, then on `go` sends --rounds broadcasts
 /// spaced by --interval-ms, each carrying its round and send time. Returns
 /// the connection, to be kept open until the end.
-async fn sender(ctx: &Rc<Ctx>, go: u32, out: &mut ExecOut) -> Option<TcpStream> {
+async fn sender(ctx: &Rc<Ctx>, go: u32, out: &mut ExecOut) -> Option<Stream> {
     let Scenario::Broadcast(b) = &ctx.set.sc else {
         return None;
     };
@@ -119,7 +120,7 @@ async fn sender(ctx: &Rc<Ctx>, go: u32, out: &mut ExecOut) -> Option<TcpStream> 
     let user = format!("s{}", ctx.set.share.first_id);
     let mut conn = Err(String::new());
     for _ in 0..3 {
-        conn = establish(ctx, &user, source, false, false).await;
+        conn = establish(ctx, &user, source, false, false, u64::MAX).await;
         if conn.is_ok() {
             break;
         }
@@ -141,9 +142,18 @@ async fn sender(ctx: &Rc<Ctx>, go: u32, out: &mut ExecOut) -> Option<TcpStream> 
             break;
         }
         let ns = mono_ns();
-        let frame = proto::publish(proto, &b.room, r as u64 + 2, &format!("{r}:{ns}"));
-        if let Err(e) = stream.write_all(&frame).await {
-            out.sender_error = Some(format!("sender write: {}", errno_name(&e)));
+        let frame = ctx.out(proto::publish(
+            proto,
+            &b.room,
+            r as u64 + 2,
+            &format!("{r}:{ns}"),
+        ));
+        let sent = match stream.write_all(&frame).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            out.sender_error = Some(format!("sender write: {}", io_reason(&e)));
             break;
         }
         out.sends_ns.push(ns);
@@ -184,12 +194,14 @@ pub async fn executor_main(set: Arc<Settings>, shared: Arc<Shared>, e: u64) -> E
     let ctx = Rc::new(Ctx::new(set.clone(), shared.clone(), n_e));
     let mut out = ExecOut {
         connect_us: crate::msg::histogram(),
+        transport_us: crate::msg::histogram(),
         ready_us: crate::msg::histogram(),
         join_us: crate::msg::histogram(),
         reconnect_us: crate::msg::histogram(),
         failed: BTreeMap::new(),
         retried: BTreeMap::new(),
         dropped: BTreeMap::new(),
+        tls_sessions: BTreeMap::new(),
         echo_rtt_us: crate::msg::histogram(),
         echo_sent: 0,
         echo_status: BTreeMap::new(),
@@ -242,6 +254,7 @@ pub async fn executor_main(set: Arc<Settings>, shared: Arc<Shared>, e: u64) -> E
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     out.connect_us = ctx.connect_us.replace(crate::msg::histogram());
+    out.transport_us = ctx.transport_us.replace(crate::msg::histogram());
     out.ready_us = ctx.ready_us.replace(crate::msg::histogram());
     out.join_us = ctx.join_us.replace(crate::msg::histogram());
     out.reconnect_us = ctx.reconnect_us.replace(crate::msg::histogram());
@@ -251,6 +264,7 @@ pub async fn executor_main(set: Arc<Settings>, shared: Arc<Shared>, e: u64) -> E
     out.failed = ctx.failed.take();
     out.retried = ctx.retried.take();
     out.dropped = ctx.dropped.take();
+    out.tls_sessions = ctx.tls_sessions.take();
     out.rounds = ctx.rounds.take();
     out
 }

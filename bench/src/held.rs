@@ -2,7 +2,8 @@
 //! heartbeats (or sends echo requests) on schedule, answers NATS server
 //! PINGs, and records deliveries and echo replies. Reads go through one
 //! scratch buffer per thread ([`crate::net::poll_frames`]), so a held
-//! connection owns no buffer.
+//! connection owns no buffer. Over TLS and WebSocket the same: the stream
+//! ([`crate::transport::Stream`]) and the codec take care of both.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,14 +14,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_lite::AsyncWrite;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
-use crate::conn::{bump, jitter, rx_end_name, Ctx};
+use crate::conn::{bump, jitter, rx_end_name, ws_close_name, Ctx};
 use crate::nats;
 use crate::net::{self, mono_ns};
 use crate::proto::Event;
-use crate::wire::{self, close_reason_name, errno_name, error_code_name};
+use crate::transport::{io_reason, Stream};
+use crate::wire::{self, close_reason_name, error_code_name};
 
 /// Why a held connection ended, noted from the last message (no allocation).
 #[derive(Clone, Copy)]
@@ -29,6 +30,8 @@ enum Note {
     GoAway(i32),
     Error(i32),
     Refused,
+    /// WebSocket close frame (code).
+    Closed(u16),
 }
 
 /// A held connection: heartbeats (or sends echo requests) on schedule,
@@ -37,7 +40,7 @@ enum Note {
 /// much larger establish state is freed once the handshake is done.
 pub struct Held {
     ctx: Rc<Ctx>,
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes of an incomplete message (unallocated when idle).
     partial: Vec<u8>,
     timer: Timer,
@@ -53,7 +56,7 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new(ctx: Rc<Ctx>, stream: TcpStream, partial: Vec<u8>, i: u64) -> Held {
+    pub fn new(ctx: Rc<Ctx>, stream: Stream, partial: Vec<u8>, i: u64) -> Held {
         let conns = ctx.set.share.conns;
         let tick_us = ctx.set.tick.as_micros().max(1) as u64;
         Held {
@@ -78,7 +81,9 @@ impl Held {
                 self.ctx.echo_sent.set(self.ctx.echo_sent.get() + 1);
             }
             let ts = mono_ns().to_be_bytes().to_vec();
-            return wire::upstream_frame(self.corr as u64, "echo", ts);
+            return self
+                .ctx
+                .out(wire::upstream_frame(self.corr as u64, "echo", ts));
         }
         if self.ctx.set.chat {
             self.corr = self.corr.wrapping_add(1);
@@ -91,10 +96,11 @@ impl Held {
                 self.corr,
                 mono_ns()
             );
-            return wire::upstream_frame(self.corr as u64, "chat.send", body.into_bytes());
+            let frame = wire::upstream_frame(self.corr as u64, "chat.send", body.into_bytes());
+            return self.ctx.out(frame);
         }
         sh.pings.fetch_add(1, Relaxed);
-        self.ctx.heartbeat.clone()
+        self.ctx.out(self.ctx.heartbeat.clone())
     }
 
     /// Ready(reason) when the connection ended.
@@ -109,33 +115,29 @@ impl Held {
             ..
         } = self;
         let sh = &*ctx.shared;
-        let r = net::poll_frames(
-            stream,
-            ctx.set.c.protocol,
-            partial,
-            cx,
-            8,
-            &mut |ev| match ev {
-                Event::Pong => {
-                    sh.pongs.fetch_add(1, Relaxed);
-                }
-                Event::ServerPing => *pong_due = true,
-                Event::AckDue(seq) => *ack_due = (*ack_due).max(seq),
-                Event::Delivery(p) => ctx.on_delivery(p),
-                Event::Reply {
-                    status, payload, ..
-                } => ctx.on_reply(status, payload),
-                Event::GoAway(g) => *note = Note::GoAway(g),
-                Event::Error(e) => *note = Note::Error(e),
-                Event::Refused(_) => *note = Note::Refused,
-                Event::Ready | Event::SubAck(_) | Event::Other(_) => {
-                    sh.other_frames.fetch_add(1, Relaxed);
-                }
-            },
-        );
-        if let Note::GoAway(r) = self.note {
+        let r = net::poll_frames(stream, ctx.set.codec, partial, cx, 8, &mut |ev| match ev {
+            Event::Pong => {
+                sh.pongs.fetch_add(1, Relaxed);
+            }
+            Event::ServerPing => *pong_due = true,
+            Event::AckDue(seq) => *ack_due = (*ack_due).max(seq),
+            Event::Delivery(p) => ctx.on_delivery(p),
+            Event::Reply {
+                status, payload, ..
+            } => ctx.on_reply(status, payload),
+            Event::GoAway(g) => *note = Note::GoAway(g),
+            Event::Error(e) => *note = Note::Error(e),
+            Event::Refused(_) => *note = Note::Refused,
+            Event::Closed(c) => *note = Note::Closed(c),
+            Event::Ready | Event::SubAck(_) | Event::Other(_) => {
+                sh.other_frames.fetch_add(1, Relaxed);
+            }
+        });
+        match self.note {
             // A well-behaved client leaves on GoAway (a drain waits for it).
-            return Poll::Ready(format!("goaway:{}", close_reason_name(r)));
+            Note::GoAway(r) => return Poll::Ready(format!("goaway:{}", close_reason_name(r))),
+            Note::Closed(c) => return Poll::Ready(ws_close_name(c)),
+            _ => {}
         }
         match r {
             Poll::Ready(Ok(())) => cx.waker().wake_by_ref(),
@@ -144,6 +146,7 @@ impl Held {
                     Note::GoAway(r) => format!("goaway:{}", close_reason_name(r)),
                     Note::Error(c) => format!("error:{}", error_code_name(c)),
                     Note::Refused => "server_error".into(),
+                    Note::Closed(c) => ws_close_name(c),
                     Note::None => rx_end_name("held", e),
                 });
             }
@@ -155,13 +158,18 @@ impl Held {
                     self.pong_due = false;
                     self.out = Some(Bytes::from_static(nats::PONG));
                 } else if self.ack_due > 0 {
-                    self.out = Some(wire::ack_frame(self.ack_due));
+                    self.out = Some(self.ctx.out(wire::ack_frame(self.ack_due)));
                     self.ack_due = 0;
                 } else if Pin::new(&mut self.timer).poll(cx).is_ready() {
                     self.timer.reset(self.ctx.set.tick);
                     self.out = Some(self.tick_frame());
                 } else {
-                    return Poll::Pending;
+                    // TLS: records rustls still holds go out now or on
+                    // the socket's wake-up (Pending registers it).
+                    return match Pin::new(&mut self.stream).poll_flush(cx) {
+                        Poll::Ready(Err(e)) => Poll::Ready(format!("held:write:{}", io_reason(&e))),
+                        _ => Poll::Pending,
+                    };
                 }
             }
             let Some(out) = self.out.as_mut() else {
@@ -175,9 +183,7 @@ impl Held {
                         self.out = None;
                     }
                 }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(format!("held:write:{}", errno_name(&e)))
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(format!("held:write:{}", io_reason(&e))),
                 Poll::Pending => return Poll::Pending,
             }
         }

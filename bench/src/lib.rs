@@ -7,6 +7,8 @@
 //! - [`worker`]: a worker process: executors, progress, results.
 //! - [`exec`]: what each executor runs: ramp, mark, action, close.
 //! - [`conn`]: one connection: settings, counters, establish (any protocol).
+//! - [`transport`], [`ws`]: what carries the protocol: TCP, TLS (rustls
+//!   over the glommio socket), WebSocket, or TLS and WebSocket.
 //! - [`held`]: an established connection: heartbeats, deliveries, replies.
 //! - [`proto`], [`wire`], [`mqtt`], [`nats`]: the wire protocols.
 //! - [`msg`]: worker-to-coordinator messages, histogram serialisation.
@@ -29,5 +31,7 @@ pub mod plot;
 pub mod procfs;
 pub mod proto;
 pub mod report;
+pub mod transport;
 pub mod wire;
 pub mod worker;
+pub mod ws;

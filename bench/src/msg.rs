@@ -63,6 +63,12 @@ pub struct WorkerResult {
     pub dropped: BTreeMap<String, u64>,
     pub open_at_end: u64,
     pub connect_us: String,
+    /// Connect plus TLS handshake and WebSocket upgrade (not plain TCP).
+    #[serde(default)]
+    pub transport_us: String,
+    /// TLS handshakes by version, cipher suite and kind.
+    #[serde(default)]
+    pub tls_sessions: BTreeMap<String, u64>,
     pub ready_us: String,
     pub join_us: String,
     pub pings: u64,

@@ -1,6 +1,6 @@
 //! Sockets of the flood client: a non-blocking connect from an optional
-//! source address, and frame reads through one scratch buffer per thread so
-//! that a connection owns no read buffer.
+//! source address, and frame reads (over any [`Stream`]) through one
+//! scratch buffer per thread so that a connection owns no read buffer.
 
 use std::cell::RefCell;
 use std::io;
@@ -13,7 +13,8 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::proto::{Event, Protocol};
+use crate::proto::{Codec, Event};
+use crate::transport::Stream;
 
 /// `IP_BIND_ADDRESS_NO_PORT` (linux/in.h): bind the address now, pick the
 /// port at connect time per 4-tuple, so each source address has the whole
@@ -101,8 +102,8 @@ pub enum RxEnd {
 /// Pending when the socket is drained (the waker is registered), Ready(Err)
 /// when the read side ended.
 pub fn poll_frames(
-    stream: &mut TcpStream,
-    proto: Protocol,
+    stream: &mut Stream,
+    codec: Codec,
     partial: &mut Vec<u8>,
     cx: &mut Context<'_>,
     reads_max: usize,
@@ -117,7 +118,7 @@ pub fn poll_frames(
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(RxEnd::Io(e))),
                 Poll::Pending => return Poll::Pending,
             };
-            if let Err(e) = crate::proto::feed(proto, partial, &s[..n], on) {
+            if let Err(e) = crate::proto::feed(codec, partial, &s[..n], on) {
                 return Poll::Ready(Err(RxEnd::BadFrame(e)));
             }
         }

@@ -1,10 +1,11 @@
 //! The wire protocols the flood client speaks, behind one event type: the
 //! gateway's (`gw`), MQTT 3.1.1 against mosquitto, NATS against
-//! nats-server, and `raw` (connect only, for the accept-and-hold sink).
+//! nats-server, and `raw` (connect only, for the accept-and-hold sink);
+//! the gateway's frames also as WebSocket messages ([`Codec::ws`]).
 
 use bytes::Bytes;
 
-use crate::{mqtt, nats, wire};
+use crate::{mqtt, nats, wire, ws};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -13,6 +14,14 @@ pub enum Protocol {
     Mqtt,
     Nats,
     Raw,
+}
+
+/// How a connection's bytes are taken apart: the protocol, and whether
+/// its frames travel as WebSocket messages (gw only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    pub proto: Protocol,
+    pub ws: bool,
 }
 
 /// Something the server sent, whatever the protocol.
@@ -42,12 +51,15 @@ pub enum Event<'a> {
     GoAway(i32),
     /// gw Error (code).
     Error(i32),
+    /// WebSocket close frame (code; 4000 + CloseReason from the gateway).
+    Closed(u16),
     Other(&'static str),
 }
 
-/// Parses whole messages of `buf` for `proto`; returns the bytes used.
-fn parse(proto: Protocol, buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize, String> {
-    match proto {
+/// Parses whole messages of `buf`; returns the bytes used.
+fn parse(codec: Codec, buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize, String> {
+    match codec.proto {
+        Protocol::Gw if codec.ws => ws::parse(buf, on),
         Protocol::Gw => wire::parse(buf, on),
         Protocol::Mqtt => mqtt::parse(buf, on),
         Protocol::Nats => nats::parse(buf, on),
@@ -59,7 +71,7 @@ fn parse(proto: Protocol, buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize
 /// leaves the bytes of an incomplete one in `partial` (which stays
 /// unallocated when reads end on message boundaries, the usual case).
 pub fn feed(
-    proto: Protocol,
+    codec: Codec,
     partial: &mut Vec<u8>,
     data: &[u8],
     on: &mut dyn FnMut(Event),
@@ -72,7 +84,7 @@ pub fn feed(
         joined = std::mem::take(partial);
         &joined
     };
-    let used = parse(proto, buf, on)?;
+    let used = parse(codec, buf, on)?;
     if used < buf.len() {
         *partial = buf[used..].to_vec();
     }
@@ -127,7 +139,11 @@ mod tests {
         let mut n = 0;
         let data = b"PONG\r\nMSG a 1 2\r\nhi\r\nPO";
         for chunk in data.chunks(5) {
-            feed(Protocol::Nats, &mut partial, chunk, &mut |_| n += 1).unwrap();
+            let codec = Codec {
+                proto: Protocol::Nats,
+                ws: false,
+            };
+            feed(codec, &mut partial, chunk, &mut |_| n += 1).unwrap();
         }
         assert_eq!(n, 2);
         assert_eq!(partial, b"PO");

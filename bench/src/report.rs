@@ -21,6 +21,7 @@ struct Merged {
     failed: BTreeMap<String, u64>,
     retried: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
+    tls_sessions: BTreeMap<String, u64>,
     open_at_end: u64,
     pings: u64,
     pongs: u64,
@@ -48,6 +49,7 @@ fn merge(results: &[&WorkerResult], rounds: u32) -> (Merged, Hists, Vec<RoundM>)
         add_counts(&mut m.failed, &r.failed);
         add_counts(&mut m.retried, &r.retried);
         add_counts(&mut m.dropped, &r.dropped);
+        add_counts(&mut m.tls_sessions, &r.tls_sessions);
         add_counts(&mut m.echo_status, &r.echo_status);
         add_counts(&mut m.sender_replies, &r.sender_replies);
         m.open_at_end += r.open_at_end;
@@ -63,6 +65,7 @@ fn merge(results: &[&WorkerResult], rounds: u32) -> (Merged, Hists, Vec<RoundM>)
         m.fds_at_end = m.fds_at_end.max(r.fds_at_end);
         m.flood_rss_bytes += r.flood_rss_bytes;
         add_b64(&mut h.connect, &r.connect_us);
+        add_b64(&mut h.transport, &r.transport_us);
         add_b64(&mut h.ready, &r.ready_us);
         add_b64(&mut h.join, &r.join_us);
         add_b64(&mut h.reconnect, &r.reconnect_us);
@@ -80,6 +83,7 @@ fn merge(results: &[&WorkerResult], rounds: u32) -> (Merged, Hists, Vec<RoundM>)
 
 struct Hists {
     connect: Histogram<u64>,
+    transport: Histogram<u64>,
     ready: Histogram<u64>,
     join: Histogram<u64>,
     reconnect: Histogram<u64>,
@@ -90,6 +94,7 @@ impl Default for Hists {
     fn default() -> Hists {
         Hists {
             connect: msg::histogram(),
+            transport: msg::histogram(),
             ready: msg::histogram(),
             join: msg::histogram(),
             reconnect: msg::histogram(),
@@ -182,14 +187,40 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
             format!(", retried {:?}", m.retried)
         }
     );
+    let t = &c.transport;
+    println!(
+        "transport: {}{}",
+        t.name(),
+        if m.tls_sessions.is_empty() {
+            String::new()
+        } else {
+            format!(", TLS handshakes {:?}", m.tls_sessions)
+        }
+    );
     println!("connect+handshake: {}", lat_line(&h.ready));
     println!("connect only:      {}", lat_line(&h.connect));
+    if !h.transport.is_empty() {
+        println!(
+            "connect+{:<11}{}",
+            format!("{}:", t.name()),
+            lat_line(&h.transport)
+        );
+    }
     if !h.join.is_empty() {
         println!("join/subscribe:    {}", lat_line(&h.join));
     }
     let mut doc = json!({
         "scenario": co.sc.name(),
         "protocol": c.protocol,
+        "transport": t.name(),
+        "transport_config": {
+            "tls": t.tls, "ws": t.ws,
+            "tls_ca": t.ca.as_ref().map(|p| p.display().to_string()),
+            "tls_server_name": t.tls.then_some(&t.tls_server_name),
+            "tls_resume": t.tls.then_some(t.tls_resume),
+            "ws_path": t.ws.then_some(&t.ws_path),
+            "tls_handshakes": m.tls_sessions,
+        },
         "target": c.target.to_string(),
         "conns_target": c.conns,
         "conns_established": full.established,
@@ -225,6 +256,9 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
     });
     if !h.join.is_empty() {
         doc["join_latency"] = lat(&h.join);
+    }
+    if !h.transport.is_empty() {
+        doc["connect_transport_latency"] = lat(&h.transport);
     }
     // Memory slope between the --mark reading and the full ramp.
     if let (Some(a), Some(b)) = (&f.at_mark, &f.at_full) {

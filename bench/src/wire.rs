@@ -78,34 +78,39 @@ pub fn parse(buf: &[u8], on: &mut dyn FnMut(Event)) -> Result<usize, String> {
         match gw_proto::decode(&buf[pos..], FRAME_BYTES_MAX).map_err(|e| e.to_string())? {
             Decoded::Frame(frame, used) => {
                 pos += used;
-                let Some(body) = frame.body else { continue };
-                match &body {
-                    Body::AuthOk(_) => on(Event::Ready),
-                    Body::AuthError(e) => on(Event::Refused(format!(
-                        "auth_error:{}",
-                        error_code_name(e.code)
-                    ))),
-                    Body::Pong(_) => on(Event::Pong),
-                    Body::Push(p) => {
-                        on(Event::Delivery(&p.payload));
-                        if p.ack_required {
-                            on(Event::AckDue(p.seq));
-                        }
-                    }
-                    Body::UpstreamReply(r) => on(Event::Reply {
-                        corr: r.correlation_id,
-                        status: r.status,
-                        payload: &r.payload,
-                    }),
-                    Body::GoAway(g) => on(Event::GoAway(g.reason)),
-                    Body::Error(e) => on(Event::Error(e.code)),
-                    other => on(Event::Other(body_name(other))),
-                }
+                frame_event(frame, on);
             }
             Decoded::Incomplete(_) => break,
         }
     }
     Ok(pos)
+}
+
+/// Calls `on` with the [`Event`]s of one decoded frame.
+pub fn frame_event(frame: Frame, on: &mut dyn FnMut(Event)) {
+    let Some(body) = frame.body else { return };
+    match &body {
+        Body::AuthOk(_) => on(Event::Ready),
+        Body::AuthError(e) => on(Event::Refused(format!(
+            "auth_error:{}",
+            error_code_name(e.code)
+        ))),
+        Body::Pong(_) => on(Event::Pong),
+        Body::Push(p) => {
+            on(Event::Delivery(&p.payload));
+            if p.ack_required {
+                on(Event::AckDue(p.seq));
+            }
+        }
+        Body::UpstreamReply(r) => on(Event::Reply {
+            corr: r.correlation_id,
+            status: r.status,
+            payload: &r.payload,
+        }),
+        Body::GoAway(g) => on(Event::GoAway(g.reason)),
+        Body::Error(e) => on(Event::Error(e.code)),
+        other => on(Event::Other(body_name(other))),
+    }
 }
 
 /// Short, stable name of an OS error for failure counters.
@@ -182,7 +187,11 @@ mod tests {
         let mut partial = Vec::new();
         let mut got = Vec::new();
         for chunk in all.chunks(3) {
-            crate::proto::feed(crate::proto::Protocol::Gw, &mut partial, chunk, &mut |e| {
+            let codec = crate::proto::Codec {
+                proto: crate::proto::Protocol::Gw,
+                ws: false,
+            };
+            crate::proto::feed(codec, &mut partial, chunk, &mut |e| {
                 got.push(format!("{e:?}"))
             })
             .unwrap();

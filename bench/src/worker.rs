@@ -17,6 +17,8 @@ use crate::exec::{executor_main, ExecOut};
 use crate::msg::{self, hist_to_b64, Msg, Progress, RoundOut, Seg, WorkerResult, PHASES};
 use crate::net::mono_ns;
 use crate::procfs;
+use crate::proto::Codec;
+use crate::transport::Transport;
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -116,7 +118,14 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
         None => Duration::from_millis(c.heartbeat_ms as u64),
     };
     let action_go = 1 + u32::from(share.mark.is_some());
+    let transport = Transport::new(&c.transport, c.target)?;
+    let codec = Codec {
+        proto: c.protocol,
+        ws: transport.ws(),
+    };
     let set = Arc::new(Settings {
+        transport,
+        codec,
         echo: matches!(sc, Scenario::Echo(_)),
         chat: matches!(sc, Scenario::Chat(_)),
         sc,
@@ -207,6 +216,7 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
 
 fn merge(k: u32, set: &Settings, sh: &Shared, outs: Vec<ExecOut>, fds: usize) -> WorkerResult {
     let mut connect = msg::histogram();
+    let mut transport = msg::histogram();
     let mut ready = msg::histogram();
     let mut join = msg::histogram();
     let mut reconnect = msg::histogram();
@@ -221,6 +231,7 @@ fn merge(k: u32, set: &Settings, sh: &Shared, outs: Vec<ExecOut>, fds: usize) ->
     };
     for o in outs {
         let _ = connect.add(&o.connect_us);
+        let _ = transport.add(&o.transport_us);
         let _ = ready.add(&o.ready_us);
         let _ = join.add(&o.join_us);
         let _ = reconnect.add(&o.reconnect_us);
@@ -228,6 +239,7 @@ fn merge(k: u32, set: &Settings, sh: &Shared, outs: Vec<ExecOut>, fds: usize) ->
         msg::add_counts(&mut r.failed, &o.failed);
         msg::add_counts(&mut r.retried, &o.retried);
         msg::add_counts(&mut r.dropped, &o.dropped);
+        msg::add_counts(&mut r.tls_sessions, &o.tls_sessions);
         msg::add_counts(&mut r.echo_status, &o.echo_status);
         msg::add_counts(&mut r.sender_replies, &o.sender_replies);
         r.echo_sent += o.echo_sent;
@@ -248,6 +260,7 @@ fn merge(k: u32, set: &Settings, sh: &Shared, outs: Vec<ExecOut>, fds: usize) ->
     r.pongs = sh.pongs.load(Relaxed);
     r.other_frames = sh.other_frames.load(Relaxed);
     r.connect_us = hist_to_b64(&connect);
+    r.transport_us = hist_to_b64(&transport);
     r.ready_us = hist_to_b64(&ready);
     r.join_us = hist_to_b64(&join);
     r.reconnect_us = hist_to_b64(&reconnect);

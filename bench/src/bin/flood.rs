@@ -7,13 +7,18 @@
 //! connection in a room; per-round delivery latency), `storm` (drop
 //! everything, reconnect at full speed). `--procs P` runs the connections in
 //! P worker processes (this binary re-executed) and merges their results.
+//! The gateway's protocol runs over plain TCP, `--tls` (trusting `--ca`),
+//! `--ws` (WebSocket upgrade on the same port) or both (wss); the report
+//! says which.
 //! A progress line is printed once a second, a summary at the end; `--json`
 //! writes the report and `--plot` an SVG of connections and server RSS.
 //!
 //! Per connection the client keeps the socket, a timer and a few words: no
 //! read buffer (reads go through one scratch buffer per thread, only the
-//! bytes of an incomplete message are kept). SIGINT / SIGTERM end the run
-//! early; the report is still written.
+//! bytes of an incomplete message are kept); with `--tls` also a rustls
+//! client session and its buffers (the server's memory is what a run
+//! measures). SIGINT / SIGTERM end the run early; the report is still
+//! written.
 
 use anyhow::Context as _;
 use bench::args::{BroadcastArgs, EchoArgs, HoldArgs, Scenario, StormArgs};
@@ -75,8 +80,9 @@ fn run() -> anyhow::Result<()> {
         );
     }
     println!(
-        "flood {}: {} {} conns to {} at {}/s ({} in flight), {} process(es) x {} executor(s), {} source address(es) each, heartbeat {} ms",
-        sc.name(), c.conns, serde_json::to_string(&c.protocol)?.trim_matches('"'), c.target, c.rate,
+        "flood {}: {} {} conns over {} to {} at {}/s ({} in flight), {} process(es) x {} executor(s), {} source address(es) each, heartbeat {} ms",
+        sc.name(), c.conns, serde_json::to_string(&c.protocol)?.trim_matches('"'),
+        c.transport.name(), c.target, c.rate,
         c.inflight, c.procs, c.cores, c.sources, c.heartbeat_ms
     );
     let signalled = worker::catch_signals();
@@ -88,9 +94,10 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(path) = &c.plot {
         let title = format!(
-            "flood {} ({:?}): {} connections",
+            "flood {} ({:?} over {}): {} connections",
             co.sc.name(),
             c.protocol,
+            c.transport.name(),
             c.conns
         );
         std::fs::write(path, plot::svg(&title, &co.samples))

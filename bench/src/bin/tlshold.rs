@@ -1,17 +1,18 @@
-//! `tlshold`: the gateway's memory per idle authenticated connection, plain
-//! TCP or TLS, from its RSS. Opens N connections (TLS with `--ca`), each
-//! authenticates once and then idles; the RSS slope is taken between 10% and
-//! 100% of them. A stopgap until `flood` speaks TLS (issue 5).
+//! `tlshold`: TLS handshakes (logins) per second against the gateway. Each
+//! login is a whole one: TCP connect, TLS handshake, `Auth`, `AuthOk`,
+//! close; `--concurrency` at a time, each with a fresh client (full
+//! handshakes) or, with `--resume`, one shared client session cache
+//! (resumed handshakes after the first). The gateway's CPU per login comes
+//! from its utime + stime in `/proc`.
 //!
-//! `tlshold --addr 127.0.0.1:7000 --pid $(pidof gateway) --conns 8000 --token T [--ca cert.pem]`
+//! `tlshold --addr 127.0.0.1:7000 --pid $(pidof gateway) --token T --ca cert.pem --handshakes 4000 --concurrency 16 [--resume]`
 //!
-//! With `--handshakes N` it measures handshake rates instead: N connections
-//! (TLS handshake, then Auth and AuthOk, then close), `--concurrency` at a
-//! time, each with a fresh client (full handshakes) or, with `--resume`,
-//! one shared client session cache (resumed handshakes after the first).
+//! Memory per idle connection (plain, TLS, WebSocket, wss) and latency over
+//! TLS are `flood`'s now: `flood hold --tls --ca cert.pem [--ws] --mark ...`,
+//! `flood echo --tls --ca cert.pem`. This tool stays for short-lived
+//! logins, which `flood` (it holds its connections) does not make.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -21,38 +22,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[arg(long)]
     addr: String,
-    /// The gateway's pid (its RSS is read from /proc).
+    /// The gateway's pid (its CPU time is read from /proc).
     #[arg(long)]
     pid: u32,
-    #[arg(long, default_value_t = 8000)]
-    conns: usize,
     /// A token accepted by the gateway (`gateway token --sub x`).
     #[arg(long)]
     token: String,
-    /// CA certificate (PEM) to trust: connect with TLS (server name localhost).
+    /// CA certificate (PEM) to trust (server name localhost).
     #[arg(long)]
-    ca: Option<String>,
-    /// Plain WebSocket (`GET /ws` upgrade, then one masked binary message per frame).
-    #[arg(long)]
-    ws: bool,
-    /// Measure handshakes per second over this many connections instead.
-    #[arg(long)]
-    handshakes: Option<usize>,
+    ca: String,
+    /// Logins to make.
+    #[arg(long, default_value_t = 4000)]
+    handshakes: usize,
+    /// Logins in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Share one session cache: resumed handshakes.
     #[arg(long)]
     resume: bool,
-}
-
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no VmRSS")?;
-    Ok(kb.parse::<u64>()? * 1024)
 }
 
 /// CPU time (user + system) the process has used, seconds.
@@ -138,10 +125,10 @@ async fn handshakes(a: &Args, ca: &str, total: usize, auth: &bytes::Bytes) -> an
 }
 
 async fn run(a: Args) -> anyhow::Result<()> {
-    let tls = match &a.ca {
-        None => None,
-        Some(ca) => Some(connector(ca)?),
-    };
+    anyhow::ensure!(
+        a.handshakes > 0 && a.concurrency > 0,
+        "need --handshakes > 0 and --concurrency > 0"
+    );
     let auth = gw_proto::encode(&gw_proto::Frame {
         body: Some(gw_proto::Body::Auth(gw_proto::pb::Auth {
             protocol_version: gw_proto::PROTOCOL_VERSION,
@@ -150,81 +137,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
             ..Default::default()
         })),
     });
-    if let (Some(n), Some(ca)) = (a.handshakes, &a.ca) {
-        let local = tokio::task::LocalSet::new();
-        return local.run_until(handshakes(&a, ca, n, &auth)).await;
-    }
-    let (mut plain, mut secure) = (Vec::new(), Vec::new());
-    let mark = a.conns / 10;
-    let mut base = 0;
-    let mut buf = [0u8; 512];
-    for i in 0..a.conns {
-        if i == mark {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            base = rss_bytes(a.pid)?;
-        }
-        let s = tokio::net::TcpStream::connect(&a.addr).await?;
-        s.set_nodelay(true)?;
-        match &tls {
-            Some(t) => {
-                let mut s = t.connect("localhost".try_into()?, s).await?;
-                s.write_all(&auth).await?;
-                s.flush().await?;
-                anyhow::ensure!(s.read(&mut buf).await? > 0, "closed before AuthOk");
-                secure.push(s);
-            }
-            None => {
-                let mut s = s;
-                if a.ws {
-                    upgrade(&mut s).await?;
-                    s.write_all(&ws_message(&auth[4..])).await?;
-                } else {
-                    s.write_all(&auth).await?;
-                }
-                anyhow::ensure!(s.read(&mut buf).await? > 0, "closed before AuthOk");
-                plain.push(s);
-            }
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let end = rss_bytes(a.pid)?;
-    let per = end.saturating_sub(base) as f64 / (a.conns - mark) as f64;
-    println!(
-        "{{\"transport\":\"{}\",\"conns\":{},\"bytes_per_conn\":{per:.0}}}",
-        match (tls.is_some(), a.ws) {
-            (true, _) => "tls",
-            (false, true) => "ws",
-            (false, false) => "tcp",
-        },
-        a.conns
-    );
-    Ok(())
-}
-
-/// The WebSocket upgrade, up to the end of the 101 response.
-async fn upgrade(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        anyhow::ensure!(s.read(&mut b).await? == 1, "closed during the upgrade");
-        head.push(b[0]);
-    }
-    anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused");
-    Ok(())
-}
-
-/// One masked binary WebSocket message (client to server), payload < 64 KiB.
-fn ws_message(payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut v = vec![0x82];
-    if payload.len() < 126 {
-        v.push(0x80 | payload.len() as u8);
-    } else {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(handshakes(&a, &a.ca, a.handshakes, &auth))
+        .await
 }

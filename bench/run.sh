@@ -43,6 +43,12 @@
 #             $ECHO_RATE (2,000) requests/s for $DURATION_S s over each
 #             transport: round-trip percentiles, gateway CPU.
 #             latency-tcp, latency-ws, latency-tls, latency-wss: one.
+#   soak      one gateway for $SOAK_S (1,800) s under steady echo traffic
+#             ($SOAK_CONNS 4,000 connections at $SOAK_RATE 1,000/s) and TLS
+#             churn (flood storm rounds of $CHURN_CONNS 1,000 back to back);
+#             RSS sampled every $SAMPLE_S (10) s, a line fitted after
+#             $WARMUP_S (300) s: growth beyond noise or not; JSON and an SVG
+#             plot (bench/run_soak.sh, bench/soak_report.py).
 #
 # Builds release binaries, starts what the scenario needs, stops everything
 # it started (also on error or Ctrl-C), prints a summary and writes JSON
@@ -85,6 +91,7 @@ case $SCENARIO in
     peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
+    soak) ;;
     *) usage ;;
 esac
 OUT=${OUT:-bench/results/$SCENARIO.json}
@@ -323,6 +330,9 @@ source bench/run_nats.sh
 # The idle and latency scenarios over TCP, WebSocket, TLS and wss.
 # shellcheck source=bench/run_transports.sh
 source bench/run_transports.sh
+# The soak scenario.
+# shellcheck source=bench/run_soak.sh
+source bench/run_soak.sh
 
 case $SCENARIO in
 peers | baseline)
@@ -491,6 +501,9 @@ million)
     ;;
 nats-echo | nats-push | nats-broadcast | nats-interest)
     nats_scenario "$SCENARIO"
+    ;;
+soak)
+    soak_scenario
     ;;
 idle* | latency*)
     transports_scenario "$SCENARIO"

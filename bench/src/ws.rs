@@ -13,14 +13,10 @@ use prost::Message as _;
 use crate::proto::Event;
 use crate::transport::{io_reason, Stream};
 use crate::wire::FRAME_BYTES_MAX;
+use gateway::conn::ws::{accept_key, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
 
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Longest upgrade response read, bytes.
 const RESPONSE_BYTES_MAX: usize = 8192;
-const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
 
 /// The upgrade: sends the request, reads the response up to its blank line
 /// and checks `101` and `Sec-WebSocket-Accept`. Returns the bytes read past
@@ -73,11 +69,6 @@ pub async fn upgrade(s: &mut Stream, path: &str, host: &str, seed: u64) -> Resul
         return Err("ws:bad_accept".into());
     }
     Ok(rest)
-}
-
-/// `Sec-WebSocket-Accept` for `key`.
-fn accept_key(key: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(sha1(format!("{key}{GUID}").as_bytes()))
 }
 
 /// A length-prefixed frame as one masked binary message (the prefix
@@ -173,56 +164,6 @@ fn header(b: &[u8]) -> Result<Option<(usize, usize)>, String> {
     Ok(Some((hdr, len as usize)))
 }
 
-/// SHA-1 (FIPS 180-4), for the upgrade's accept key only.
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xefcd_ab89,
-        0x98ba_dcfe,
-        0x1032_5476,
-        0xc3d2_e1f0,
-    ];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5a82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ed9_eba1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
-                _ => (b ^ c ^ d, 0xca62_c1d6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (o, x) in out.chunks_exact_mut(4).zip(h) {
-        o.copy_from_slice(&x.to_be_bytes());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,8 +174,6 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        let hex: String = sha1(b"abc").iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "a9993e364706816aba3e25717850c26c9cd0d89d");
     }
 
     /// A server message (unmasked) with `payload`.

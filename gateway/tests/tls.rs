@@ -21,48 +21,12 @@ fn tls_config() -> (Config, CertificateDer<'static>) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "gw-tls-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let mut cfg = test_config();
-    cfg.tls.cert_file = cert.display().to_string();
-    cfg.tls.key_file = key.display().to_string();
-    (cfg, ck.cert.der().clone())
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
+    common::tls::tls_config()
 }
 
 struct TlsClient {
     s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     buf: Vec<u8>,
-}
-
-fn client_config(
-    ca: &CertificateDer<'static>,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }
 
 impl TlsClient {
@@ -118,7 +82,7 @@ impl TlsClient {
 fn tls_and_plain_tcp_share_the_port() {
     let (cfg, ca) = tls_config();
     let (gw, _) = common::start(cfg);
-    let tls13 = client_config(&ca, &[&rustls::version::TLS13]);
+    let tls13 = common::tls::tls_client_config(&ca, &[&rustls::version::TLS13]);
     let mut alice = TlsClient::connect(gw.local_addr, tls13);
     let ok = alice.login("alice");
     assert_eq!(ok.user_id, "alice");
@@ -179,7 +143,7 @@ fn tls_and_plain_tcp_share_the_port() {
 fn tls12_is_refused_unless_configured() {
     let (cfg, ca) = tls_config();
     let (gw, _) = common::start(cfg);
-    let tls12 = client_config(&ca, &[&rustls::version::TLS12]);
+    let tls12 = common::tls::tls_client_config(&ca, &[&rustls::version::TLS12]);
     let mut c = TlsClient::connect(gw.local_addr, tls12);
     assert!(c.send(Body::Ping(pb::Ping::default())).is_err() || c.recv().is_err());
     common::eventually("a TLS_FAILED close", || {
@@ -192,7 +156,7 @@ fn tls12_is_refused_unless_configured() {
     let (gw, _) = common::start(cfg);
     let mut c = TlsClient::connect(
         gw.local_addr,
-        client_config(&ca, &[&rustls::version::TLS12]),
+        common::tls::tls_client_config(&ca, &[&rustls::version::TLS12]),
     );
     assert_eq!(c.login("old").user_id, "old");
     // A record over rustls' 4 KiB read size arrives whole.
@@ -277,7 +241,7 @@ fn a_corrupt_record_after_the_handshake_closes_with_tls_failed() {
     let (gw, _) = common::start(cfg);
     let mut alice = TlsClient::connect(
         gw.local_addr,
-        client_config(&ca, &[&rustls::version::TLS13]),
+        common::tls::tls_client_config(&ca, &[&rustls::version::TLS13]),
     );
     alice.login("alice");
     // An application-data record that does not decrypt, straight on the socket.
@@ -296,7 +260,7 @@ fn a_certificate_reload_serves_new_connections_and_keeps_open_ones() {
     let (cfg, ca_old) = tls_config();
     let (cert_path, key_path) = (cfg.tls.cert_file.clone(), cfg.tls.key_file.clone());
     let (gw, _) = common::start(cfg);
-    let old13 = client_config(&ca_old, &[&rustls::version::TLS13]);
+    let old13 = common::tls::tls_client_config(&ca_old, &[&rustls::version::TLS13]);
     let mut before = TlsClient::connect(gw.local_addr, old13.clone());
     before.login("before");
     // New certificate and key in the same files, then reload.
@@ -304,7 +268,7 @@ fn a_certificate_reload_serves_new_connections_and_keeps_open_ones() {
     std::fs::write(&cert_path, ck.cert.pem()).unwrap();
     std::fs::write(&key_path, ck.key_pair.serialize_pem()).unwrap();
     gw.reload_tls().unwrap();
-    let new13 = client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]);
+    let new13 = common::tls::tls_client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]);
     let mut after = TlsClient::connect(gw.local_addr, new13);
     assert_eq!(after.login("after").user_id, "after");
     // A client that trusts only the old certificate no longer gets in.
@@ -318,7 +282,7 @@ fn a_certificate_reload_serves_new_connections_and_keeps_open_ones() {
     assert!(gw.reload_tls().is_err());
     let mut again = TlsClient::connect(
         gw.local_addr,
-        client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]),
+        common::tls::tls_client_config(&ck.cert.der().clone(), &[&rustls::version::TLS13]),
     );
     assert_eq!(again.login("again").user_id, "again");
     let (status, _) = common::http_request(gw.admin_addr.unwrap(), "POST", "/tls/reload");
@@ -337,7 +301,7 @@ fn tickets_resume_sessions_across_nodes_sharing_a_ticket_key() {
     let (a, _) = common::start(cfg_a);
     let (b, _) = common::start(cfg_b);
     // One client config = one session cache, as in a real app.
-    let client = client_config(&ca, &[&rustls::version::TLS13]);
+    let client = common::tls::tls_client_config(&ca, &[&rustls::version::TLS13]);
     let kind = |c: &TlsClient| c.s.conn.handshake_kind();
     let mut first = TlsClient::connect(a.local_addr, client.clone());
     first.login("u1"); // reading AuthOk also reads the ticket
@@ -360,7 +324,7 @@ fn websocket_over_tls() {
     let (gw, _) = common::start(cfg);
     let tls = TlsClient::connect(
         gw.local_addr,
-        client_config(&ca, &[&rustls::version::TLS13]),
+        common::tls::tls_client_config(&ca, &[&rustls::version::TLS13]),
     );
     let req =
         tungstenite::client::IntoClientRequest::into_client_request("wss://localhost/ws").unwrap();

@@ -19,12 +19,13 @@ use crate::core::{Conn, Core};
 use crate::metrics::CoreMetrics;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-const OP_CONT: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
+/// Opcodes (RFC 6455 §5.2); public for the flood client.
+pub const OP_CONT: u8 = 0;
+pub const OP_TEXT: u8 = 1;
+pub const OP_BINARY: u8 = 2;
+pub const OP_CLOSE: u8 = 8;
+pub const OP_PING: u8 = 9;
+pub const OP_PONG: u8 = 10;
 /// Control frames carry at most this many bytes (RFC 6455 §5.5).
 const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 
@@ -39,6 +40,15 @@ pub enum Ws {
 
 const OPEN: u8 = 1;
 const CLOSE_SENT: u8 = 2;
+
+/// The Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
 
 /// Whether the connection is a WebSocket (upgraded or upgrading).
 pub fn active(c: &Conn) -> bool {
@@ -219,11 +229,7 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
     }
     match check(&core.cfg.ws, &req) {
         Ok(key) => {
-            let digest = ring::digest::digest(
-                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-                format!("{key}{GUID}").as_bytes(),
-            );
-            let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+            let accept = accept_key(key);
             let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
             core.with_conn(idx, id, |c| {
                 send_raw(core, c, Bytes::from(resp));

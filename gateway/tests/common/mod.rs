@@ -19,6 +19,7 @@ use gw_proto::Decoded;
 
 pub mod faults;
 pub mod nats;
+pub mod tls;
 
 /// How long a test waits for an expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -167,17 +167,23 @@ fn assert_all_reported(fb: &FaultBackend, pushed: &Pushed) {
 /// as a slow consumer), no outbound queue exceeds `outbound_bytes_max`
 /// meanwhile, and every ack-required push to them is reported undelivered
 /// exactly once.
-#[test]
-fn clients_that_stop_reading_are_closed_with_bounded_queues_and_their_pushes_reported() {
-    init_log();
-    let fb = FaultBackend::default();
-    let cfg = Config {
+/// A 64 KiB outbound limit, and pushes that neither expire nor fill the
+/// unacked window: only the outbound limit can end a victim early.
+fn bounded_outbound() -> Config {
+    Config {
         outbound_bytes_max: 64 * 1024,
         frame_bytes_max: 16 * 1024,
         ack_timeout_ms: 10_000,
         unacked_pushes_max: 10_000,
         ..test_config()
-    };
+    }
+}
+
+#[test]
+fn clients_that_stop_reading_are_closed_with_bounded_queues_and_their_pushes_reported() {
+    init_log();
+    let fb = FaultBackend::default();
+    let cfg = bounded_outbound();
     let limit = cfg.outbound_bytes_max as u64;
     let gw = fb.start(cfg);
     let addr = gw.local_addr;
@@ -245,11 +251,7 @@ fn clients_that_vanish_without_a_fin_are_reaped_and_their_pushes_reported() {
     let fb = FaultBackend::default();
     let cfg = Config {
         listen: ns.host_addr(0),
-        outbound_bytes_max: 64 * 1024,
-        frame_bytes_max: 16 * 1024,
-        ack_timeout_ms: 10_000,
-        unacked_pushes_max: 10_000,
-        ..test_config()
+        ..bounded_outbound()
     };
     let limit = cfg.outbound_bytes_max as u64;
     let gw = fb.start(cfg);

@@ -14,10 +14,8 @@ use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::ErrorCode;
 use prost::Message as _;
 
-use crate::common::faults::{
-    connz, init_log, tls_client_config, tls_config, tls_connect, write_frame, FaultBackend,
-    FrameReader,
-};
+use crate::common::faults::{connz, init_log, write_frame, FaultBackend, FrameReader};
+use crate::common::tls::{tls_client_config, tls_config, tls_connect};
 use crate::common::{self, test_config, Client, WAIT};
 use crate::{auth_body, echo, echo_reply, ping_pong, sum_counter};
 
@@ -26,7 +24,7 @@ use crate::{auth_body, echo, echo_reply, ping_pong, sum_counter};
 
 enum LorisConn {
     Raw(TcpStream),
-    Tls(Box<common::faults::TlsStream>),
+    Tls(Box<common::tls::TlsStream>),
 }
 
 /// A connection that sends its handshake one byte per tick.
@@ -135,7 +133,7 @@ fn slowloris_in_auth_tls_and_websocket_handshakes_is_cut_at_the_auth_deadline() 
         .to_path_buf();
     let gw = FaultBackend::default().start(cfg);
     let addr = gw.local_addr;
-    let tls = tls_client_config(&ca);
+    let tls = tls_client_config(&ca, &[&rustls::version::TLS13]);
     let auth = gw_proto::encode(&Frame {
         body: Some(auth_body("loris")),
     });

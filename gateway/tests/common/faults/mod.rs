@@ -9,7 +9,6 @@ mod backend;
 mod child;
 mod jetstream;
 mod netns;
-mod tls;
 
 // The paths `common::faults::...`. Test targets other than `faults`
 // compile `common` too and use none of them.
@@ -19,7 +18,6 @@ pub use self::{
     child::ChildGateway,
     jetstream::{js_read, js_stream},
     netns::Netns,
-    tls::{tls_client_config, tls_config, tls_connect, TlsStream},
 };
 
 use std::io::{self, Read, Write};

@@ -1,4 +1,5 @@
-//! TLS: a server config with a self-signed certificate, and a client.
+//! TLS for tests: a server config with a self-signed certificate, a client
+//! config that trusts it, and a connected client stream.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,7 +7,7 @@ use std::sync::Arc;
 
 use gateway::Config;
 
-use super::super::WAIT;
+use super::WAIT;
 
 /// A test config with a self-signed certificate for localhost; returns the
 /// config and the certificate to trust.
@@ -14,7 +15,7 @@ pub fn tls_config() -> (Config, rustls::pki_types::CertificateDer<'static>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "gw-faults-tls-{}-{}",
+        "gw-tls-test-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
@@ -22,21 +23,23 @@ pub fn tls_config() -> (Config, rustls::pki_types::CertificateDer<'static>) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let mut cfg = super::super::test_config();
+    let mut cfg = super::test_config();
     cfg.tls.cert_file = cert.display().to_string();
     cfg.tls.key_file = key.display().to_string();
     (cfg, ck.cert.der().clone())
 }
 
+/// A client that trusts `ca` and speaks `versions`.
 pub fn tls_client_config(
     ca: &rustls::pki_types::CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),

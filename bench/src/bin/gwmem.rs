@@ -30,12 +30,16 @@ struct Counting;
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 static LIVE: [AtomicI64; SIZE_BUCKETS + 1] = [const { AtomicI64::new(0) }; SIZE_BUCKETS + 1];
 static BIG_BYTES: AtomicI64 = AtomicI64::new(0);
+/// Live allocations of at least `SIZE_BUCKETS` bytes by power of two:
+/// `BIG[k]` counts sizes in `[2^k, 2^(k+1))`.
+static BIG: [AtomicI64; 64] = [const { AtomicI64::new(0) }; 64];
 
 fn note(size: usize, sign: i64) {
     LIVE_BYTES.fetch_add(sign * size as i64, Relaxed);
     LIVE[size.min(SIZE_BUCKETS)].fetch_add(sign, Relaxed);
     if size >= SIZE_BUCKETS {
         BIG_BYTES.fetch_add(sign * size as i64, Relaxed);
+        BIG[size.ilog2() as usize].fetch_add(sign, Relaxed);
     }
 }
 
@@ -91,6 +95,13 @@ struct Args {
     /// for one idle task reading it, then exit.
     #[arg(long)]
     probe: bool,
+    /// TLS with a throwaway self-signed certificate (written to $TMPDIR), as
+    /// the gateway's --tls-self-signed.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Node id (names the self-signed certificate file).
+    #[arg(long, default_value = "gwmem")]
+    node_id: String,
 }
 
 fn counts() -> Vec<i64> {
@@ -156,11 +167,20 @@ fn dump(dir: &std::path::Path, n: u32) -> anyhow::Result<PathBuf> {
             (c != 0).then(|| (s.to_string(), c.into()))
         })
         .collect();
+    let big_by_log2: serde_json::Map<String, serde_json::Value> = BIG
+        .iter()
+        .enumerate()
+        .filter_map(|(k, c)| {
+            let c = c.load(Relaxed);
+            (c != 0).then(|| (format!("{}", 1u64 << k), c.into()))
+        })
+        .collect();
     let v = serde_json::json!({
         "live_bytes": LIVE_BYTES.load(Relaxed),
         "big_bytes": BIG_BYTES.load(Relaxed),
         "rss_bytes": bench::procfs::self_rss_bytes(),
         "by_size": by_size,
+        "big_by_pow2_floor": big_by_log2,
     });
     let path = dir.join(format!("dump-{n}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
@@ -203,13 +223,15 @@ fn main() -> anyhow::Result<()> {
         return probe();
     }
     std::fs::create_dir_all(&a.dump_dir)?;
-    let cfg = gateway::Config {
+    let mut cfg = gateway::Config {
         demo: true,
         cores: a.cores,
         listen: a.listen,
         admin_listen: a.admin_listen.clone(),
+        node_id: a.node_id.clone(),
         ..Default::default()
     };
+    cfg.tls.self_signed = a.tls_self_signed;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(

@@ -19,6 +19,25 @@ pub struct Entry {
     pub conn_id: u64,
 }
 
+/// Entries of room a fired slot always keeps (16 bytes each).
+const SLOT_KEEP_MIN: usize = 16;
+
+/// The emptied vector of a fired slot that held `held` entries, with room
+/// for about as many as it held this turn, not the most it ever held: a
+/// slot fills again one horizon later with the connections that just fired,
+/// so steady load reallocates nothing, while a bunch (a reconnect storm
+/// lands hundreds of connections on a few ticks) gives its room back on the
+/// next turn. Keeping the peak instead ratcheted every slot up to its
+/// biggest bunch: the heap grew with each storm that hit new slots (the soak
+/// in BENCHMARKS.md).
+fn keep_room(mut slot: Vec<Entry>, held: usize) -> Vec<Entry> {
+    let keep = held.max(SLOT_KEEP_MIN);
+    if slot.capacity() > 2 * keep {
+        slot.shrink_to(keep);
+    }
+    slot
+}
+
 pub struct Wheel {
     slots: Vec<Vec<Entry>>,
     /// Next tick to fire.
@@ -62,11 +81,9 @@ impl Wheel {
             let tick = self.next;
             let mut slot = std::mem::take(&mut self.slots[tick as usize % n]);
             self.next += 1;
+            let held = slot.len();
             out.extend(slot.drain(..).map(|e| (tick, e)));
-            // Keep the slot's capacity when it is small; give big ones back.
-            if slot.capacity() <= 1024 {
-                self.slots[tick as usize % n] = slot;
-            }
+            self.slots[tick as usize % n] = keep_room(slot, held);
         }
     }
 
@@ -97,6 +114,54 @@ mod tests {
         w.take_due(8, &mut fired);
         let got: Vec<_> = fired.iter().map(|(t, en)| (*t, en.idx)).collect();
         assert_eq!(got, vec![(1, 3), (3, 1), (8, 2)]);
+    }
+
+    fn room(w: &Wheel) -> usize {
+        w.slots.iter().map(Vec::capacity).sum()
+    }
+
+    #[test]
+    fn storms_do_not_ratchet_slot_room() {
+        // Bunches of 500 land on a different tick each turn, then the load is
+        // a trickle: the room kept follows what the slots last held.
+        let n = 64;
+        let mut w = Wheel::new(n);
+        let mut fired = vec![];
+        for turn in 0..(n as u32) {
+            let at = w.next_tick() + turn % (n as u32 - 1);
+            for i in 0..500 {
+                w.schedule(e(i), at, 0);
+            }
+            w.take_due(w.next_tick() + n as u32 - 1, &mut fired);
+            fired.clear();
+        }
+        let after_storms = room(&w);
+        for i in 0..(2 * n as u32) {
+            let at = w.next_tick();
+            w.schedule(e(i), at, 0);
+            w.take_due(at, &mut fired);
+        }
+        assert!(
+            after_storms <= 2 * 500 + n * 2 * SLOT_KEEP_MIN,
+            "after storms the wheel keeps room for {after_storms} entries"
+        );
+        assert!(
+            room(&w) <= n * 2 * SLOT_KEEP_MIN,
+            "after the storms passed it keeps {}",
+            room(&w)
+        );
+    }
+
+    #[test]
+    fn steady_load_keeps_its_room() {
+        let mut w = Wheel::new(8);
+        let mut fired = vec![];
+        for i in 0..100 {
+            w.schedule(e(i), 3, 0);
+        }
+        w.take_due(3, &mut fired);
+        let kept = w.slots[3].capacity();
+        assert!(kept >= 100, "kept {kept}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod core;
+pub mod heap;
 pub mod listener;
 pub mod metrics;
 pub mod nats;

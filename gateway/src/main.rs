@@ -9,9 +9,10 @@ use gateway::cli::{Cli, Cmd};
 use gateway::config::{Config, DEMO_KID, DEMO_SECRET};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gateway::heap::Counting = gateway::heap::Counting;
 
 fn main() {
+    GLOBAL.installed();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -266,6 +266,12 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
         "# HELP gateway_draining 1 while draining\n# TYPE gateway_draining gauge\ngateway_draining {}",
         draining as u8
     );
+    if let Some(b) = crate::heap::allocated_bytes() {
+        let _ = writeln!(out, "# HELP gateway_heap_allocated_bytes Heap bytes allocated and not freed (resident memory also holds what the allocator keeps, code, stacks and io_uring buffers)\n# TYPE gateway_heap_allocated_bytes gauge\ngateway_heap_allocated_bytes {b}");
+    }
+    if let Some(b) = crate::heap::resident_bytes() {
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory of the process\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {b}");
+    }
     if let Some(first) = cores.first() {
         for (i, (name, help, _)) in first.counters.each().into_iter().enumerate() {
             let _ = writeln!(

@@ -4,6 +4,9 @@
 //! GoAway and reconnect to the new one; logins that run through the switch
 //! all succeed (connections waiting in the old listener's queue move to the
 //! new listener with net.ipv4.tcp_migrate_req=1). Two real processes.
+//!
+//! Also here, because it needs the binary and its global allocator: the
+//! memory gauges (`gateway_heap_allocated_bytes`, resident bytes).
 
 mod common;
 
@@ -171,4 +174,51 @@ fn a_new_process_takes_over_while_the_old_one_drains() {
     }
     // The admin port is the new process's now.
     assert_eq!(http_get(admin, "/healthz").0, 200);
+}
+
+/// A gauge's value from Prometheus text.
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_binary_counts_its_heap() {
+    let (port, admin_port) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let _gw = Proc(spawn("gw-heap", port, admin_port));
+    let t = Instant::now();
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(t.elapsed() < WAIT, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let heap = || {
+        let (status, m) = http_get(admin, "/metrics");
+        assert_eq!(status, 200);
+        assert!(gauge(&m, "process_resident_memory_bytes").is_some_and(|r| r > 0));
+        gauge(&m, "gateway_heap_allocated_bytes").expect("the binary reports its heap")
+    };
+    let before = heap();
+    assert!(before > 0);
+    let clients: Vec<Client> = (0..500)
+        .map(|i| Client::login(addr, &format!("h{i}")).0)
+        .collect();
+    // The connection slab is allocated ahead (its pages are touched only
+    // when used), so a session adds only its names and index entries.
+    let with = heap();
+    assert!(
+        with > before + 500 * 32,
+        "500 sessions should hold at least 32 bytes each: {before} -> {with}"
+    );
+    let (_, body) = http_get(admin, "/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["memory"]["heap_allocated_bytes"]
+        .as_u64()
+        .is_some_and(|h| h > before));
+    assert!(v["memory"]["resident_bytes"]
+        .as_u64()
+        .is_some_and(|r| r > 0));
+    drop(clients);
 }

@@ -158,6 +158,10 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
                     "sessions": total.sessions,
                     "counters": total.counters,
                     "closes": closes_by_reason(&total),
+                    "memory": {
+                        "heap_allocated_bytes": crate::heap::allocated_bytes(),
+                        "resident_bytes": crate::heap::resident_bytes(),
+                    },
                     "cores": snaps,
                 }),
             )

@@ -240,8 +240,9 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
 type Who = (Rc<str>, Rc<str>);
 
 /// Admission of one upstream frame, cheapest and most personal check
-/// first: the connection's rate, its in-flight cap, the core's admission
-/// level (overload shedding by priority), the core's in-flight cap. On
+/// first: the connection's in-flight cap, its rate (a frame refused for
+/// the cap spends no token), the core's admission level (overload shedding
+/// by priority), the core's in-flight cap. On
 /// success the in-flight slots are taken; on refusal: the reason and the
 /// retry_after_ms for the BUSY reply. None: no such session any more.
 fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Reject, u32)> {
@@ -255,11 +256,11 @@ fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Re
     let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
         return Ok(None);
     };
-    if let Err(ms) = core.overload.take_upstream(&mut c.upstream_bucket, now) {
-        return Err((Reject::UpstreamRate, ms));
-    }
     if c.inflight >= core.cfg.upstream_inflight_per_conn_max {
         return Err((Reject::InflightConn, busy_ms));
+    }
+    if let Err(ms) = core.overload.take_upstream(&mut c.upstream_bucket, now) {
+        return Err((Reject::UpstreamRate, ms));
     }
     if !core.overload.admit_upstream(route, &user) {
         // Spread the retries of the shed: busy_retry_after_ms plus up to as much again.

@@ -167,3 +167,42 @@ fn a_stalled_backend_gets_busy_and_timeouts_holds_bounded_work_and_recovers() {
     );
     gw.shutdown(false);
 }
+
+/// A frame refused for the connection's in-flight cap does not spend its
+/// upstream rate: with a burst of 2, one held request and one refused for
+/// the cap leave a token for the next frame.
+#[test]
+fn a_refusal_for_the_in_flight_cap_spends_no_rate() {
+    init_log();
+    let fb = FaultBackend::default();
+    let mut cfg = stall_config();
+    cfg.upstream_timeout_ms = 10_000;
+    cfg.upstream_inflight_per_conn_max = 1;
+    cfg.overload.upstream_rate_per_conn_per_s = 1;
+    cfg.overload.upstream_burst = 2;
+    let gw = fb.start(cfg);
+    let (mut c, _) = Client::login(gw.local_addr, "r1");
+    fb.stall(true);
+    c.upstream(1, "work", "held");
+    common::eventually("the first request is held", || fb.live() == 1);
+    let refused = c.call(2, "work", "over the cap");
+    assert_eq!(refused.status, ErrorCode::Busy as u32);
+    fb.stall(false);
+    let first = c.recv_until("the held reply", |b| match b {
+        Body::UpstreamReply(r) if r.correlation_id == 1 => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(first.status, 0);
+    // One token was spent (frame 1); the second is still there.
+    assert_eq!(c.call(3, "echo", "third").status, 0);
+    let snaps = gw.snapshots();
+    let rejected = |r| {
+        snaps
+            .iter()
+            .map(|s| s.counters.rejections.get(r))
+            .sum::<u64>()
+    };
+    assert_eq!(rejected(gateway::metrics::Reject::InflightConn), 1);
+    assert_eq!(rejected(gateway::metrics::Reject::UpstreamRate), 0);
+    gw.shutdown(false);
+}

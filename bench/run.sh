@@ -43,12 +43,13 @@
 #             $ECHO_RATE (2,000) requests/s for $DURATION_S s over each
 #             transport: round-trip percentiles, gateway CPU.
 #             latency-tcp, latency-ws, latency-tls, latency-wss: one.
-#   soak      one gateway for $SOAK_S (1,800) s under steady echo traffic
+#   soak      one gateway for $SOAK_S (2,400) s under steady echo traffic
 #             ($SOAK_CONNS 4,000 connections at $SOAK_RATE 1,000/s) and TLS
 #             churn (flood storm rounds of $CHURN_CONNS 1,000 back to back);
-#             RSS sampled every $SAMPLE_S (10) s, a line fitted after
-#             $WARMUP_S (300) s: growth beyond noise or not; JSON and an SVG
-#             plot (bench/run_soak.sh, bench/soak_report.py).
+#             RSS and heap sampled every $SAMPLE_S (10) s, a line fitted to
+#             each after $WARMUP_S (600) s, so 30 min are judged: growth
+#             beyond noise or not; JSON and an SVG plot (bench/run_soak.sh,
+#             bench/soak_report.py).
 #
 # Builds release binaries, starts what the scenario needs, stops everything
 # it started (also on error or Ctrl-C), prints a summary and writes JSON

@@ -94,6 +94,22 @@ pub fn allocated_bytes() -> Option<u64> {
     Some(sum.max(0) as u64)
 }
 
+extern "C" {
+    // mimalloc's: with `force`, frees what the calling thread's heap keeps
+    // for reuse and purges it now. Linked in by the mimalloc crate.
+    fn mi_collect(force: bool);
+}
+
+/// Gives the memory the calling thread's allocator keeps (freed but not yet
+/// purged) back to the OS now. mimalloc purges lazily, on the thread's next
+/// allocations, so a thread that goes idle after a burst (the control
+/// thread after a big `/connz`) would keep it in RSS. Takes a few ms: only
+/// for rare, big answers.
+pub fn give_back() {
+    // SAFETY: takes no pointers; safe to call from any thread at any time.
+    unsafe { mi_collect(true) }
+}
+
 /// The process's resident memory (VmRSS), bytes; None where /proc is not.
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

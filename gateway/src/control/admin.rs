@@ -80,8 +80,18 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
         .await;
     }
     let (status, ctype, body) = route(shared, &req).await;
-    respond(&mut sock, status, ctype, &body).await
+    let res = respond(&mut sock, status, ctype, &body).await;
+    if body.len() > GIVE_BACK_AFTER_BYTES {
+        drop(body);
+        crate::heap::give_back();
+    }
+    res
 }
+
+/// After an answer this big (a `/connz` of thousands), the control thread
+/// hands the memory it used back to the OS at once: its allocator would
+/// otherwise keep it until this mostly idle thread allocates again.
+const GIVE_BACK_AFTER_BYTES: usize = 64 * 1024;
 
 /// Whether the request carries the admin token (or none is configured).
 fn authorized(shared: &Shared, req: &Request) -> bool {
@@ -167,7 +177,13 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
             )
         }
         ("GET", "/connz") => match connz_query(req) {
-            Ok(q) => json(200, super::connz::connz(shared, q, CORE_TIMEOUT).await),
+            Ok(q) => {
+                let answer = super::connz::connz(shared, q, CORE_TIMEOUT).await;
+                match serde_json::to_string(&answer) {
+                    Ok(body) => (200, "application/json", body),
+                    Err(e) => text(500, format!("encoding /connz: {e}\n")),
+                }
+            }
             Err(e) => text(400, format!("{e}\n")),
         },
         (_, "/metrics" | "/healthz" | "/stats" | "/connz" | "/drain" | "/kick" | "/tls/reload") => {
@@ -273,7 +289,7 @@ async fn kick(shared: &Shared, req: &Request<'_>) -> Answer {
             )
         }
     };
-    let matched = super::connz::connz(shared, q, CORE_TIMEOUT).await["matched"].clone();
+    let matched = super::connz::connz(shared, q, CORE_TIMEOUT).await.matched;
     let cores: Vec<usize> = match &op {
         SessionOp::KickConn { conn_id, .. } => vec![crate::core::conn_id_core(*conn_id)],
         _ => (0..shared.mesh.len()).collect(),

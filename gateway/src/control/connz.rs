@@ -4,15 +4,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::{collect, Shared};
-use crate::core::connz::{sort_and_cut, ConnzQuery};
+use crate::core::connz::{sort_and_cut, ConnInfo, ConnzQuery};
 use crate::core::CoreMsg;
 use crate::metrics;
 
 /// The merged answer: `matched` counts every match; `connections` holds the
 /// first `limit` of them by `sort`. A core that does not answer within
-/// `timeout` is named in `cores_missing`.
-pub async fn connz(shared: &Shared, q: ConnzQuery, timeout: Duration) -> serde_json::Value {
+/// `timeout` is named in `cores_missing`. Serialized straight to text: a
+/// `serde_json::Value` tree of 10,000 connections took about 20 MB for a
+/// moment, and the allocator kept part of it (BENCHMARKS.md, "Soak").
+#[derive(Serialize)]
+pub struct Connz<'a> {
+    pub node_id: &'a str,
+    pub matched: usize,
+    pub limit: usize,
+    pub connections: Vec<ConnInfo>,
+    pub cores_missing: Vec<usize>,
+    pub closes: serde_json::Map<String, serde_json::Value>,
+}
+
+pub async fn connz<'a>(shared: &'a Shared, q: ConnzQuery, timeout: Duration) -> Connz<'a> {
     // One scan at a time: each walks every connection of every core inside
     // the core's inbox task (tens of ms at a million), so a scrape loop
     // must not pile them up on the data plane.
@@ -44,12 +58,12 @@ pub async fn connz(shared: &Shared, q: ConnzQuery, timeout: Duration) -> serde_j
     }
     sort_and_cut(&mut conns, q.sort, q.limit);
     let total = metrics::total(&collect(&shared.mesh, timeout).await);
-    serde_json::json!({
-        "node_id": shared.node_id,
-        "matched": matched,
-        "limit": q.limit,
-        "connections": conns,
-        "cores_missing": missing,
-        "closes": super::admin::closes_by_reason(&total),
-    })
+    Connz {
+        node_id: &shared.node_id,
+        matched,
+        limit: q.limit,
+        connections: conns,
+        cores_missing: missing,
+        closes: super::admin::closes_by_reason(&total),
+    }
 }

@@ -119,8 +119,11 @@ fn text(status: u16, body: impl Into<String>) -> Answer {
     (status, "text/plain", body.into())
 }
 
-fn json(status: u16, v: serde_json::Value) -> Answer {
-    (status, "application/json", v.to_string())
+fn json(status: u16, v: impl serde::Serialize) -> Answer {
+    match serde_json::to_string(&v) {
+        Ok(body) => (status, "application/json", body),
+        Err(e) => text(500, format!("encoding the answer: {e}\n")),
+    }
 }
 
 async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
@@ -177,13 +180,7 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
             )
         }
         ("GET", "/connz") => match connz_query(req) {
-            Ok(q) => {
-                let answer = super::connz::connz(shared, q, CORE_TIMEOUT).await;
-                match serde_json::to_string(&answer) {
-                    Ok(body) => (200, "application/json", body),
-                    Err(e) => text(500, format!("encoding /connz: {e}\n")),
-                }
-            }
+            Ok(q) => json(200, super::connz::connz(shared, q, CORE_TIMEOUT).await),
             Err(e) => text(400, format!("{e}\n")),
         },
         (_, "/metrics" | "/healthz" | "/stats" | "/connz" | "/drain" | "/kick" | "/tls/reload") => {

@@ -20,7 +20,7 @@ pub struct Entry {
 }
 
 /// Entries of room a fired slot always keeps (16 bytes each).
-const SLOT_KEEP_MIN: usize = 16;
+const SLOT_KEEP_MIN_ENTRIES: usize = 16;
 
 /// The emptied vector of a fired slot that held `held` entries, with room
 /// for about as many as it held this turn, not the most it ever held: a
@@ -31,7 +31,7 @@ const SLOT_KEEP_MIN: usize = 16;
 /// biggest bunch: the heap grew with each storm that hit new slots (the soak
 /// in BENCHMARKS.md).
 fn keep_room(mut slot: Vec<Entry>, held: usize) -> Vec<Entry> {
-    let keep = held.max(SLOT_KEEP_MIN);
+    let keep = held.max(SLOT_KEEP_MIN_ENTRIES);
     if slot.capacity() > 2 * keep {
         slot.shrink_to(keep);
     }
@@ -142,11 +142,11 @@ mod tests {
             w.take_due(at, &mut fired);
         }
         assert!(
-            after_storms <= 2 * 500 + n * 2 * SLOT_KEEP_MIN,
+            after_storms <= 2 * 500 + n * 2 * SLOT_KEEP_MIN_ENTRIES,
             "after storms the wheel keeps room for {after_storms} entries"
         );
         assert!(
-            room(&w) <= n * 2 * SLOT_KEEP_MIN,
+            room(&w) <= n * 2 * SLOT_KEEP_MIN_ENTRIES,
             "after the storms passed it keeps {}",
             room(&w)
         );

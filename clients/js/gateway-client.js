@@ -250,7 +250,7 @@ export function decodeFrame(bytes) {
 
 // ---- names of the enums, for logs and UIs ----
 
-export const CloseReason = ["UNSPECIFIED", "CLIENT_CLOSED", "AUTH_TIMEOUT", "AUTH_FAILED", "STALE_HEARTBEAT", "BAD_FRAME", "FRAME_TOO_LARGE", "SLOW_CONSUMER", "KICKED", "DRAIN", "SHUTDOWN", "IO_ERROR", "CONN_LIMIT", "PROTOCOL_VIOLATION", "DUPLICATE_LOGIN", "TLS_FAILED", "HTTP_ANSWERED"];
+export const CloseReason = ["UNSPECIFIED", "CLIENT_CLOSED", "AUTH_TIMEOUT", "AUTH_FAILED", "STALE_HEARTBEAT", "BAD_FRAME", "FRAME_TOO_LARGE", "SLOW_CONSUMER", "KICKED", "DRAIN", "SHUTDOWN", "IO_ERROR", "CONN_LIMIT", "PROTOCOL_VIOLATION", "DUPLICATE_LOGIN", "TLS_FAILED", "HTTP_ANSWERED", "NODE_UNAVAILABLE"];
 export const ErrorCode = { 0: "UNSPECIFIED", 1: "BAD_FRAME", 2: "FRAME_TOO_LARGE", 3: "UNEXPECTED_FRAME", 4: "UNSUPPORTED_VERSION", 10: "AUTH_REQUIRED", 11: "TOKEN_INVALID", 12: "TOKEN_EXPIRED", 13: "TOKEN_NOT_YET_VALID", 14: "ALGORITHM_REJECTED", 20: "UNKNOWN_ROUTE", 21: "BAD_REQUEST", 22: "BUSY", 23: "TIMEOUT", 24: "BACKEND_UNAVAILABLE", 25: "INTERNAL", 30: "SERVER_FULL" };
 
 // The typed close reason inside a WebSocket close code: 4000 + reason from
@@ -435,6 +435,9 @@ export class GatewayClient extends EventTarget {
   }
 
   canRetryAuth(code) {
+    // The node cannot reach NATS (BACKEND_UNAVAILABLE): try again later,
+    // maybe on another node.
+    if (code === 24) return true;
     // An expired token can be replaced when tokens come from a function.
     return typeof this.opts.token === "function" && (code === 12 || code === 13);
   }

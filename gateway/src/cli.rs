@@ -52,8 +52,12 @@ overrides! {
     ack_timeout_ms: u32,
     /// Resends before a push is reported undelivered [default: 2]
     ack_retries_max: u32,
-    /// Unacknowledged pushes per connection before it is a slow consumer [default: 128]
+    /// Ack-required pushes in flight per connection (the window); more wait in the backlog [default: 128]
     unacked_pushes_max: u32,
+    /// Bytes of pushes waiting for the window per connection before it is a slow consumer [default: 1048576]
+    push_queue_bytes_max: u32,
+    /// With pushes waiting, longest time without one leaving before a slow-consumer close, ms [default: 10000]
+    push_stall_timeout_ms: u32,
     /// Rooms one connection may join [default: 64]
     rooms_per_conn_max: u32,
     /// Queued outbound bytes per connection before it is a slow consumer [default: 262144]
@@ -206,6 +210,10 @@ section_overrides! {
     events_confirm_window_ms = "nats-events-confirm-window-ms": u32,
     /// Session events awaiting confirmation at once [default: 10000]
     events_confirm_inflight_max = "nats-events-confirm-inflight-max": u32,
+    /// PING every NATS connection this often; two silent intervals = move to another server, ms [default: 5000]
+    ping_interval_ms = "nats-ping-interval-ms": u32,
+    /// Subscriptions lost this long take the node out (not ready, GoAway NODE_UNAVAILABLE), ms [default: 10000]
+    restore_deadline_ms = "nats-restore-deadline-ms": u32,
 }
 
 #[derive(Parser, Debug)]

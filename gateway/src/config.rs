@@ -47,8 +47,17 @@ pub struct Config {
     pub ack_timeout_ms: u32,
     /// Resends of one push before it is reported undelivered.
     pub ack_retries_max: u32,
-    /// Ack-required pushes in flight per connection; one more closes it as a slow consumer.
+    /// Ack-required pushes in flight (sent, not yet acked) per connection:
+    /// the window. Further pushes wait in the connection's backlog.
     pub unacked_pushes_max: u32,
+    /// Bytes of pushes waiting for room in the window or the outbound queue,
+    /// per connection (bodies plus 32 bytes each); one more closes the
+    /// connection as a slow consumer.
+    pub push_queue_bytes_max: u32,
+    /// With pushes waiting, the longest time the backlog may go without one
+    /// of them leaving (acks open the window, writes empty the queue), ms;
+    /// then the connection is closed as a slow consumer.
+    pub push_stall_timeout_ms: u32,
     /// Rooms one connection may be in; further joins are refused with an Error frame.
     pub rooms_per_conn_max: u32,
     /// Bytes queued for one connection; past this it is closed as a slow consumer.
@@ -144,6 +153,8 @@ impl Default for Config {
             ack_timeout_ms: 5_000,
             ack_retries_max: 2,
             unacked_pushes_max: 128,
+            push_queue_bytes_max: 1 << 20,
+            push_stall_timeout_ms: 10_000,
             outbound_bytes_max: 256 * 1024,
             rooms_per_conn_max: 64,
             upstream_inflight_per_conn_max: 32,
@@ -237,6 +248,7 @@ impl Config {
             ("idle_timeout_intervals", self.idle_timeout_intervals),
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("unacked_pushes_max", self.unacked_pushes_max),
+            ("push_stall_timeout_ms", self.push_stall_timeout_ms),
             ("outbound_bytes_max", self.outbound_bytes_max),
             ("rooms_per_conn_max", self.rooms_per_conn_max),
             (
@@ -264,6 +276,18 @@ impl Config {
             return bad(format!(
                 "frame_bytes_max {} must be within 256..=16777216",
                 self.frame_bytes_max
+            ));
+        }
+        if self.push_queue_bytes_max < self.frame_bytes_max {
+            return bad(format!(
+                "push_queue_bytes_max ({}) must hold at least one push of frame_bytes_max ({})",
+                self.push_queue_bytes_max, self.frame_bytes_max
+            ));
+        }
+        if self.push_stall_timeout_ms < self.tick_ms {
+            return bad(format!(
+                "push_stall_timeout_ms ({}) must be at least tick_ms ({})",
+                self.push_stall_timeout_ms, self.tick_ms
             ));
         }
         if self.outbound_bytes_max < self.frame_bytes_max + 4 {

@@ -9,7 +9,7 @@ use gw_proto::CloseReason;
 use serde::Serialize;
 
 /// Number of `CloseReason` values (index = enum value).
-pub const CLOSE_REASONS: usize = 17;
+pub const CLOSE_REASONS: usize = 18;
 
 macro_rules! counters {
     ($($name:ident : $help:literal),* $(,)?) => {
@@ -89,9 +89,11 @@ counters! {
     pushes: "Pushes queued to connections",
     pushes_too_large: "Pushes refused for exceeding frame_bytes_max",
     pushes_acked: "Ack-required pushes acknowledged",
+    pushes_waited: "Pushes that waited in a connection's backlog for room in the window or the outbound queue",
     retransmits: "Pushes resent after ack_timeout_ms",
     undelivered: "Ack-required pushes reported undelivered",
     slow_consumers: "Connections closed as slow consumers",
+    resyncs: "Online events sent again (resync) after NATS subscriptions were restored",
     tls_handshakes: "TLS sessions started (connections that opened with a TLS record)",
     tls_failures: "TLS sessions that failed (bad handshake or record): closed as TLS_FAILED",
     tls_handovers: "TLS 1.3 sessions whose keys moved from rustls to the gateway's record layer",
@@ -230,6 +232,25 @@ pub fn close_label(i: usize) -> &'static str {
 }
 
 /// Renders Prometheus text format for all cores.
+/// Appends one gauge: its HELP and TYPE lines, then one sample per
+/// `(labels, value)`; `labels` is `key="value",...` without braces, or empty.
+pub fn render_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);

@@ -61,8 +61,10 @@ impl NatsParts {
             .map_err(|_| anyhow::anyhow!("the control plane stopped while starting NATS"))??;
         let _ = control.shared.nats.set(stats.clone());
         tracing::info!(urls = %cfg.nats.urls.join(","), prefix = %cfg.nats.prefix, "NATS backends: upstream frames go to <prefix>.up.<route>");
+        let factory = Arc::new(NatsFactory::new(links, cfg, stats.clone()));
+        let _ = control.shared.nats_health.set(factory.health());
         Ok(NatsParts {
-            factory: Arc::new(NatsFactory::new(links, cfg, stats.clone())),
+            factory,
             tasks,
             stats,
             stop,

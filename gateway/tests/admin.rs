@@ -197,7 +197,10 @@ fn drain_spreads_goaways_over_the_window_and_exits() {
         200,
         "already draining"
     );
-    assert_eq!(http_get(admin, "/healthz").0, 503);
+    // Alive, but not ready for new clients.
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    let (status, body) = http_get(admin, "/readyz");
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
     // Each client leaves when its GoAway comes, as a client should.
     let mut arrivals = Vec::new();
     let mut retries = Vec::new();

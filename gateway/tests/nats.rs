@@ -276,22 +276,66 @@ fn an_ack_required_push_to_nobody_is_reported_undelivered() {
     gw.shutdown(false);
 }
 
+/// A login's AuthOk is not sent until its subscription can be confirmed:
+/// with no NATS, the login gets `AuthError{BACKEND_UNAVAILABLE}` and
+/// closes as NODE_UNAVAILABLE (after `auth_timeout_ms`, or at once once
+/// the node is out), and the node is not ready. Once NATS arrives, logins
+/// succeed and the node is ready.
 #[test]
 fn nats_unreachable_at_start_then_arrives() {
     let port = common::nats::free_port();
-    let gw = start(nats_config("gw-a", &format!("nats://127.0.0.1:{port}")));
-    // Clients may connect and authenticate; upstream gets a retryable error.
-    let (mut alice, _) = Client::login(gw.local_addr, "alice");
-    let r = alice.call(1, "echo", "x");
-    assert_eq!(r.status, ErrorCode::BackendUnavailable as u32);
-    assert!(r.retry_after_ms > 0);
+    let mut cfg = nats_config("gw-a", &format!("nats://127.0.0.1:{port}"));
+    cfg.auth_timeout_ms = 300;
+    cfg.nats.restore_deadline_ms = 1_000;
+    let gw = start(cfg);
+    let admin = gw.admin_addr.unwrap();
+    let (status, body) = common::http_get(admin, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("NATS"), "{body}");
+    assert_eq!(
+        common::http_get(admin, "/healthz").0,
+        200,
+        "alive all the same"
+    );
+    let mut c = Client::connect(gw.local_addr);
+    match c.auth_with(common::token("alice", 3600), "d") {
+        Body::AuthError(e) => assert_eq!(e.code, ErrorCode::BackendUnavailable as i32),
+        other => panic!("expected AuthError, got {other:?}"),
+    }
+    assert!(c.read_to_close().0);
+    // Past the restore deadline the node is out: refused at once.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let t = std::time::Instant::now();
+    let mut c = Client::connect(gw.local_addr);
+    assert!(matches!(
+        c.auth_with(common::token("alice", 3600), "d"),
+        Body::AuthError(e) if e.code == ErrorCode::BackendUnavailable as i32
+    ));
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "refused at once when out"
+    );
+    assert!(common::closes(&gw, "NODE_UNAVAILABLE") >= 2);
+
     let nats = NatsServer::start_with(port, vec![]);
     let _backend = ChatBackend::start(&nats.url(), &[]);
+    common::eventually("ready once NATS is up", || {
+        common::http_get(admin, "/readyz").0 == 200
+    });
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
     let mut corr = 1;
     let r = call_until_served(&mut alice, &mut corr, "echo", "x");
     assert_eq!((r.status, &r.payload[..]), (0, &b"x"[..]));
-    // Subscriptions made while NATS was away are in place now.
-    wait_for_interest(&Nats::connect(&nats.url()), "gw.user.alice");
+    // AuthOk meant reachable: a push right away finds alice.
+    let n = Nats::connect(&nats.url());
+    assert!(n
+        .request(
+            "gw.user.alice",
+            &[("Gw-Route", "now"), ("Gw-Ack", "1")],
+            b""
+        )
+        .is_ok());
+    push(&mut alice, "now");
     gw.shutdown(false);
 }
 
@@ -485,20 +529,25 @@ fn token_authentication_to_nats() {
     gw.shutdown(false);
 }
 
+/// A node that cannot authenticate to NATS is not ready, and says so: its
+/// logins are refused with a retryable BACKEND_UNAVAILABLE.
 #[test]
-fn a_wrong_nats_token_refuses_upstream_but_clients_stay() {
+fn a_wrong_nats_token_makes_the_node_not_ready_and_refuses_logins() {
     let nats = NatsServer::start_with(
         common::nats::free_port(),
         vec!["--auth".into(), "s3cret".into()],
     );
     let mut cfg = nats_config("gw-a", &nats.url());
     cfg.nats.token = "wrong".into();
+    cfg.auth_timeout_ms = 300;
     let gw = start(cfg);
-    let (mut alice, _) = Client::login(gw.local_addr, "alice");
-    let r = alice.call(1, "echo", "x");
-    assert_eq!(r.status, ErrorCode::BackendUnavailable as u32);
-    alice.send(Body::Ping(pb::Ping::default()));
-    alice.recv_until("Pong", |b| matches!(b, Body::Pong(_)).then_some(()));
+    let mut c = Client::connect(gw.local_addr);
+    assert!(matches!(
+        c.auth_with(common::token("alice", 3600), "d"),
+        Body::AuthError(e) if e.code == ErrorCode::BackendUnavailable as i32
+    ));
+    let (status, body) = common::http_get(gw.admin_addr.unwrap(), "/readyz");
+    assert_eq!(status, 503, "{body}");
     gw.shutdown(false);
 }
 
@@ -574,4 +623,95 @@ fn ack_required_pushes_to_connections_on_other_nodes() {
     );
     a.shutdown(false);
     b.shutdown(false);
+}
+
+/// The back-fill pattern: on `OnlineEvent` a backend replays a backlog of
+/// 10,000 ack-required pushes all at once (concurrent requests). The
+/// window (`unacked_pushes_max`, 128) is flow control, not a limit: the
+/// client that acks gets every push, in order, and none is reported.
+#[test]
+fn a_backlog_sent_concurrently_after_online_reaches_an_acking_client_in_order() {
+    use futures_util::StreamExt;
+    const N: usize = 10_000;
+    let nats = NatsServer::start();
+    let gw = start(nats_config("gw-a", &nats.url()));
+    let backend = Nats::connect(&nats.url());
+    let undelivered = backend.watch("gw.evt.undelivered");
+    let c = backend.client.clone();
+    let mut online = backend
+        .rt
+        .block_on(async {
+            let s = c.subscribe("gw.evt.online").await;
+            c.flush().await.map(|_| s)
+        })
+        .expect("flush")
+        .expect("subscribe");
+    let c = backend.client.clone();
+    let replay = backend.rt.spawn(async move {
+        let ev = online.next().await.expect("an online event");
+        let ev = pb::OnlineEvent::decode(&ev.payload[..]).expect("OnlineEvent");
+        assert_eq!(ev.user, "bf");
+        // All N as requests at once, without waiting for any answer: the
+        // replies come to an inbox of ours, so the publish order is exactly
+        // 0..N (async-nats's own request futures may reorder when its
+        // command channel is full).
+        let mut replies = c.subscribe("bf.replies.>").await.expect("inbox");
+        c.flush().await.expect("flush");
+        for i in 0..N {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Gw-Route", "backfill");
+            h.insert("Gw-Ack", "1");
+            c.publish_with_reply_and_headers(
+                "gw.user.bf",
+                format!("bf.replies.{i}"),
+                h,
+                i.to_string().into(),
+            )
+            .await
+            .expect("publish");
+        }
+        let mut taken = 0;
+        while taken < N {
+            let m = tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await
+                .expect("every request answered")
+                .expect("inbox open");
+            if m.headers
+                .as_ref()
+                .and_then(|h| h.get("Gw-Delivered"))
+                .is_some()
+            {
+                taken += 1;
+            }
+        }
+        taken
+    });
+    let (mut bf, _) = Client::login(gw.local_addr, "bf");
+    let mut i = 0;
+    while i < N {
+        let p = push(&mut bf, "backfill");
+        bf.send(Body::Ack(pb::Ack { seq: p.seq }));
+        if p.seq <= i as u64 {
+            // A resend (the machine was slow to ack): a duplicate, acked again.
+            assert!(p.retransmit);
+            continue;
+        }
+        assert_eq!(p.seq, i as u64 + 1);
+        assert_eq!(p.payload, i.to_string().as_bytes(), "push {i} in order");
+        i += 1;
+    }
+    let taken = backend.rt.block_on(replay).expect("replay task");
+    assert_eq!(taken, N, "every push confirmed taken (Gw-Delivered)");
+    assert_eq!(
+        bf.call(1, "echo", "x").status,
+        ErrorCode::BackendUnavailable as u32,
+        "still connected"
+    );
+    assert!(
+        undelivered
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "nothing reported undelivered"
+    );
+    gw.shutdown(false);
 }

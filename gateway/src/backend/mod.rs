@@ -154,6 +154,9 @@ pub enum SessionEvent {
         device: Rc<str>,
         resume_seq: u64,
         metadata: HashMap<String, String>,
+        /// Sent again for a session already online: the node's
+        /// subscriptions were restored after a loss (PROTOCOL.md §14.5).
+        resync: bool,
     },
     Offline {
         conn_id: u64,
@@ -179,8 +182,20 @@ pub trait Backend {
     /// Reports a session event; must not block.
     fn event(&self, ev: SessionEvent);
     /// This core gained (`on`) its first or lost its last member of a user
-    /// or room. Must not block. The embedded backend ignores it.
-    fn interest(&self, _what: Interest<'_>, _on: bool) {}
+    /// or room. Must not block. Returns a ticket when the new interest is
+    /// not in place yet (NATS: the subscription is not confirmed): the
+    /// core waits for [`Core::confirmed`](crate::core::Core::confirmed) to
+    /// reach it before it tells the client (AuthOk, a join's reply). The
+    /// embedded backend ignores interest and returns None.
+    fn interest(&self, _what: Interest<'_>, _on: bool) -> Option<u64> {
+        None
+    }
+    /// The ticket to wait for before an existing interest is in place (a
+    /// second session of a user whose subscription is not confirmed yet, or
+    /// any while the subscriptions are being restored); None when in place.
+    fn ticket(&self, _what: Interest<'_>) -> Option<u64> {
+        None
+    }
 }
 
 /// Makes the backend of each core; shared by the cores' threads.

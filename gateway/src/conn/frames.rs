@@ -9,7 +9,7 @@ use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
 
 use crate::auth::JwtError;
-use crate::backend::{BackendReply, SessionEvent, SessionOp, UpstreamRequest};
+use crate::backend::{BackendReply, SessionOp, UpstreamRequest};
 use crate::core::Core;
 use crate::metrics::{CoreMetrics, Reject};
 
@@ -38,12 +38,7 @@ pub fn on_frame(core: &Rc<Core>, idx: u32, id: u64, frame: Frame) {
         }
         (true, Body::Ping(p)) => ping(core, idx, id, p),
         (true, Body::Upstream(u)) => upstream(core, idx, id, u),
-        (true, Body::Ack(a)) => {
-            let n = core
-                .with_conn(idx, id, |c| c.window.ack(a.seq))
-                .unwrap_or(0);
-            CoreMetrics::add(&core.metrics.pushes_acked, n as u64);
-        }
+        (true, Body::Ack(a)) => core.ack(idx, id, a.seq),
         (true, Body::Auth(_)) => {
             let err = Core::error_body(ErrorCode::UnexpectedFrame, "already authenticated", 0);
             core.send_frame(idx, id, err);
@@ -126,13 +121,23 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
         );
     }
     let heartbeat_ms = core.cfg.clamp_heartbeat(a.heartbeat_interval_ms);
-    let (user, device) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
+    if core.reach.is_out() {
+        // This node cannot reach NATS: nothing could be pushed to the client.
+        CoreMetrics::inc(&core.metrics.auth_failures);
+        let err = auth_error(
+            ErrorCode::BackendUnavailable,
+            "this gateway cannot reach NATS: reconnect (to another node) after a short wait".into(),
+        );
+        core.close(idx, id, CloseReason::NodeUnavailable, Some(err));
+        return;
+    }
+    let (user, device, ticket) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
     let metadata = a.metadata;
     core.with_conn(idx, id, |c| {
         if a.resume_seq != 0 || !metadata.is_empty() {
             let extra = c.extra_mut();
             extra.resume_seq = a.resume_seq;
-            extra.metadata = metadata.clone();
+            extra.metadata = metadata;
         }
     });
     CoreMetrics::inc(&core.metrics.auth_ok);
@@ -150,13 +155,13 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
             node_id: core.cfg.node_id.clone(),
         }),
     );
-    core.backend.event(SessionEvent::Online {
-        conn_id: id,
-        user,
-        device,
-        resume_seq: a.resume_seq,
-        metadata,
-    });
+    // AuthOk means reachable: with NATS, it (and everything queued after
+    // it) is written once the server has confirmed the user's subscription,
+    // and the backend hears of the session then (`core/reach.rs`).
+    match ticket {
+        Some(t) if !core.reach.is_confirmed(t) => core.hold(id, t),
+        _ => core.online(idx, id, false),
+    }
 }
 
 fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
@@ -314,7 +319,14 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
     let (kicks, room_ops): (Vec<_>, Vec<_>) = std::mem::take(&mut reply.ops)
         .into_iter()
         .partition(|op| matches!(op, SessionOp::KickUser { .. } | SessionOp::KickConn { .. }));
-    core.execute(Vec::new(), room_ops).await;
+    if let Some(ticket) = core.execute(Vec::new(), room_ops).await {
+        // A join is answered once the room's subscription is in place, so
+        // "reply received" means "room pushes reach me" (bounded: a node
+        // that cannot confirm is going out, core/reach.rs).
+        if !core.wait_ticket(ticket, timeout).await {
+            tracing::debug!(conn_id = id, %route, "room subscription not confirmed within upstream_timeout_ms; replying anyway");
+        }
+    }
     core.send_frame(idx, id, reply_body(corr, &reply));
     core.execute(pushes, kicks).await;
     let mut st = core.state.borrow_mut();

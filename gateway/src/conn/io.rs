@@ -366,12 +366,35 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
 }
 
 /// Writes queued output until done or the socket is full (then the
-/// connection waits for its write edge).
+/// connection waits for its write edge). Writing makes room: pushes waiting
+/// in the backlog follow in the same visit. A connection whose AuthOk
+/// waits for its subscription to be confirmed writes nothing yet
+/// ([`Core::held`]).
 fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
+    if core.held(id) {
+        return Ok(());
+    }
+    let now = core.now();
     let mut st = core.state.borrow_mut();
-    let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+    let crate::core::State { conns, wheel, .. } = &mut *st;
+    let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
         return Ok(());
     };
+    loop {
+        write_out(core, c)?;
+        if c.write_blocked || !c.backlogged() {
+            return Ok(());
+        }
+        let before = c.out_bytes;
+        core.pump(c, now, wheel);
+        if c.out_bytes == before {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes what is queued until done or the socket is full.
+fn write_out(core: &Core, c: &mut Conn) -> io::Result<()> {
     if super::tls::active(c) {
         return if c.write_blocked {
             Ok(())

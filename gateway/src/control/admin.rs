@@ -70,7 +70,7 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
         Ok(r) => r,
         Err(why) => return respond(&mut sock, 400, "text/plain", &format!("{why}\n")).await,
     };
-    if req.path != "/healthz" && !authorized(shared, &req) {
+    if !matches!(req.path, "/healthz" | "/readyz") && !authorized(shared, &req) {
         return respond(
             &mut sock,
             401,
@@ -144,19 +144,53 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
         ("GET", "/metrics") => {
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
             let mut text = metrics::render_prometheus(&snaps, draining);
+            let ready = super::not_ready(shared, snaps.len()).is_none();
+            metrics::render_gauge(
+                &mut text,
+                "gateway_ready",
+                "1 when the node is ready for clients (GET /readyz answers 200)",
+                [(String::new(), u64::from(ready))],
+            );
             if let Some(n) = shared.nats.get() {
                 n.render(&mut text);
+            }
+            if let Some(h) = shared.nats_health.get() {
+                let each = |f: fn(&crate::nats::CoreHealth) -> bool| {
+                    h.iter()
+                        .enumerate()
+                        .map(move |(i, c)| (format!("core=\"{i}\""), u64::from(f(c))))
+                };
+                metrics::render_gauge(
+                    &mut text,
+                    "gateway_nats_subscriptions_up",
+                    "1 when the core's NATS subscription connection is up with every subscription in place",
+                    each(crate::nats::CoreHealth::subscriptions_up),
+                );
+                metrics::render_gauge(
+                    &mut text,
+                    "gateway_nats_requests_up",
+                    "1 when the core's NATS request connection is up",
+                    each(crate::nats::CoreHealth::requests_up),
+                );
             }
             (200, "text/plain; version=0.0.4", text)
         }
         ("GET", "/healthz") => {
+            // Liveness: the process runs and every core answers. Draining
+            // or cut off from NATS is still alive (see /readyz).
             let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
-            if draining {
-                text(503, "draining\n")
-            } else if snaps.len() < shared.mesh.len() {
+            if snaps.len() < shared.mesh.len() {
                 text(503, "a core did not answer\n")
             } else {
                 text(200, "ok\n")
+            }
+        }
+        ("GET", "/readyz") => {
+            // Readiness: send clients here (load balancers, systemd).
+            let snaps = collect(&shared.mesh, CORE_TIMEOUT).await;
+            match super::not_ready(shared, snaps.len()) {
+                Some(why) => text(503, format!("not ready: {why}\n")),
+                None => text(200, "ready\n"),
             }
         }
         ("GET", "/stats") => {
@@ -167,6 +201,7 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
                 serde_json::json!({
                     "node_id": shared.node_id,
                     "draining": draining,
+                    "ready": super::not_ready(shared, snaps.len()).is_none(),
                     "connections": total.connections,
                     "sessions": total.sessions,
                     "counters": total.counters,
@@ -183,18 +218,18 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
             Ok(q) => json(200, super::connz::connz(shared, q, CORE_TIMEOUT).await),
             Err(e) => text(400, format!("{e}\n")),
         },
-        (_, "/metrics" | "/healthz" | "/stats" | "/connz" | "/drain" | "/kick" | "/tls/reload") => {
-            text(
-                405,
-                "GET /metrics /healthz /stats /connz; POST /drain /kick /tls/reload\n",
-            )
-        }
-        _ => text(
-            404,
-            "not found: GET /metrics /healthz /stats /connz; POST /drain /kick /tls/reload\n",
-        ),
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/stats" | "/connz" | "/drain" | "/kick"
+            | "/tls/reload",
+        ) => text(405, format!("{ENDPOINTS}\n")),
+        _ => text(404, format!("not found: {ENDPOINTS}\n")),
     }
 }
+
+/// What the admin server answers.
+const ENDPOINTS: &str =
+    "GET /metrics /healthz /readyz /stats /connz; POST /drain /kick /tls/reload";
 
 /// Closes by reason over all cores, by name.
 pub(super) fn closes_by_reason(

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub cfg: Config,
     /// The NATS bridge's counters, once it runs.
     pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
+    /// Each core's subscription connection and request client (readiness).
+    pub nats_health: std::sync::OnceLock<Vec<crate::nats::CoreHealth>>,
     /// The admin bearer token (from `admin_token_env`), if any.
     pub admin_token: Option<String>,
     /// Held while a `/connz` or `/kick` scans the cores (one at a time).
@@ -69,6 +71,7 @@ impl ControlPlane {
             node_id: cfg.node_id.clone(),
             cfg: cfg.clone(),
             nats: std::sync::OnceLock::new(),
+            nats_health: std::sync::OnceLock::new(),
             admin_token,
             scan: tokio::sync::Mutex::new(()),
         });
@@ -214,6 +217,31 @@ pub(crate) fn reload_tls(shared: &Shared) -> Result<(), String> {
             Err(format!("{e:#}"))
         }
     }
+}
+
+/// Why the node is not ready for clients, if it is not: draining, a core
+/// that did not answer (`answered` < cores), or with NATS, a core whose
+/// subscriptions or request connection are not up.
+pub(crate) fn not_ready(shared: &Shared, answered: usize) -> Option<String> {
+    if shared.draining.load(Ordering::SeqCst) {
+        return Some("draining".into());
+    }
+    if answered < shared.mesh.len() {
+        return Some("a core did not answer".into());
+    }
+    for (core, h) in shared.nats_health.get().into_iter().flatten().enumerate() {
+        if !h.subscriptions_up() {
+            return Some(format!(
+                "NATS: the subscriptions of core {core} are not in place"
+            ));
+        }
+        if !h.requests_up() {
+            return Some(format!(
+                "NATS: the request connection of core {core} is down"
+            ));
+        }
+    }
+    None
 }
 
 /// Asks every core for its snapshot, waiting at most `timeout` per core.

@@ -14,7 +14,7 @@ use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
 use super::push::{self, Out};
-use super::wheel::Entry;
+use super::wheel::{Entry, Tick, Wheel};
 use super::{conn_id_core, conn_id_idx, Conn, Core, CoreMsg, Members, State};
 use crate::backend::{
     Interest, PushOrder, SessionEvent, SessionOp, Target, UndeliveredPush, UndeliveredReason,
@@ -34,15 +34,19 @@ type Lost = (
 
 impl Core {
     /// Executes a backend's push orders, then its session operations.
-    pub async fn execute(&self, pushes: Vec<PushOrder>, ops: Vec<SessionOp>) {
+    /// Returns the highest ticket of the room subscriptions its joins on
+    /// this core started, if they are not confirmed yet.
+    pub async fn execute(&self, pushes: Vec<PushOrder>, ops: Vec<SessionOp>) -> Option<u64> {
         for p in pushes {
             if let Some(body) = self.encode_push(&p) {
                 self.route_push(p.target, body, p.ack_required).await;
             }
         }
+        let mut ticket = None;
         for op in ops {
-            self.route_op(op).await;
+            ticket = ticket.max(self.route_op(op).await);
         }
+        ticket
     }
 
     /// A push's shared body, or None (counted, logged, and reported when
@@ -158,67 +162,124 @@ impl Core {
         placed
     }
 
+    /// Places one push on a connection: sent at once when there is room,
+    /// else into the connection's backlog (behind anything already
+    /// waiting, so pushes keep their order). Returns the push when it will
+    /// not reach this connection and must be reported.
     fn deliver_one(
         &self,
         c: &mut Conn,
         body: &Bytes,
         ack_required: bool,
-        now: super::wheel::Tick,
-        wheel: &mut super::wheel::Wheel,
+        now: Tick,
+        wheel: &mut Wheel,
     ) -> Option<Lost> {
-        let lost = |c: &Conn, reason| Some(lost_on(c, body, reason));
         if !c.authed() || c.close.is_some() {
-            return if ack_required {
-                lost(
-                    c,
-                    UndeliveredReason::ConnectionClosed(
-                        c.close.unwrap_or(CloseReason::Unspecified),
-                    ),
-                )
-            } else {
-                None
-            };
+            let reason =
+                UndeliveredReason::ConnectionClosed(c.close.unwrap_or(CloseReason::Unspecified));
+            return ack_required.then(|| lost_on(c, body, reason));
         }
         CoreMetrics::inc(&self.metrics.pushes);
-        if !ack_required {
-            self.enqueue(
-                c,
-                Out {
-                    head: push::head(0, false, body.len()),
-                    body: body.clone(),
-                },
-            );
+        if !c.backlogged() && self.has_room(c, body, ack_required) {
+            self.send_push(c, body.clone(), ack_required, now, wheel);
             return None;
         }
-        if c.window.len() >= self.cfg.unacked_pushes_max as usize {
+        CoreMetrics::inc(&self.metrics.pushes_waited);
+        let first = !c.backlogged();
+        let w = push::Waiting {
+            body: body.clone(),
+            ack_required,
+        };
+        if let Err(w) = c
+            .extra_mut()
+            .backlog
+            .push(w, now, self.cfg.push_queue_bytes_max)
+        {
+            c.shrink_extra();
             CoreMetrics::inc(&self.metrics.slow_consumers);
+            tracing::debug!(
+                conn_id = c.id,
+                "slow consumer: push_queue_bytes_max reached"
+            );
             c.close = Some(CloseReason::SlowConsumer);
             self.ready(c);
-            return lost(
-                c,
-                UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer),
-            );
+            let reason = UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer);
+            return w.ack_required.then(|| lost_on(c, &w.body, reason));
         }
-        let seq = c.window.add(body.clone(), now);
-        // If this overflows the outbound bytes, the connection closes as a slow
-        // consumer and the push, already in the window, is reported at teardown.
-        self.enqueue(
-            c,
-            Out {
-                head: push::head(seq, false, body.len()),
-                body: body.clone(),
-            },
-        );
-        let due = now + self.ticks(self.cfg.ack_timeout_ms);
-        c.due = wheel.schedule(
-            Entry {
-                idx: conn_id_idx(c.id),
-                conn_id: c.id,
-            },
-            due,
-            c.due,
-        );
+        if first {
+            // The stall deadline: the backlog must move before it.
+            let due = now + self.ticks(self.cfg.push_stall_timeout_ms);
+            c.due = wheel.schedule(entry(c), due, c.due);
+        }
         None
+    }
+
+    /// Whether a push can go out now: room in the outbound queue and, when
+    /// it needs an ack, in the window.
+    fn has_room(&self, c: &Conn, body: &Bytes, ack_required: bool) -> bool {
+        (!ack_required || c.window.len() < self.cfg.unacked_pushes_max as usize)
+            && c.out_room(
+                body.len() + push::HEAD_BYTES_MAX,
+                self.cfg.outbound_bytes_max,
+            )
+    }
+
+    /// Queues a push for writing; an ack-required one takes the next seq
+    /// and an ack deadline.
+    fn send_push(
+        &self,
+        c: &mut Conn,
+        body: Bytes,
+        ack_required: bool,
+        now: Tick,
+        wheel: &mut Wheel,
+    ) {
+        if !ack_required {
+            let head = push::head(0, false, body.len());
+            self.enqueue(c, Out { head, body });
+            return;
+        }
+        debug_assert!(c.window.len() < self.cfg.unacked_pushes_max as usize);
+        let seq = c.window.add(body.clone(), now);
+        // Room was checked; should the outbound bytes overflow anyway, the
+        // connection closes as a slow consumer and this push, already in
+        // the window, is reported at teardown.
+        let head = push::head(seq, false, body.len());
+        self.enqueue(c, Out { head, body });
+        let due = now + self.ticks(self.cfg.ack_timeout_ms);
+        c.due = wheel.schedule(entry(c), due, c.due);
+    }
+
+    /// Sends what waits in the backlog while there is room, in order.
+    pub fn pump(&self, c: &mut Conn, now: Tick, wheel: &mut Wheel) {
+        if c.close.is_some() {
+            return;
+        }
+        while let Some(front) = c.extra.as_ref().and_then(|e| e.backlog.front()) {
+            if !self.has_room(c, &front.body, front.ack_required) {
+                break;
+            }
+            let Some(w) = c.extra.as_mut().and_then(|e| e.backlog.pop(now)) else {
+                break;
+            };
+            self.send_push(c, w.body, w.ack_required, now, wheel);
+        }
+        c.shrink_extra();
+    }
+
+    /// A cumulative Ack: trims the window, then lets waiting pushes out.
+    pub fn ack(&self, idx: u32, id: u64, seq: u64) {
+        let now = self.now();
+        let mut st = self.state.borrow_mut();
+        let State { conns, wheel, .. } = &mut *st;
+        let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+            return;
+        };
+        let n = c.window.ack(seq);
+        CoreMetrics::add(&self.metrics.pushes_acked, n as u64);
+        if n > 0 && c.backlogged() {
+            self.pump(c, now, wheel);
+        }
     }
 
     /// Reports pushes that could not be placed to the backend.
@@ -235,27 +296,35 @@ impl Core {
         }
     }
 
-    /// Sends a session operation to the core(s) it concerns.
-    pub async fn route_op(&self, op: SessionOp) {
+    /// Sends a session operation to the core(s) it concerns. Returns the
+    /// ticket of a room subscription a join on this core started.
+    pub async fn route_op(&self, op: SessionOp) -> Option<u64> {
         let cores: Vec<usize> = match &op {
             SessionOp::JoinRoom { conn_id, .. }
             | SessionOp::LeaveRoom { conn_id, .. }
             | SessionOp::KickConn { conn_id, .. } => vec![conn_id_core(*conn_id)],
             SessionOp::KickUser { .. } => (0..self.mesh.len()).collect(),
         };
+        let mut ticket = None;
         for core in cores {
             if core == self.index {
-                self.apply_op(op.clone());
+                ticket = self.apply_op(op.clone());
             } else if let Some(tx) = self.mesh.get(core) {
                 let _ = tx.send_async(CoreMsg::Op(op.clone())).await;
             }
         }
+        ticket
     }
 
-    /// Applies a session operation to this core's connections.
-    pub fn apply_op(&self, op: SessionOp) {
+    /// Applies a session operation to this core's connections. Returns the
+    /// ticket of the room subscription a join started, if not confirmed.
+    pub fn apply_op(&self, op: SessionOp) -> Option<u64> {
         match op {
-            SessionOp::JoinRoom { conn_id, room } => self.join(conn_id, &room),
+            SessionOp::JoinRoom { conn_id, room } => {
+                return self
+                    .join(conn_id, &room)
+                    .filter(|&t| !self.reach.is_confirmed(t))
+            }
             SessionOp::LeaveRoom { conn_id, room } => self.leave(conn_id, &room),
             SessionOp::KickConn { conn_id, message } => self.kick(conn_id, message),
             SessionOp::KickUser { user, message } => {
@@ -276,6 +345,7 @@ impl Core {
                 }
             }
         }
+        None
     }
 
     fn kick(&self, conn_id: u64, message: String) {
@@ -293,19 +363,18 @@ impl Core {
         );
     }
 
-    fn join(&self, conn_id: u64, room: &str) {
+    /// Joins a room; the ticket of its subscription (new or pending).
+    fn join(&self, conn_id: u64, room: &str) -> Option<u64> {
         let idx = conn_id_idx(conn_id);
+        let mut ticket = None;
         let refused = {
             let mut st = self.state.borrow_mut();
             let State { conns, rooms, .. } = &mut *st;
-            let Some(c) = conns
+            let c = conns
                 .get_mut(idx as usize)
-                .filter(|c| c.id == conn_id && c.authed())
-            else {
-                return;
-            };
+                .filter(|c| c.id == conn_id && c.authed())?;
             if c.rooms().iter().any(|r| &**r == room) {
-                return;
+                return self.backend.ticket(Interest::Room(room));
             }
             if c.rooms().len() >= self.cfg.rooms_per_conn_max as usize {
                 true
@@ -315,13 +384,16 @@ impl Core {
                     None => Rc::from(room),
                 };
                 c.extra_mut().rooms.push(key.clone());
-                match rooms.get_mut(room) {
-                    Some(m) => m.add(idx),
+                ticket = match rooms.get_mut(room) {
+                    Some(m) => {
+                        m.add(idx);
+                        self.backend.ticket(Interest::Room(room))
+                    }
                     None => {
                         rooms.insert(key, Members::One(idx));
-                        self.backend.interest(Interest::Room(room), true);
+                        self.backend.interest(Interest::Room(room), true)
                     }
-                }
+                };
                 false
             }
         };
@@ -333,6 +405,7 @@ impl Core {
             let err = Core::error_body(gw_proto::ErrorCode::BadRequest, msg, 0);
             self.send_frame(idx, conn_id, err);
         }
+        ticket
     }
 
     fn leave(&self, conn_id: u64, room: &str) {
@@ -348,6 +421,14 @@ impl Core {
                 self.backend.interest(Interest::Room(room), false);
             }
         }
+    }
+}
+
+/// The wheel entry of a connection.
+fn entry(c: &Conn) -> Entry {
+    Entry {
+        idx: conn_id_idx(c.id),
+        conn_id: c.id,
     }
 }
 

@@ -13,7 +13,7 @@ use super::{Core, CoreMsg};
 use crate::backend::{Interest, SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+pub(super) const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How long a stopping core waits for its I/O loop and accept task to end.
 const TASKS_EXIT_WAIT: Duration = Duration::from_secs(1);
 
@@ -48,8 +48,26 @@ impl Core {
         let reason = conn.close.unwrap_or(CloseReason::Unspecified);
         self.metrics.closed(reason);
         let mut conn = conn;
+        // A login still held (or refused) never went online: no events
+        // about the session, only the pushes it had taken.
+        let was_online = self.unhold(id);
         if let (Some(user), Some(device)) = (conn.user.clone(), conn.device.clone()) {
-            let unacked = conn.window.take_all();
+            let mut unacked = conn.window.take_all();
+            // Then what waited for the window, in order, without a seq.
+            if let Some(e) = conn.extra.as_mut() {
+                unacked.extend(
+                    e.backlog
+                        .take_all()
+                        .into_iter()
+                        .filter(|w| w.ack_required)
+                        .map(|w| super::push::Unacked {
+                            seq: 0,
+                            body: w.body,
+                            sent: 0,
+                            retries: 0,
+                        }),
+                );
+            }
             self.report_undelivered(
                 id,
                 user.clone(),
@@ -57,12 +75,14 @@ impl Core {
                 unacked,
                 UndeliveredReason::ConnectionClosed(reason),
             );
-            self.backend.event(SessionEvent::Offline {
-                conn_id: id,
-                user,
-                device,
-                reason,
-            });
+            if was_online {
+                self.backend.event(SessionEvent::Offline {
+                    conn_id: id,
+                    user,
+                    device,
+                    reason,
+                });
+            }
         }
         tracing::trace!(conn_id = id, reason = reason.as_str_name(), "closed");
     }
@@ -121,39 +141,17 @@ impl Core {
                 self.close(idx, id, CloseReason::Drain, g);
             }
         }
-        let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);
         let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut rng = Jitter::new(seed ^ self.index as u64);
-        let n = sessions.len();
-        let mut sent = 0;
         tracing::info!(
             core = self.index,
-            sessions = n,
+            sessions = sessions.len(),
             spread_ms = self.cfg.drain_spread_ms,
             "drain: GoAways spread over the window"
         );
-        loop {
-            // Session k of n gets its GoAway at spread * k / n.
-            let due = if spread.is_zero() {
-                n
-            } else {
-                let frac = started.elapsed().as_secs_f64() / spread.as_secs_f64();
-                ((frac * n as f64).floor() as usize + 1).min(n)
-            };
-            for &(idx, id) in &sessions[sent..due] {
-                let retry = self
-                    .cfg
-                    .goaway_retry_after_ms
-                    .saturating_add(rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
-                self.send_frame(idx, id, drain_goaway(retry, &self.cfg.goaway_endpoints));
-            }
-            sent = due;
-            if (sent == n && self.conn_count() == 0) || Instant::now() >= deadline {
-                break;
-            }
+        let before_deadline = || Instant::now() < deadline;
+        self.spread_goaways(&sessions, CloseReason::Drain, started, &before_deadline)
+            .await;
+        while self.conn_count() > 0 && before_deadline() {
             glommio::timer::sleep(DRAIN_POLL).await;
         }
         let left = self.conn_count();
@@ -170,6 +168,48 @@ impl Core {
         let bound = Instant::now() + Duration::from_millis(self.cfg.upstream_timeout_ms as u64);
         while self.state.borrow().upstream_inflight > 0 && Instant::now() < bound {
             glommio::timer::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Sends each of `sessions` a GoAway with `reason`, the k-th of n at
+    /// `drain_spread_ms * k / n` after `started`, each with
+    /// `goaway_retry_after_ms` plus a random jitter and the
+    /// `goaway_endpoints` to try, so that clients do not all reconnect at
+    /// once. Returns when all are sent, or early once `go_on` says no.
+    pub(super) async fn spread_goaways(
+        &self,
+        sessions: &[(u32, u64)],
+        reason: CloseReason,
+        started: Instant,
+        go_on: &dyn Fn() -> bool,
+    ) {
+        let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut rng = Jitter::new(seed ^ self.index as u64);
+        let n = sessions.len();
+        let mut sent = 0;
+        while sent < n && go_on() {
+            // Session k of n gets its GoAway at spread * k / n.
+            let due = if spread.is_zero() {
+                n
+            } else {
+                let frac = started.elapsed().as_secs_f64() / spread.as_secs_f64();
+                ((frac * n as f64).floor() as usize + 1).min(n)
+            };
+            for &(idx, id) in &sessions[sent..due] {
+                let retry = self
+                    .cfg
+                    .goaway_retry_after_ms
+                    .saturating_add(rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
+                let g = goaway_to(reason, retry, &self.cfg.goaway_endpoints);
+                self.send_frame(idx, id, g);
+            }
+            sent = due;
+            if sent < n {
+                glommio::timer::sleep(DRAIN_POLL).await;
+            }
         }
     }
 
@@ -219,7 +259,9 @@ impl Core {
                 } => {
                     self.deliver(&target, &body, ack_required);
                 }
-                CoreMsg::Op(op) => self.apply_op(op),
+                CoreMsg::Op(op) => {
+                    self.apply_op(op);
+                }
                 CoreMsg::Tls(cfg) => *self.tls.borrow_mut() = Some(cfg),
                 CoreMsg::Snapshot(tx) => {
                     let _ = tx.try_send(self.snapshot());
@@ -262,7 +304,12 @@ impl Core {
 
 /// The GoAway of a drain: a reconnect hint and where else to go.
 fn drain_goaway(retry_after_ms: u32, endpoints: &[String]) -> Body {
-    let mut g = goaway(CloseReason::Drain, retry_after_ms);
+    goaway_to(CloseReason::Drain, retry_after_ms, endpoints)
+}
+
+/// A GoAway with a reconnect hint and where else to go.
+fn goaway_to(reason: CloseReason, retry_after_ms: u32, endpoints: &[String]) -> Body {
+    let mut g = goaway(reason, retry_after_ms);
     if let Body::GoAway(g) = &mut g {
         g.endpoints = endpoints.to_vec();
     }
@@ -294,6 +341,9 @@ pub fn goaway(reason: CloseReason, retry_after_ms: u32) -> Body {
         endpoints: vec![],
         message: match reason {
             CloseReason::Drain => "server is draining; reconnect after retry_after_ms".into(),
+            CloseReason::NodeUnavailable => {
+                "this node lost NATS; reconnect (to another node) after retry_after_ms".into()
+            }
             _ => String::new(),
         },
     })

@@ -15,6 +15,8 @@ mod deliver;
 mod lifecycle;
 pub mod overload;
 pub mod push;
+mod reach;
+mod session;
 mod sweep;
 pub mod wheel;
 
@@ -30,11 +32,12 @@ use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::CloseReason;
 
 use crate::auth::Verifier;
-use crate::backend::{Backend, Interest, SessionOp, Target};
+use crate::backend::{Backend, SessionOp, Target};
 use crate::config::Config;
 use crate::conn::Poller;
 use crate::metrics::{CoreMetrics, Snapshot};
 use push::{Out, Window};
+pub use session::Members;
 use wheel::{Entry, Tick, Wheel};
 
 /// Bits of a connection id: core (8) | generation (24) | slab index (32).
@@ -130,6 +133,9 @@ pub struct Extra {
     pub tls: Option<crate::conn::Tls>,
     /// The WebSocket state, for a connection that opened with `GET`.
     pub ws: Option<crate::conn::ws::Ws>,
+    /// Pushes waiting for room in the unacked window or the outbound
+    /// queue (`push.rs`, `Backlog`); empty and unallocated almost always.
+    pub backlog: push::Backlog,
 }
 
 impl Conn {
@@ -149,6 +155,7 @@ impl Conn {
                 && e.metadata.is_empty()
                 && e.tls.is_none()
                 && e.ws.is_none()
+                && e.backlog.is_empty()
         }) {
             self.extra = None;
         }
@@ -159,44 +166,13 @@ impl Conn {
     pub fn authed(&self) -> bool {
         self.user.is_some()
     }
-}
-
-/// The member list of a user or room on this core (no allocation for one).
-#[derive(Debug)]
-pub enum Members {
-    One(u32),
-    /// Boxed so that the common case stays 16 bytes.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<u32>>),
-}
-
-impl Members {
-    fn add(&mut self, idx: u32) {
-        match self {
-            Members::One(a) => *self = Members::Many(Box::new(vec![*a, idx])),
-            Members::Many(v) => v.push(idx),
-        }
+    /// Pushes wait for room (the backlog is not empty).
+    pub fn backlogged(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| !e.backlog.is_empty())
     }
-    /// Removes `idx`; true when the list became empty.
-    fn remove(&mut self, idx: u32) -> bool {
-        match self {
-            Members::One(a) => *a == idx,
-            Members::Many(v) => {
-                if let Some(p) = v.iter().position(|&i| i == idx) {
-                    v.swap_remove(p);
-                }
-                if v.len() == 1 {
-                    *self = Members::One(v[0]);
-                }
-                false
-            }
-        }
-    }
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Members::One(a) => vec![*a],
-            Members::Many(v) => v.to_vec(),
-        }
+    /// Whether `len` more bytes fit in the outbound queue.
+    pub fn out_room(&self, len: usize, max: u32) -> bool {
+        (self.out_bytes as usize).saturating_add(len) <= max as usize
     }
 }
 
@@ -248,6 +224,8 @@ pub struct Core {
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Load signal, admission level and rate limits of this core.
     pub overload: overload::Overload,
+    /// Subscription tickets, held logins and NATS outages (`reach.rs`).
+    pub reach: reach::Reach,
     start: Instant,
 }
 
@@ -265,6 +243,7 @@ impl Core {
         poller: Poller,
     ) -> Core {
         let load = overload::Overload::new(&cfg, index);
+        let reach = reach::Reach::new(cfg.nats.enabled());
         Core {
             index,
             cfg,
@@ -298,6 +277,7 @@ impl Core {
             stopping: Cell::new(false),
             tls: RefCell::new(None),
             overload: load,
+            reach,
             start: Instant::now(),
         }
     }
@@ -550,47 +530,5 @@ impl Core {
         );
         (s.admission_level, s.queue_delay_us) = self.overload.gauges();
         s
-    }
-}
-
-impl Core {
-    /// Makes an authenticated session of a connection: indexes it under its
-    /// user and schedules its idle deadline. Returns the shared names.
-    pub fn bind_session(
-        &self,
-        idx: u32,
-        id: u64,
-        user: &str,
-        device: &str,
-        heartbeat_ms: u32,
-    ) -> (Rc<str>, Rc<str>) {
-        let now = self.now();
-        let idle = self.ticks(self.cfg.idle_timeout_ms(heartbeat_ms));
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let user: Rc<str> = match st.users.get_key_value(user) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(user),
-        };
-        let device: Rc<str> = Rc::from(device);
-        let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
-            return (user, device);
-        };
-        c.user = Some(user.clone());
-        c.device = Some(device.clone());
-        c.heartbeat_ms = heartbeat_ms;
-        c.last_in = now;
-        c.due = st
-            .wheel
-            .schedule(Entry { idx, conn_id: id }, now + idle, c.due);
-        match st.users.get_mut(&*user) {
-            Some(m) => m.add(idx),
-            None => {
-                st.users.insert(user.clone(), Members::One(idx));
-                self.backend.interest(Interest::User(&user), true);
-            }
-        }
-        st.sessions += 1;
-        (user, device)
     }
 }

@@ -235,8 +235,111 @@ impl Window {
         }
     }
 
+    /// Counts every push as sent at `now` (nothing could be written before:
+    /// a login held until its subscription was confirmed).
+    pub fn restart_clock(&mut self, now: Tick) {
+        for u in self.items.iter_mut() {
+            u.sent = now;
+        }
+    }
+
     /// Empties the window (connection closing).
     pub fn take_all(&mut self) -> Vec<Unacked> {
+        std::mem::take(&mut self.items).into()
+    }
+}
+
+/// Bytes counted for each waiting push on top of its body: the queue
+/// entry itself.
+pub const WAITING_ITEM_BYTES: u32 = 32;
+
+/// A push waiting for room (see [`Backlog`]).
+pub struct Waiting {
+    pub body: Bytes,
+    pub ack_required: bool,
+}
+
+/// Pushes waiting for room on one connection, in arrival order: the
+/// unacked window was full (ack-required pushes), or the outbound queue
+/// had no room (any push). They leave in order as acks open the window
+/// and writes empty the queue (flow control, like TCP's window or EMQX's
+/// max_inflight plus message queue). Bounded in bytes by its owner
+/// (`push_queue_bytes_max`); a connection with nothing waiting holds no
+/// backlog at all.
+#[derive(Default)]
+pub struct Backlog {
+    items: VecDeque<Waiting>,
+    /// Bodies plus `WAITING_ITEM_BYTES` each.
+    bytes: u32,
+    /// Tick at which the backlog last moved (an item left), or began.
+    moved: Tick,
+}
+
+impl Backlog {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn bytes(&self) -> u32 {
+        self.bytes
+    }
+    /// Tick of the last move (or of the first push into an empty backlog).
+    pub fn moved(&self) -> Tick {
+        self.moved
+    }
+    /// What a push costs the backlog's byte budget.
+    pub fn cost(body: &Bytes) -> u32 {
+        (body.len() as u32).saturating_add(WAITING_ITEM_BYTES)
+    }
+
+    /// Appends a push unless that would take the backlog past `bytes_max`;
+    /// then the push comes back.
+    pub fn push(&mut self, w: Waiting, now: Tick, bytes_max: u32) -> Result<(), Waiting> {
+        let cost = Self::cost(&w.body);
+        if self.bytes.saturating_add(cost) > bytes_max {
+            return Err(w);
+        }
+        if self.items.is_empty() {
+            self.moved = now;
+        }
+        self.bytes += cost;
+        self.items.push_back(w);
+        debug_assert_eq!(
+            self.bytes as usize,
+            self.items
+                .iter()
+                .map(|w| Self::cost(&w.body) as usize)
+                .sum::<usize>()
+        );
+        Ok(())
+    }
+
+    pub fn front(&self) -> Option<&Waiting> {
+        self.items.front()
+    }
+
+    /// Takes the first push: the backlog moved at `now`.
+    pub fn pop(&mut self, now: Tick) -> Option<Waiting> {
+        let w = self.items.pop_front()?;
+        self.bytes -= Self::cost(&w.body);
+        self.moved = now;
+        if self.items.is_empty() {
+            debug_assert_eq!(self.bytes, 0);
+            self.items = VecDeque::new(); // give the buffer back
+        }
+        Some(w)
+    }
+
+    /// True when pushes wait and nothing left for `timeout` ticks.
+    pub fn stalled(&self, now: Tick, timeout: Tick) -> bool {
+        !self.items.is_empty() && now >= self.moved.saturating_add(timeout)
+    }
+
+    /// Empties the backlog (connection closing).
+    pub fn take_all(&mut self) -> Vec<Waiting> {
+        self.bytes = 0;
         std::mem::take(&mut self.items).into()
     }
 }
@@ -311,5 +414,42 @@ mod tests {
         let (route, payload) = decode_body(&body);
         assert_eq!(route, "r");
         assert_eq!(&payload[..], b"pay");
+    }
+
+    #[test]
+    fn backlog_is_bounded_in_bytes_ordered_and_tracks_moves() {
+        let mut b = Backlog::default();
+        let body = |n: usize| Bytes::from(vec![0u8; n]);
+        let cost = 100 + WAITING_ITEM_BYTES;
+        let max = 3 * cost;
+        for i in 0..3 {
+            let w = Waiting {
+                body: body(100),
+                ack_required: i % 2 == 0,
+            };
+            assert!(b.push(w, 5, max).is_ok());
+        }
+        assert_eq!(b.bytes(), max);
+        assert_eq!(b.moved(), 5);
+        // One more byte than the budget is refused and handed back.
+        let back = b.push(
+            Waiting {
+                body: body(1),
+                ack_required: true,
+            },
+            6,
+            max,
+        );
+        assert!(back.is_err_and(|w| w.body.len() == 1));
+        assert!(!b.stalled(14, 10));
+        assert!(b.stalled(15, 10));
+        let first = b.pop(20).expect("first");
+        assert!(first.ack_required);
+        assert_eq!(b.moved(), 20);
+        assert!(!b.stalled(29, 10));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.take_all().len(), 2);
+        assert!(b.is_empty() && b.bytes() == 0);
+        assert!(!b.stalled(1000, 10));
     }
 }

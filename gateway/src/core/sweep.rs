@@ -19,6 +19,8 @@ use crate::metrics::CoreMetrics;
 enum After {
     Nothing,
     AuthTimeout,
+    /// A held login whose subscription was not confirmed by its auth deadline.
+    Unreachable,
     Expired(Rc<str>, Rc<str>, Vec<Unacked>),
 }
 
@@ -57,6 +59,7 @@ impl Core {
                     });
                     self.close(e.idx, e.conn_id, CloseReason::AuthTimeout, Some(err));
                 }
+                After::Unreachable => self.refuse_login(e.idx, e.conn_id),
                 After::Expired(user, device, items) => self.report_undelivered(
                     e.conn_id,
                     user,
@@ -89,6 +92,15 @@ impl Core {
             c.due = wheel.schedule(e, deadline, 0);
             return After::Nothing;
         };
+        if self.held(c.id) {
+            // Nothing is written before AuthOk: no idle or ack checks yet.
+            let deadline = c.created + self.ticks(self.cfg.auth_timeout_ms);
+            if now >= deadline {
+                return After::Unreachable;
+            }
+            c.due = wheel.schedule(e, deadline, 0);
+            return After::Nothing;
+        }
         let idle_deadline = c.last_in + self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
         if now >= idle_deadline {
             c.close = Some(CloseReason::StaleHeartbeat);
@@ -114,10 +126,38 @@ impl Core {
                 },
             );
         }
-        let next = c
+        // Pushes that left the window make room for those waiting.
+        if !expired.is_empty() && c.backlogged() {
+            self.pump(c, now, wheel);
+        }
+        let mut next = c
             .window
             .next_due(ack_ticks)
             .map_or(idle_deadline, |d| d.min(idle_deadline));
+        if let Some(b) = c
+            .extra
+            .as_ref()
+            .map(|e| &e.backlog)
+            .filter(|b| !b.is_empty())
+        {
+            let stall = self.ticks(self.cfg.push_stall_timeout_ms);
+            if b.stalled(now, stall) {
+                CoreMetrics::inc(&self.metrics.slow_consumers);
+                tracing::debug!(
+                    conn_id = c.id,
+                    waiting = b.len(),
+                    "slow consumer: the backlog did not move for push_stall_timeout_ms"
+                );
+                c.close = Some(CloseReason::SlowConsumer);
+                self.ready(c);
+                return if expired.is_empty() {
+                    After::Nothing
+                } else {
+                    After::Expired(user, device, expired)
+                };
+            }
+            next = next.min(b.moved().saturating_add(stall));
+        }
         c.due = wheel.schedule(e, next, 0);
         if expired.is_empty() {
             After::Nothing

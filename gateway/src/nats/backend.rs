@@ -10,7 +10,7 @@ use gw_proto::ErrorCode;
 
 use super::bridge::{BridgeStats, Call, CoreLink, ToNats};
 use super::contract::{self, Subjects};
-use super::interest::{Inbound, Interest as Subscriptions};
+use super::interest::{Event, Interest as Subscriptions};
 use crate::backend::{
     Backend, BackendFactory, BackendReply, Interest, LocalBoxFuture, SessionEvent, UpstreamRequest,
 };
@@ -46,10 +46,24 @@ impl NatsFactory {
     }
 
     /// The inbound end of a core's subscriptions (once).
-    pub fn take_inbound(&self, core: usize) -> Option<(flume::Receiver<Inbound>, Subscriptions)> {
+    pub fn take_inbound(&self, core: usize) -> Option<(flume::Receiver<Event>, Subscriptions)> {
         let links = self.links.lock().ok()?;
         let l = links.get(core)?.as_ref()?;
         Some((l.inbound.clone(), l.interest.clone()))
+    }
+
+    /// Each core's subscription connection and request client, for
+    /// readiness (`/readyz`).
+    pub fn health(&self) -> Vec<super::CoreHealth> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .iter()
+            .flatten()
+            .map(|l| super::CoreHealth {
+                subscriptions: l.interest.clone(),
+                requests: l.requests.clone(),
+            })
+            .collect()
     }
 
     /// Closes every subscription connection and lets go of the request
@@ -134,21 +148,17 @@ impl Backend for NatsBackend {
                 device,
                 resume_seq,
                 metadata,
+                resync,
             } => {
-                let e = contract::online_event(
+                let mut e = contract::online_event(
                     &self.node, conn_id, &user, &device, resume_seq, metadata,
                 );
-                // Over the subscription connection when it is up: NATS
-                // handles one connection's messages in order, so the user's
-                // SUB is in place before anyone sees this event, and a
-                // backend that pushes on `online` (to replay what the client
-                // missed) cannot race it. Otherwise async-nats buffers it.
-                if self.subs.is_connected() {
-                    self.subs
-                        .publish(&self.subjects.event("online"), &[], contract::to_bytes(&e));
-                } else {
-                    self.publish("online", contract::to_bytes(&e));
-                }
+                e.resync = resync;
+                // The core sends this only once the user's subscription is
+                // confirmed by the server, so a backend that pushes on
+                // `online` (to replay what the client missed) finds the
+                // user whichever connection the event leaves on.
+                self.publish("online", contract::to_bytes(&e));
             }
             SessionEvent::Offline {
                 conn_id,
@@ -180,19 +190,34 @@ impl Backend for NatsBackend {
         }
     }
 
-    fn interest(&self, what: Interest<'_>, on: bool) {
-        let (name, subject) = match what {
-            Interest::User(u) => (u, self.subjects.user(u)),
-            Interest::Room(r) => (r, self.subjects.room(r)),
-        };
+    fn interest(&self, what: Interest<'_>, on: bool) -> Option<u64> {
+        let (name, subject) = self.subject(what);
         if !contract::valid_name(name) {
             tracing::warn!(name, "a user or room name that cannot be a NATS subject: pushes over NATS cannot reach it");
-            return;
+            return None;
         }
         if on {
-            self.subs.sub(&subject, None);
+            self.subs.sub(&subject, None)
         } else {
             self.subs.unsub(&subject);
+            None
+        }
+    }
+
+    fn ticket(&self, what: Interest<'_>) -> Option<u64> {
+        let (name, subject) = self.subject(what);
+        if !contract::valid_name(name) {
+            return None;
+        }
+        self.subs.ticket(&subject)
+    }
+}
+
+impl NatsBackend {
+    fn subject<'a>(&self, what: Interest<'a>) -> (&'a str, String) {
+        match what {
+            Interest::User(u) => (u, self.subjects.user(u)),
+            Interest::Room(r) => (r, self.subjects.room(r)),
         }
     }
 }

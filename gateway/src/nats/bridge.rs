@@ -16,7 +16,8 @@ use prost::Message as _;
 
 use super::contract::{self, Remote, Subjects};
 use super::events::Events;
-use super::interest::{self, ConnectSpec, Inbound, Interest};
+use super::interest::{self, ConnectSpec, Event, Interest};
+use super::requests::{self, Requests};
 use super::NatsConfig;
 use crate::backend::{BackendReply, UndeliveredReason};
 
@@ -140,7 +141,9 @@ impl BridgeStats {
 pub struct CoreLink {
     pub tx: flume::Sender<ToNats>,
     pub interest: Interest,
-    pub inbound: flume::Receiver<Inbound>,
+    pub inbound: flume::Receiver<Event>,
+    /// The core's request client (for readiness).
+    pub requests: Requests,
 }
 
 /// Everything the bridge tasks share.
@@ -152,74 +155,6 @@ struct Ctx {
     retry_after_ms: u32,
     stats: Arc<BridgeStats>,
     events: Arc<Events>,
-}
-
-/// Reads the configured credentials once (files included), for both kinds
-/// of connection.
-fn read_auth(cfg: &NatsConfig) -> anyhow::Result<interest::Auth> {
-    let read = |key: &str, path: &str| {
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading nats.{key} {path}: {e}"))
-    };
-    Ok(if !cfg.creds_file.is_empty() {
-        let text = read("creds_file", &cfg.creds_file)?;
-        let (jwt, seed) = interest::read_creds(&text)
-            .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?;
-        interest::Auth::Creds { jwt, seed }
-    } else if !cfg.nkey_seed_file.is_empty() {
-        interest::Auth::NKeySeed(
-            read("nkey_seed_file", &cfg.nkey_seed_file)?
-                .trim()
-                .to_string(),
-        )
-    } else if !cfg.token.is_empty() {
-        interest::Auth::Token(cfg.token.clone())
-    } else if !cfg.user.is_empty() {
-        interest::Auth::UserPassword(cfg.user.clone(), cfg.password.clone())
-    } else {
-        interest::Auth::None
-    })
-}
-
-/// Builds the async-nats options from the config.
-fn options(
-    cfg: &NatsConfig,
-    auth: &interest::Auth,
-    name: String,
-) -> anyhow::Result<async_nats::ConnectOptions> {
-    use async_nats::ConnectOptions as O;
-    let mut o = match auth.clone() {
-        interest::Auth::Creds { .. } => {
-            // async-nats parses the same file; it was read once above.
-            let text = std::fs::read_to_string(&cfg.creds_file)?;
-            O::with_credentials(&text)
-                .map_err(|e| anyhow::anyhow!("nats.creds_file {}: {e}", cfg.creds_file))?
-        }
-        interest::Auth::NKeySeed(seed) => O::with_nkey(seed),
-        interest::Auth::Token(t) => O::with_token(t),
-        interest::Auth::UserPassword(u, p) => O::with_user_and_password(u, p),
-        interest::Auth::None => O::new(),
-    };
-    if cfg.tls_required {
-        o = o.require_tls(true);
-    }
-    if !cfg.tls_ca_file.is_empty() {
-        o = o.add_root_certificates(cfg.tls_ca_file.clone().into());
-    }
-    if !cfg.tls_cert_file.is_empty() {
-        o = o.add_client_certificate(
-            cfg.tls_cert_file.clone().into(),
-            cfg.tls_key_file.clone().into(),
-        );
-    }
-    let delay_max = Duration::from_millis(cfg.reconnect_delay_max_ms as u64);
-    Ok(o.name(name)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms as u64))
-        .request_timeout(None)
-        .reconnect_delay_callback(move |attempts| {
-            let ms = 10u64.saturating_mul(1u64 << attempts.min(16));
-            Duration::from_millis(ms).min(delay_max)
-        }))
 }
 
 /// The `Interest` connection's options.
@@ -234,7 +169,7 @@ fn connect_spec(cfg: &NatsConfig, auth: interest::Auth, name: String) -> Connect
         name,
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms as u64),
         reconnect_delay_max: Duration::from_millis(cfg.reconnect_delay_max_ms as u64),
-        ping_interval: Duration::from_secs(10),
+        ping_interval: Duration::from_millis(cfg.ping_interval_ms as u64),
     }
 }
 
@@ -256,32 +191,20 @@ pub async fn start(
         events: Arc::new(Events::new(n, &cfg.node_id, stats.clone())),
         stats,
     });
-    let urls = n.urls.join(",");
-    let auth = read_auth(n)?;
+    let auth = requests::read_auth(n)?;
     let mut links = Vec::with_capacity(cores);
     let mut tasks = Vec::with_capacity(cores);
     for core in 0..cores {
         let name = format!("gateway {} core {core}", cfg.node_id);
-        let node = cfg.node_id.clone();
-        let url_list = urls.clone();
-        let opts = options(n, &auth, name.clone())?.event_callback(move |ev| {
-            let (node, url_list) = (node.clone(), url_list.clone());
-            async move {
-                match ev {
-                    async_nats::Event::Connected => {
-                        tracing::info!(%node, core, "NATS connected")
-                    }
-                    async_nats::Event::Disconnected => tracing::warn!(
-                        %node, core, urls = %url_list,
-                        "NATS connection lost: upstream frames get BACKEND_UNAVAILABLE until it is back; reconnecting"
-                    ),
-                    other => tracing::warn!(%node, core, event = %other, "NATS"),
-                }
-            }
-        });
-        let client = opts.connect(n.urls.clone()).await.map_err(|e| {
-            anyhow::anyhow!("nats.urls {urls}: {e} (check the URLs and credentials)")
-        })?;
+        let spec = requests::ClientSpec {
+            cfg: n.clone(),
+            auth: auth.clone(),
+            name: name.clone(),
+            node: cfg.node_id.clone(),
+            core,
+        };
+        let client = requests::connect(&spec, n.urls.clone(), false).await?;
+        let requests = Requests::new(client);
         let queue = n.bridge_queue_max as usize;
         let (tx, rx) = flume::bounded(queue);
         let (in_tx, in_rx) = flume::bounded(queue);
@@ -294,8 +217,14 @@ pub async fn start(
         let node_subject = ctx.subjects.node(&cfg.node_id);
         interest.sub(&node_subject, Some(&node_subject));
         tokio::spawn(log_status(status_rx, core));
+        tokio::spawn(requests::supervise(
+            requests.clone(),
+            spec,
+            interest.clone(),
+            stop.clone(),
+        ));
         tasks.push(tokio::spawn(run_core(
-            client,
+            requests.clone(),
             rx,
             ctx.clone(),
             stop.clone(),
@@ -304,6 +233,7 @@ pub async fn start(
             tx,
             interest,
             inbound: in_rx,
+            requests,
         });
     }
     Ok((links, tasks))
@@ -321,12 +251,13 @@ async fn log_status(rx: flume::Receiver<interest::Status>, core: usize) {
 }
 
 async fn run_core(
-    client: async_nats::Client,
+    requests: Requests,
     rx: flume::Receiver<ToNats>,
     ctx: Arc<Ctx>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        let client = requests.current();
         let msg = tokio::select! {
             m = rx.recv_async() => match m {
                 Ok(m) => Some(m),
@@ -339,7 +270,7 @@ async fn run_core(
             let left: Vec<ToNats> = rx.drain().collect();
             for m in left {
                 if let ToNats::Publish { subject, payload } = m {
-                    ctx.events.send(&client, subject, payload).await;
+                    ctx.events.send(&requests, subject, payload).await;
                 }
             }
             break;
@@ -356,16 +287,17 @@ async fn run_core(
                     let _ = call.reply.try_send(r);
                     continue;
                 }
-                tokio::spawn(request(client.clone(), ctx.clone(), *call));
+                tokio::spawn(request(requests.clone(), ctx.clone(), *call));
             }
             ToNats::Publish { subject, payload } => {
-                ctx.events.send(&client, subject, payload).await;
+                ctx.events.send(&requests, subject, payload).await;
             }
         }
     }
     // The core is gone: send what is buffered (its last offline and
     // undelivered events) before the connection closes.
     ctx.events.settle(FLUSH_AT_EXIT).await;
+    let client = requests.current();
     let connected = client.connection_state() == async_nats::connection::State::Connected;
     if connected
         && tokio::time::timeout(FLUSH_AT_EXIT, client.flush())
@@ -379,7 +311,8 @@ async fn run_core(
 /// How long a stopping bridge waits to flush its last messages.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
 
-async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
+async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
+    let client = requests.current();
     let Call {
         route,
         headers,
@@ -403,7 +336,7 @@ async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
                     tracing::warn!(%route, %why, "backend reply: order refused");
                 }
                 for remote in orders.remote.drain(..) {
-                    publish_remote(&client, &ctx, remote).await;
+                    publish_remote(&requests, &ctx, remote).await;
                 }
                 contract::local_reply(&r, &mut orders)
             }
@@ -446,7 +379,8 @@ async fn request(client: async_nats::Client, ctx: Arc<Ctx>, call: Call) {
 /// Sends work that leaves this node: user and room pushes, user kicks,
 /// orders for other nodes. Ack-required user pushes go as requests so that
 /// a push no gateway holds is reported undelivered, not lost.
-async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Remote) {
+async fn publish_remote(requests: &Requests, ctx: &Arc<Ctx>, remote: Remote) {
+    let client = &requests.current();
     ctx.stats.remote_publishes.fetch_add(1, Ordering::Relaxed);
     let push_headers = |o: &crate::backend::PushOrder| {
         let mut h = HeaderMap::new();
@@ -466,10 +400,10 @@ async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Rem
     };
     let result = match remote {
         Remote::UserPush { user, order } => {
-            push(client, ctx, ctx.subjects.user(&user), order, push_headers).await
+            push(requests, ctx, ctx.subjects.user(&user), order, push_headers).await
         }
         Remote::RoomPush { room, order } => {
-            push(client, ctx, ctx.subjects.room(&room), order, push_headers).await
+            push(requests, ctx, ctx.subjects.room(&room), order, push_headers).await
         }
         Remote::KickUser { user, message } => {
             let mut h = HeaderMap::new();
@@ -479,7 +413,7 @@ async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Rem
                 .await
                 .map_err(|e| e.to_string())
         }
-        Remote::Node { node, cmd } => command_node(client, ctx, node, cmd).await,
+        Remote::Node { node, cmd } => command_node(requests, ctx, node, cmd).await,
     };
     if let Err(e) = result {
         ctx.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -491,14 +425,15 @@ async fn publish_remote(client: &async_nats::Client, ctx: &Arc<Ctx>, remote: Rem
 /// gateway that placed the push answers, so a push nobody holds (no
 /// responders) or nobody confirmed is reported undelivered, never lost.
 async fn push(
-    client: &async_nats::Client,
+    requests: &Requests,
     ctx: &Arc<Ctx>,
     subject: String,
     order: crate::backend::PushOrder,
     headers: impl Fn(&crate::backend::PushOrder) -> HeaderMap,
 ) -> Result<(), String> {
     if !order.ack_required {
-        return client
+        return requests
+            .current()
             .publish_with_headers(subject, headers(&order), order.payload)
             .await
             .map_err(|e| e.to_string());
@@ -507,7 +442,7 @@ async fn push(
         .headers(headers(&order))
         .payload(order.payload.clone())
         .timeout(Some(ctx.confirm_timeout));
-    confirm(client, ctx, subject, req, ctx.node.clone(), vec![order]);
+    confirm(requests, ctx, subject, req, ctx.node.clone(), vec![order]);
     Ok(())
 }
 
@@ -515,7 +450,7 @@ async fn push(
 /// request: the node answers once it has routed them (its owning core then
 /// delivers or reports each); if no node answers, each is reported here.
 async fn command_node(
-    client: &async_nats::Client,
+    requests: &Requests,
     ctx: &Arc<Ctx>,
     node: String,
     cmd: pb::NodeCommand,
@@ -523,7 +458,8 @@ async fn command_node(
     let subject = ctx.subjects.node(&node);
     let payload = Bytes::from(cmd.encode_to_vec());
     if !cmd.pushes.iter().any(|p| p.ack_required) {
-        return client
+        return requests
+            .current()
             .publish(subject, payload)
             .await
             .map_err(|e| e.to_string());
@@ -537,23 +473,23 @@ async fn command_node(
         .filter(|p| p.ack_required)
         .collect();
     // The connections live on `node`: reports name them there.
-    confirm(client, ctx, subject, req, node, ack);
+    confirm(requests, ctx, subject, req, node, ack);
     Ok(())
 }
 
 /// Sends a confirmation request on its own task (the reply is not held
 /// up); if nobody answers, reports each push in `lost`, named on `node`.
 fn confirm(
-    client: &async_nats::Client,
+    requests: &Requests,
     ctx: &Arc<Ctx>,
     subject: String,
     req: Request,
     node: String,
     lost: Vec<crate::backend::PushOrder>,
 ) {
-    let (client, ctx) = (client.clone(), ctx.clone());
+    let (requests, ctx) = (requests.clone(), ctx.clone());
     tokio::spawn(async move {
-        let reason = match client.send_request(subject, req).await {
+        let reason = match requests.current().send_request(subject, req).await {
             Ok(_) => return,
             Err(e) => confirm_failure(e.kind()),
         };
@@ -562,7 +498,7 @@ fn confirm(
             let ev = contract::unplaced_event(&node, &order.target, order, reason);
             let subject = ctx.subjects.event("undelivered");
             ctx.events
-                .send(&client, subject, contract::to_bytes(&ev))
+                .send(&requests, subject, contract::to_bytes(&ev))
                 .await;
         }
     });

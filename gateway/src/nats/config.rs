@@ -43,6 +43,14 @@ pub struct NatsConfig {
     pub events_confirm_window_ms: u32,
     /// Events awaiting confirmation at once; past it they go unconfirmed.
     pub events_confirm_inflight_max: u32,
+    /// Client PINGs on every NATS connection this often, ms; a server that
+    /// answers none for two intervals (hung, SIGSTOPped, cut off) is left
+    /// for another server of the cluster.
+    pub ping_interval_ms: u32,
+    /// A core whose subscriptions are lost and not restored within this
+    /// time takes the node out: not ready, logins refused, sessions told to
+    /// reconnect elsewhere (GoAway NODE_UNAVAILABLE), ms.
+    pub restore_deadline_ms: u32,
 }
 
 impl Default for NatsConfig {
@@ -66,6 +74,8 @@ impl Default for NatsConfig {
             events_confirm: false,
             events_confirm_window_ms: 60_000,
             events_confirm_inflight_max: 10_000,
+            ping_interval_ms: 5_000,
+            restore_deadline_ms: 10_000,
         }
     }
 }
@@ -121,6 +131,8 @@ impl NatsConfig {
                 "nats.events_confirm_inflight_max",
                 self.events_confirm_inflight_max,
             ),
+            ("nats.ping_interval_ms", self.ping_interval_ms),
+            ("nats.restore_deadline_ms", self.restore_deadline_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be greater than 0"));

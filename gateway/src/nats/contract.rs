@@ -391,6 +391,7 @@ pub fn online_event(
         resume_seq,
         metadata,
         at_unix_ms: unix_ms(),
+        resync: false,
     }
 }
 

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::bridge::BridgeStats;
+use super::requests::Requests;
 use super::NatsConfig;
 
 const RESEND_DELAY_MIN: Duration = Duration::from_millis(100);
@@ -81,12 +82,7 @@ impl Events {
     }
 
     /// Sends one event: a publish, or a confirmed request on its own task.
-    pub async fn send(
-        self: &Arc<Self>,
-        client: &async_nats::Client,
-        subject: String,
-        payload: Bytes,
-    ) {
+    pub async fn send(self: &Arc<Self>, requests: &Requests, subject: String, payload: Bytes) {
         let permit = if self.confirm {
             let p = self.inflight.clone().try_acquire_owned().ok();
             if p.is_none() {
@@ -102,7 +98,7 @@ impl Events {
             None
         };
         let Some(permit) = permit else {
-            if let Err(e) = client.publish(subject, payload).await {
+            if let Err(e) = requests.current().publish(subject, payload).await {
                 self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "NATS publish of a session event failed");
             }
@@ -113,23 +109,17 @@ impl Events {
             self.id_prefix,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        let (me, client) = (self.clone(), client.clone());
+        let (me, requests) = (self.clone(), requests.clone());
         self.pending.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            me.confirmed(&client, subject, payload, &id).await;
+            me.confirmed(&requests, subject, payload, &id).await;
             me.pending.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });
     }
 
     /// Resends until something confirms, or the window closes.
-    async fn confirmed(
-        &self,
-        client: &async_nats::Client,
-        subject: String,
-        payload: Bytes,
-        id: &str,
-    ) {
+    async fn confirmed(&self, requests: &Requests, subject: String, payload: Bytes, id: &str) {
         let started = Instant::now();
         let mut delay = RESEND_DELAY_MIN;
         let mut headers = HeaderMap::new();
@@ -139,7 +129,8 @@ impl Events {
                 .headers(headers.clone())
                 .payload(payload.clone())
                 .timeout(Some(self.timeout));
-            let why = match client.send_request(subject.clone(), req).await {
+            // The current client each time: a stuck one may be replaced.
+            let why = match requests.current().send_request(subject.clone(), req).await {
                 Ok(reply) if !is_jetstream_error(&reply.payload) => {
                     self.stats.events_confirmed.fetch_add(1, Ordering::Relaxed);
                     return;

@@ -13,7 +13,7 @@ use prost::Message as _;
 
 use super::bridge::BridgeStats;
 use super::contract::{self, Addressed, Subjects};
-use super::interest::{Inbound, Interest as Subscriptions};
+use super::interest::{Event, Inbound, Interest as Subscriptions};
 use crate::backend::{PushOrder, SessionOp, Target};
 use crate::core::Core;
 
@@ -27,16 +27,20 @@ pub struct InboundCtx {
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs until the core stops or the subscription connection closes.
-pub async fn run(core: Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
+pub async fn run(core: Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
     core.nats_running.set(true);
     serve(&core, rx, ctx).await;
     core.nats_running.set(false);
 }
 
-async fn serve(core: &Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
+async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
+    let restore_deadline = Duration::from_millis(core.cfg.nats.restore_deadline_ms as u64);
     while !core.stopping.get() {
+        if core.outage_check(restore_deadline) {
+            glommio::spawn_local(core.clone().evacuate()).detach();
+        }
         // What is queued first; a timer only while waiting on an empty queue.
-        let m = match rx.try_recv() {
+        let ev = match rx.try_recv() {
             Ok(m) => m,
             Err(flume::TryRecvError::Disconnected) => return,
             Err(flume::TryRecvError::Empty) => {
@@ -50,6 +54,21 @@ async fn serve(core: &Rc<Core>, rx: flume::Receiver<Inbound>, ctx: InboundCtx) {
                     Some(Ok(m)) => m,
                     Some(Err(_)) => return,
                 }
+            }
+        };
+        let m = match ev {
+            Event::Msg(m) => m,
+            Event::Confirmed(n) => {
+                core.confirmed(n);
+                continue;
+            }
+            Event::Up => {
+                core.nats_up().await;
+                continue;
+            }
+            Event::Down => {
+                core.nats_down();
+                continue;
             }
         };
         ctx.stats.inbound_pushes.fetch_add(1, Ordering::Relaxed);

@@ -18,7 +18,26 @@ pub mod contract;
 pub mod events;
 pub mod inbound;
 pub mod interest;
+pub mod requests;
 
 pub use backend::NatsFactory;
+
+/// One core's NATS connections, as readiness sees them.
+#[derive(Clone)]
+pub struct CoreHealth {
+    pub subscriptions: interest::Interest,
+    pub requests: requests::Requests,
+}
+
+impl CoreHealth {
+    /// The subscription connection is up and every subscription restored.
+    pub fn subscriptions_up(&self) -> bool {
+        self.subscriptions.is_connected()
+    }
+    /// The request client is connected.
+    pub fn requests_up(&self) -> bool {
+        self.requests.connected()
+    }
+}
 pub use bridge::BridgeStats;
 pub use config::NatsConfig;

@@ -82,6 +82,26 @@ impl Backend for RecordingBackend {
             });
             return Box::pin(std::future::ready(r));
         }
+        if req.route == "test.burst" {
+            // "<user> <n> [bytes]": n ack-required pushes to the user in one
+            // reply, route "burst", payload the push's number (padded).
+            let text = String::from_utf8_lossy(&req.payload).into_owned();
+            let mut it = text.split_whitespace();
+            let user = it.next().unwrap_or("").to_string();
+            let n: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let pad: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut r = BackendReply::ok(bytes::Bytes::new());
+            for i in 0..n {
+                r.pushes.push(gateway::backend::PushOrder {
+                    target: gateway::backend::Target::User(user.clone()),
+                    route: "burst".into(),
+                    payload: format!("{i:0pad$}").into(),
+                    ack_required: true,
+                    priority: pb::Priority::Normal,
+                });
+            }
+            return Box::pin(std::future::ready(r));
+        }
         self.inner.upstream(req)
     }
     fn event(&self, ev: SessionEvent) {

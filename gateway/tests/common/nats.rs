@@ -102,8 +102,32 @@ impl Drop for NatsServer {
     }
 }
 
-/// Three clustered servers with full routes.
+/// Three clustered servers with full routes, returned once every route is
+/// up: a message published on any server reaches a subscriber on any
+/// other (so each server's INFO lists the others in `connect_urls`, as on
+/// a cluster that formed before its clients came).
 pub fn cluster() -> Vec<NatsServer> {
+    let servers = cluster_starting();
+    let clients: Vec<Nats> = servers.iter().map(|s| Nats::connect(&s.url())).collect();
+    for (i, sub) in clients.iter().enumerate() {
+        let subject = format!("cluster.formed.{i}");
+        let rx = sub.watch(&subject);
+        for (j, publisher) in clients.iter().enumerate().filter(|(j, _)| *j != i) {
+            let t = Instant::now();
+            loop {
+                publisher.publish(&subject, &[], b"");
+                if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    break;
+                }
+                assert!(t.elapsed() < WAIT, "no route from server {j} to server {i}");
+            }
+        }
+    }
+    servers
+}
+
+/// Three clustered servers with full routes, maybe still forming.
+fn cluster_starting() -> Vec<NatsServer> {
     let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes = cports
         .iter()
@@ -179,8 +203,10 @@ impl Nats {
             .enable_all()
             .build()
             .unwrap();
+        // Several servers: "url1,url2,...".
+        let urls: Vec<String> = url.split(',').map(str::to_string).collect();
         let client = rt
-            .block_on(opts.connect(url))
+            .block_on(opts.connect(urls))
             .expect("test NATS client connects");
         Nats { rt, client }
     }

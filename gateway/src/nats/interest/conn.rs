@@ -17,7 +17,7 @@ use super::nkey::nkey_sign;
 use super::tls::build_tls;
 use super::url::ServerUrl;
 use super::wire::{encode_cmd, encode_sub, parse_op, Op, ServerInfo, PAYLOAD_BYTES_MAX_DEFAULT};
-use super::{Auth, Cmd, End, Status, Task};
+use super::{Auth, Cmd, End, Event, Status, Task};
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Write once this much is buffered, even if more commands are queued.
@@ -76,9 +76,13 @@ impl Task {
                 ));
             }
             let config = self.tls_config()?;
-            let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
-                ConnErr::new(format!("bad TLS server name {:?}: {e}", url.host), HINT_TLS)
-            })?;
+            let name =
+                rustls::pki_types::ServerName::try_from(url.tls_name.clone()).map_err(|e| {
+                    ConnErr::new(
+                        format!("bad TLS server name {:?}: {e}", url.tls_name),
+                        HINT_TLS,
+                    )
+                })?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
@@ -116,6 +120,7 @@ impl Task {
                 }
             }
         }
+        self.learned.extend(info.connect_urls.iter().cloned());
         Ok(Conn { stream, rbuf, info })
     }
 
@@ -167,6 +172,12 @@ impl Task {
 
     /// The connected phase: restore subscriptions, then move commands out and
     /// messages in until the connection drops or the task is told to stop.
+    ///
+    /// Confirmations: every PING carries the highest sid whose SUB was
+    /// written before it, and PONGs come back in order, so a PONG confirms
+    /// every SUB up to its PING's sid (`Event::Confirmed`). A PING follows
+    /// each batch of commands with a SUB in it, so a connect storm costs one
+    /// PING per batch, not one per login.
     pub(super) async fn serve(&mut self, conn: Conn, url: &ServerUrl) -> End {
         let Conn {
             mut stream,
@@ -180,7 +191,7 @@ impl Task {
         // Snapshot the table. Commands queued so far are superseded by it:
         // drop them under the same lock the callers send under, so every
         // later command applies on top of exactly this snapshot.
-        let restored = {
+        let (restored, mut written_sid) = {
             let subs = self.shared.subs();
             loop {
                 match self.rx.try_recv() {
@@ -195,11 +206,13 @@ impl Task {
                 let queue = subs.queues.get(&sid).map(|q| &**q);
                 encode_sub(&mut wbuf, subject, queue, sid);
             }
-            subs.by_subject.len()
+            // Every sid so far is in the snapshot or was unsubscribed.
+            (subs.by_subject.len(), subs.next_sid)
         };
         // The first PONG after this PING means the server has every SUB.
         wbuf.extend_from_slice(b"PING\r\n");
-        let mut pings_out: u32 = 1;
+        let mut pings = Pings::default();
+        pings.sent(written_sid);
         let mut announced = false;
         // The server's last -ERR: it usually explains a close that follows.
         let mut last_err: Option<String> = None;
@@ -223,22 +236,21 @@ impl Task {
                     Err(e) => return End::Lost(format!("protocol error: {e}")),
                 };
                 rbuf.advance(used);
-                match op {
-                    Op::Msg(m) => {
-                        if self.inbound.send_async(m).await.is_err() {
-                            tracing::debug!(
-                                "inbound receiver gone; closing the NATS interest connection"
-                            );
-                            shutdown(&mut stream).await;
-                            return End::Stop;
-                        }
+                let event = match op {
+                    Op::Msg(m) => Some(Event::Msg(m)),
+                    Op::Ping => {
+                        wbuf.extend_from_slice(b"PONG\r\n");
+                        None
                     }
-                    Op::Ping => wbuf.extend_from_slice(b"PONG\r\n"),
                     Op::Pong => {
-                        pings_out = pings_out.saturating_sub(1);
+                        let confirmed = pings.answered();
+                        let before = self.shared.confirmed.load(Ordering::Acquire);
+                        if confirmed > before {
+                            self.shared.confirmed.store(confirmed, Ordering::Release);
+                        }
                         if !announced {
                             announced = true;
-                            self.shared.connected.store(true, Ordering::Relaxed);
+                            self.shared.connected.store(true, Ordering::Release);
                             self.last_reported = None;
                             let _ = self.status.try_send(Status::Connected);
                             tracing::info!(
@@ -247,21 +259,39 @@ impl Task {
                                 subscriptions = restored,
                                 "NATS interest connection up"
                             );
+                            if self.emit(Event::Confirmed(confirmed.max(before))).await
+                                || self.emit(Event::Up).await
+                            {
+                                shutdown(&mut stream).await;
+                                return End::Stop;
+                            }
+                            None
+                        } else {
+                            (confirmed > before).then_some(Event::Confirmed(confirmed))
                         }
                     }
-                    Op::Ok => {}
+                    Op::Ok => None,
                     Op::Err(text) => {
                         tracing::warn!(url = %url.shown, "NATS server error: {text}");
                         last_err = Some(text);
+                        None
                     }
                     Op::Info(json) => {
                         if let Ok(i) = ServerInfo::parse(&json) {
                             max_payload = i.max_payload();
                             headers_ok = i.headers;
+                            self.learned.extend(i.connect_urls.iter().cloned());
                             if i.ldm {
                                 tracing::info!(url = %url.shown, "NATS server entering lame duck mode; it will close this connection soon");
                             }
                         }
+                        None
+                    }
+                };
+                if let Some(ev) = event {
+                    if self.emit(ev).await {
+                        shutdown(&mut stream).await;
+                        return End::Stop;
                     }
                 }
             }
@@ -289,16 +319,21 @@ impl Task {
                     }),
                 },
                 c = self.rx.recv() => {
+                    let mut subs_written = false;
                     let mut stop = match c {
-                        Some(c) => encode_cmd(&mut wbuf, c, max_payload, headers_ok),
+                        Some(c) => self.encode(&mut wbuf, c, max_payload, headers_ok, &mut written_sid, &mut subs_written),
                         None => true,
                     };
                     while !stop && wbuf.len() < WRITE_BATCH_BYTES {
                         match self.rx.try_recv() {
-                            Ok(c) => stop = encode_cmd(&mut wbuf, c, max_payload, headers_ok),
+                            Ok(c) => stop = self.encode(&mut wbuf, c, max_payload, headers_ok, &mut written_sid, &mut subs_written),
                             Err(mpsc::error::TryRecvError::Empty) => break,
                             Err(mpsc::error::TryRecvError::Disconnected) => stop = true,
                         }
+                    }
+                    if subs_written && !stop {
+                        wbuf.extend_from_slice(b"PING\r\n");
+                        pings.sent(written_sid);
                     }
                     let written = flush(&mut stream, &mut wbuf).await;
                     if stop {
@@ -310,17 +345,61 @@ impl Task {
                     }
                 },
                 _ = ticker.tick(), if !period.is_zero() => {
-                    if pings_out >= 2 {
-                        return End::Lost("no PONG to the last 2 PINGs".into());
+                    if pings.oldest_age().is_some_and(|age| age >= period * 2) {
+                        return End::Lost(format!("no PONG within {} ms", (period * 2).as_millis()));
                     }
-                    pings_out += 1;
                     wbuf.extend_from_slice(b"PING\r\n");
+                    pings.sent(written_sid);
                     if let Err(e) = flush(&mut stream, &mut wbuf).await {
                         return End::Lost(format!("write error: {e}"));
                     }
                 },
             }
         }
+    }
+
+    /// Encodes one command; notes the sid of a SUB written. True = stop.
+    fn encode(
+        &self,
+        wbuf: &mut Vec<u8>,
+        c: Cmd,
+        max_payload: usize,
+        headers_ok: bool,
+        written_sid: &mut u64,
+        subs_written: &mut bool,
+    ) -> bool {
+        if let Cmd::Sub { sid, .. } = &c {
+            *written_sid = (*written_sid).max(*sid);
+            *subs_written = true;
+        }
+        encode_cmd(wbuf, c, max_payload, headers_ok)
+    }
+
+    /// Hands an event to the owner; true when the owner is gone.
+    async fn emit(&self, ev: Event) -> bool {
+        if self.inbound.send_async(ev).await.is_err() {
+            tracing::debug!("inbound receiver gone; closing the NATS interest connection");
+            return true;
+        }
+        false
+    }
+}
+
+/// PINGs awaiting their PONG, oldest first, each with the highest SUB sid
+/// written before it.
+#[derive(Default)]
+struct Pings(std::collections::VecDeque<(std::time::Instant, u64)>);
+
+impl Pings {
+    fn sent(&mut self, sid: u64) {
+        self.0.push_back((std::time::Instant::now(), sid));
+    }
+    /// A PONG came: the sid its PING confirms (0 for an unsolicited PONG).
+    fn answered(&mut self) -> u64 {
+        self.0.pop_front().map_or(0, |(_, sid)| sid)
+    }
+    fn oldest_age(&self) -> Option<Duration> {
+        self.0.front().map(|(t, _)| t.elapsed())
     }
 }
 

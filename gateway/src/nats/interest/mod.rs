@@ -14,9 +14,16 @@
 //! The table is the truth: on every (re)connect the task re-sends a SUB for
 //! each entry, with the same sid.
 //!
+//! Reachability: a SUB's sid is its *ticket*. PONGs confirm every SUB
+//! written before their PING, so the owner learns, in order with the
+//! messages (`Event::Confirmed`), from when on a subject reaches it; `Up`
+//! and `Down` say when the whole table is in place at a server or not.
+//! Servers of the cluster are learned from INFO `connect_urls` and tried
+//! after the configured ones.
+//!
 //! Parts:
-//! - this file: the public API, the command channel and the connection
-//!   task's reconnect loop;
+//! - this file: the public API, the subscription table, the command channel;
+//! - `task`: the connection task's reconnect loop and learned servers;
 //! - `conn`: one connection: handshake (CONNECT, auth, TLS upgrade) and the
 //!   connected phase (resubscribe, commands out, messages in, PINGs);
 //! - `wire`: protocol parsing (MSG/HMSG/INFO/-ERR/...) and encoding
@@ -27,17 +34,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_rustls::rustls;
 
 mod conn;
 mod failure;
 mod nkey;
+mod task;
 mod tls;
 mod url;
 mod wire;
@@ -47,8 +54,8 @@ mod tests;
 
 pub use nkey::read_creds;
 
-use self::url::parse_url;
-use failure::{lost_hint, ConnErr, FailLog, HINT_TIMEOUT};
+use failure::FailLog;
+use task::{End, Task};
 use wire::encode_headers;
 
 /// Where and how to connect.
@@ -131,6 +138,25 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
+/// What the connection task hands its owner, in order: messages, and
+/// the confirmations and state changes that say which subscriptions are
+/// in place at the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message on one of the subscriptions.
+    Msg(Inbound),
+    /// The server has processed every SUB whose ticket (see
+    /// [`Interest::sub`]) is at most this: messages published to those
+    /// subjects after this reach us.
+    Confirmed(u64),
+    /// Connected, and every subscription of the table is in place again
+    /// (sent after the `Confirmed` that covers them).
+    Up,
+    /// The connection that was `Up` is lost; subscriptions are not in
+    /// place until the next `Up`.
+    Down,
+}
+
 /// Connection state changes, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -187,6 +213,12 @@ struct Subs {
 struct Shared {
     subs: Mutex<Subs>,
     connected: AtomicBool,
+    /// Highest ticket (sid) the server has confirmed (see `Event::Confirmed`).
+    confirmed: AtomicU64,
+    /// Servers learned from INFO `connect_urls`, as URLs.
+    learned: Mutex<Vec<String>>,
+    /// The URL of the server the connection is on (while connected).
+    current: Mutex<Option<String>>,
     closed: AtomicBool,
     close: tokio::sync::Notify,
 }
@@ -204,7 +236,7 @@ impl Interest {
     /// background, retrying forever with backoff.
     pub fn spawn(
         spec: ConnectSpec,
-        inbound: flume::Sender<Inbound>,
+        inbound: flume::Sender<Event>,
         status: flume::Sender<Status>,
     ) -> Interest {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -215,6 +247,9 @@ impl Interest {
                 next_sid: 0,
             }),
             connected: AtomicBool::new(false),
+            confirmed: AtomicU64::new(0),
+            learned: Mutex::new(Vec::new()),
+            current: Mutex::new(None),
             closed: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
         });
@@ -227,28 +262,32 @@ impl Interest {
             tls: None,
             fail_log: FailLog::default(),
             last_reported: None,
+            learned: Vec::new(),
         };
         tokio::spawn(task.run());
         Interest { tx, shared }
     }
 
     /// Subscribes (optionally in a queue group). No-op if already subscribed
-    /// to `subject` (whatever the queue group).
-    pub fn sub(&self, subject: &str, queue: Option<&str>) {
+    /// to `subject` (whatever the queue group). Returns the subscription's
+    /// ticket while the server has not confirmed it yet: it is reachable
+    /// once an [`Event::Confirmed`] of at least the ticket arrives. None:
+    /// in place already (or never: an invalid subject, a closed handle).
+    pub fn sub(&self, subject: &str, queue: Option<&str>) -> Option<u64> {
         if !valid_subject(subject) || queue.is_some_and(|q| !valid_subject(q)) {
             tracing::warn!(
                 subject,
                 ?queue,
                 "not subscribing: invalid NATS subject or queue group"
             );
-            return;
+            return None;
         }
         if self.shared.closed.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let mut subs = self.shared.subs();
-        if subs.by_subject.contains_key(subject) {
-            return;
+        if let Some(&sid) = subs.by_subject.get(subject) {
+            return self.pending(sid, subs.next_sid);
         }
         subs.next_sid += 1;
         let sid = subs.next_sid;
@@ -265,6 +304,49 @@ impl Interest {
             queue,
             sid,
         });
+        Some(sid)
+    }
+
+    /// The ticket to wait for before `subject` is reachable, if any (see
+    /// [`Interest::sub`]); None when it is confirmed, or not subscribed.
+    pub fn ticket(&self, subject: &str) -> Option<u64> {
+        let subs = self.shared.subs();
+        let sid = *subs.by_subject.get(subject)?;
+        self.pending(sid, subs.next_sid)
+    }
+
+    /// A subscription's ticket while it is not in place: its own sid until
+    /// confirmed; while disconnected, every sid so far (the restore after
+    /// the reconnect confirms them all at once).
+    fn pending(&self, sid: u64, next_sid: u64) -> Option<u64> {
+        if !self.shared.connected.load(Ordering::Acquire) {
+            return Some(next_sid);
+        }
+        (sid > self.shared.confirmed.load(Ordering::Acquire)).then_some(sid)
+    }
+
+    /// The servers of the cluster learned from INFO `connect_urls` so far,
+    /// as URLs with the configured scheme (`nats://host:port`).
+    pub fn learned_servers(&self) -> Vec<String> {
+        self.shared
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The URL of the server this connection is on, while connected.
+    pub fn current_server(&self) -> Option<String> {
+        self.shared
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The highest ticket the server has confirmed.
+    pub fn confirmed(&self) -> u64 {
+        self.shared.confirmed.load(Ordering::Acquire)
     }
 
     /// Unsubscribes. No-op if not subscribed.
@@ -370,137 +452,4 @@ fn table_bytes<T>(capacity: usize) -> usize {
 /// A subject or queue group that cannot break the protocol line it goes on.
 fn valid_subject(s: &str) -> bool {
     !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| b > b' ' && b != 0x7f)
-}
-
-// ---------------------------------------------------------------------------
-// The connection task
-// ---------------------------------------------------------------------------
-
-struct Task {
-    spec: ConnectSpec,
-    shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    inbound: flume::Sender<Inbound>,
-    status: flume::Sender<Status>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    fail_log: FailLog,
-    /// Last `Disconnected` reason sent since the last `Connected`.
-    last_reported: Option<String>,
-}
-
-/// How the connected phase ended.
-enum End {
-    /// Closed on purpose (close(), every handle dropped, inbound receiver gone).
-    Stop,
-    /// Connection lost; reconnect.
-    Lost(String),
-}
-
-const BACKOFF_START: Duration = Duration::from_millis(10);
-
-impl Task {
-    async fn run(mut self) {
-        let mut urls = Vec::new();
-        for u in &self.spec.urls {
-            match parse_url(u) {
-                Ok(p) => urls.push(p),
-                Err(e) => tracing::error!("ignoring NATS URL: {e}; fix [nats] urls"),
-            }
-        }
-        if urls.is_empty() {
-            tracing::error!("no usable NATS URL for the interest connection; fix [nats] urls");
-            self.report_disconnected("no usable NATS URL".into());
-            return;
-        }
-        let shared = self.shared.clone();
-        let mut next_url = 0usize;
-        let mut delay = Duration::ZERO;
-        loop {
-            if shared.closed.load(Ordering::Relaxed) || self.inbound.is_disconnected() {
-                return;
-            }
-            if !delay.is_zero() && self.wait_backoff(jitter(delay)).await {
-                return;
-            }
-            let url = urls[next_url % urls.len()].clone();
-            next_url = next_url.wrapping_add(1);
-            let attempt = tokio::time::timeout(self.spec.connect_timeout, self.handshake(&url));
-            let result = tokio::select! {
-                r = attempt => r,
-                _ = shared.close.notified() => return,
-            };
-            let err = match result {
-                Ok(Ok(conn)) => {
-                    self.fail_log.reset();
-                    let end = self.serve(conn, &url).await;
-                    shared.connected.store(false, Ordering::Relaxed);
-                    match end {
-                        End::Stop => return,
-                        End::Lost(why) => {
-                            tracing::warn!(
-                                url = %url.shown,
-                                "NATS interest connection lost: {why}; {}; reconnecting",
-                                lost_hint(&why)
-                            );
-                            self.report_disconnected(format!("{}: {why}", url.shown));
-                            delay = BACKOFF_START;
-                            continue;
-                        }
-                    }
-                }
-                Ok(Err(e)) => e,
-                Err(_) => ConnErr::new(
-                    format!(
-                        "no complete handshake within {} ms",
-                        self.spec.connect_timeout.as_millis()
-                    ),
-                    HINT_TIMEOUT,
-                ),
-            };
-            self.fail_log.failed(&url.shown, &err);
-            self.report_disconnected(format!("{}: {}", url.shown, err.reason));
-            delay = if delay.is_zero() {
-                BACKOFF_START
-            } else {
-                (delay * 2).min(self.spec.reconnect_delay_max.max(BACKOFF_START))
-            };
-        }
-    }
-
-    fn report_disconnected(&mut self, why: String) {
-        if self.last_reported.as_deref() == Some(why.as_str()) {
-            return;
-        }
-        let _ = self.status.try_send(Status::Disconnected(why.clone()));
-        self.last_reported = Some(why);
-    }
-
-    /// Sleeps, draining commands meanwhile (SUB/UNSUB are in the table and go
-    /// out on reconnect; publishes are dropped). True = stop the task.
-    async fn wait_backoff(&mut self, d: Duration) -> bool {
-        let sleep = tokio::time::sleep(d);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return false,
-                c = self.rx.recv() => match c {
-                    None | Some(Cmd::Close) => return true,
-                    Some(Cmd::Pub { subject, .. }) => {
-                        tracing::debug!(subject = &*subject, "publish dropped: NATS interest connection is down");
-                    }
-                    Some(_) => {}
-                },
-            }
-        }
-    }
-}
-
-fn jitter(d: Duration) -> Duration {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 2];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        return d;
-    }
-    // 75%..100% of d, so many cores do not reconnect in lockstep.
-    d.mul_f64(0.75 + 0.25 * f64::from(u16::from_le_bytes(b)) / 65535.0)
 }

@@ -7,6 +7,9 @@ pub(super) struct ServerUrl {
     /// For logs: scheme://host:port, without credentials.
     pub(super) shown: String,
     pub(super) host: String,
+    /// Name checked in the server's TLS certificate: the host, except for
+    /// a learned server given by IP address (then the configured name).
+    pub(super) tls_name: String,
     pub(super) port: u16,
     pub(super) tls: bool,
     pub(super) auth: Auth,
@@ -72,6 +75,7 @@ pub(super) fn parse_url(text: &str) -> Result<ServerUrl, String> {
     Ok(ServerUrl {
         shown: format!("{}://{shown_host}:{port}", if tls { "tls" } else { "nats" }),
         host: host.to_string(),
+        tls_name: host.to_string(),
         port,
         tls,
         auth,

@@ -34,6 +34,8 @@ pub(super) struct ServerInfo {
     max_payload: i64,
     pub(super) headers: bool,
     pub(super) ldm: bool,
+    /// Other servers of the cluster clients may use ("host:port").
+    pub(super) connect_urls: Vec<String>,
 }
 
 impl ServerInfo {

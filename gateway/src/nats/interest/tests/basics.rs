@@ -82,7 +82,7 @@ async fn sub_receives_messages_headers_and_answers_requests() {
     c.interest
         .publish("plain.out", &[("Bad\r\nKey", "v")], Bytes::new());
     c.barrier(&nc).await;
-    assert!(c.inbound.is_empty());
+    assert!(c.no_msgs());
 }
 
 /// 2. UNSUB stops delivery; a second SUB of the same subject is a no-op.
@@ -121,7 +121,7 @@ async fn unsub_stops_delivery_and_double_sub_is_noop() {
     let m = c.recv().await;
     assert_eq!(m.subject, "gw.marker");
     c.barrier(&nc).await;
-    assert!(c.inbound.is_empty());
+    assert!(c.no_msgs());
 
     // Subscribe again after unsub: works (new sid).
     c.interest.sub("gw.user.a", None);

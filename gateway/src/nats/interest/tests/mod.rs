@@ -192,7 +192,7 @@ fn spec(url: String, auth: Auth) -> ConnectSpec {
 
 struct Client {
     interest: Interest,
-    inbound: flume::Receiver<Inbound>,
+    inbound: flume::Receiver<Event>,
     status: flume::Receiver<Status>,
 }
 
@@ -236,11 +236,39 @@ impl Client {
         self.wait_status(|s| *s == Status::Connected).await;
     }
 
+    /// The next message (confirmations and state changes are skipped).
     async fn recv(&self) -> Inbound {
+        loop {
+            match self.event().await {
+                Event::Msg(m) => return m,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next event of any kind.
+    async fn event(&self) -> Event {
         tokio::time::timeout(WAIT, self.inbound.recv_async())
             .await
-            .expect("timed out waiting for a message")
+            .expect("timed out waiting for an event")
             .expect("inbound closed")
+    }
+
+    /// Waits for a confirmation of at least `ticket`; returns the events
+    /// seen before it.
+    async fn confirmed(&self, ticket: u64) -> Vec<Event> {
+        let mut seen = Vec::new();
+        loop {
+            match self.event().await {
+                Event::Confirmed(n) if n >= ticket => return seen,
+                e => seen.push(e),
+            }
+        }
+    }
+
+    /// True when no message is waiting (other events are consumed).
+    fn no_msgs(&self) -> bool {
+        self.inbound.drain().all(|e| !matches!(e, Event::Msg(_)))
     }
 
     /// Returns once the server has processed every command sent so far:

@@ -51,10 +51,7 @@ async fn reconnect_restores_subscriptions() {
     }
     assert_eq!(got, ["gw.user.r", "gw.user.while_down", "gw.room.r2"]);
     c.barrier(&nc).await;
-    assert!(
-        c.inbound.is_empty(),
-        "nothing for gw.room.r or the dropped publish"
-    );
+    assert!(c.no_msgs(), "nothing for gw.room.r or the dropped publish");
 }
 
 /// The server's PINGs are answered (server ping interval 100 ms, 1 missed allowed).
@@ -89,7 +86,10 @@ async fn slow_consumer_loses_nothing() {
     };
     c.connected().await;
     let nc = async_nats::connect(server.url()).await.expect("async-nats");
-    c.interest.sub("gw.user.slow", None);
+    let t = c.interest.sub("gw.user.slow", None).expect("ticket");
+    // The owner takes events as they come (a real core does): past the
+    // confirmation, only messages fill the channel.
+    c.confirmed(t).await;
     c.barrier(&nc).await;
     for i in 0..N {
         nc.publish("gw.user.slow", i.to_string().into())
@@ -232,4 +232,151 @@ async fn repeated_failures_are_logged_once() {
         c.status.is_empty(),
         "one Disconnected status for one reason"
     );
+}
+
+/// Tickets: a new SUB is pending until a PONG confirms it, a second SUB of
+/// the same subject waits for the same ticket, and once confirmed a
+/// message published after the confirmation arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn subscriptions_are_confirmed_by_ticket() {
+    let server = NatsServer::start(&[]);
+    let c = start_client(spec(server.url(), Auth::None));
+    c.connected().await;
+    let nc = async_nats::connect(server.url()).await.expect("async-nats");
+    let t1 = c
+        .interest
+        .sub("gw.user.t1", None)
+        .expect("a new SUB has a ticket");
+    let t2 = c
+        .interest
+        .sub("gw.user.t2", None)
+        .expect("a new SUB has a ticket");
+    assert!(t2 > t1);
+    assert_eq!(
+        c.interest.ticket("gw.user.t1"),
+        Some(t1).filter(|&t| t > c.interest.confirmed())
+    );
+    c.confirmed(t2).await;
+    assert!(c.interest.confirmed() >= t2);
+    assert_eq!(c.interest.ticket("gw.user.t1"), None, "confirmed");
+    assert_eq!(c.interest.sub("gw.user.t1", None), None, "in place already");
+    assert_eq!(c.interest.ticket("never.subscribed"), None);
+    // Confirmed means the server has it: a publish now is delivered.
+    nc.publish("gw.user.t2", "x".into()).await.expect("pub");
+    nc.flush().await.expect("flush");
+    assert_eq!(c.recv().await.subject, "gw.user.t2");
+}
+
+/// While the connection is down every subscription is pending again; the
+/// restore confirms them all, with `Down`, `Confirmed` and `Up` in order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_restore_confirms_every_subscription_after_down() {
+    let mut server = NatsServer::start(&[]);
+    let c = start_client(spec(server.url(), Auth::None));
+    c.connected().await;
+    let t = c.interest.sub("gw.user.r", None).expect("ticket");
+    c.confirmed(t).await;
+    server.kill();
+    loop {
+        if c.event().await == Event::Down {
+            break;
+        }
+    }
+    let pending = c.interest.ticket("gw.user.r").expect("pending while down");
+    let t_new = c.interest.sub("gw.user.new", None).expect("ticket");
+    server.spawn();
+    let before = c.confirmed(pending.max(t_new)).await;
+    assert!(
+        !before.contains(&Event::Up),
+        "Up comes after the confirmation: {before:?}"
+    );
+    assert_eq!(c.event().await, Event::Up);
+    assert_eq!(c.interest.ticket("gw.user.r"), None);
+    assert_eq!(c.interest.ticket("gw.user.new"), None);
+}
+
+/// A connection given one server of a cluster learns the others from INFO
+/// `connect_urls`, and fails over to them when its server dies.
+#[tokio::test(flavor = "current_thread")]
+async fn learns_the_cluster_and_fails_over() {
+    let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = cports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers: Vec<NatsServer> = cports
+        .iter()
+        .enumerate()
+        .map(|(i, cp)| {
+            let (name, cluster) = (format!("s{i}"), format!("nats://127.0.0.1:{cp}"));
+            NatsServer::start(&[
+                "-n",
+                &name,
+                "--cluster_name",
+                "t",
+                "--cluster",
+                &cluster,
+                "--routes",
+                &routes,
+            ])
+        })
+        .collect();
+    // Wait until the routes are up, so INFO carries the others.
+    let probe = async_nats::connect(servers[1].url())
+        .await
+        .expect("async-nats");
+    let c = start_client(spec(servers[0].url(), Auth::None));
+    c.connected().await;
+    let t = c.interest.sub("gw.user.fo", None).expect("ticket");
+    c.confirmed(t).await;
+    // The first server may not have sent connect_urls yet: give the
+    // cluster a moment to form, then drop the first server.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut sub = probe.subscribe("gw.route.check").await.expect("sub");
+        probe.flush().await.expect("flush");
+        let nc0 = async_nats::connect(servers[0].url()).await.expect("nc0");
+        nc0.publish("gw.route.check", "r".into())
+            .await
+            .expect("pub");
+        nc0.flush().await.expect("flush");
+        if tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster routes did not form");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    servers[0].kill();
+    loop {
+        if c.event().await == Event::Down {
+            break;
+        }
+    }
+    // Back up on a learned server, with the subscription restored there.
+    loop {
+        if c.event().await == Event::Up {
+            break;
+        }
+    }
+    assert!(c.interest.is_connected());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        probe
+            .publish("gw.user.fo", "after".into())
+            .await
+            .expect("pub");
+        probe.flush().await.expect("flush");
+        match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            Ok(m) => {
+                assert_eq!(m.subject, "gw.user.fo");
+                break;
+            }
+            Err(_) => assert!(Instant::now() < deadline, "no message after failover"),
+        }
+    }
+    drop(servers);
 }

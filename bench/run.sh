@@ -33,6 +33,23 @@
 #             on the same port while the users stay (100 probe pushes before
 #             and after); then the same hold without NATS (gateway bytes per
 #             connection with and without subscriptions).
+#   nats-cluster    3 nats-servers in one routed cluster (client ports
+#             $NATS_PORT.., monitoring $NATS_MON_PORT.., routes $CLUSTER_PORT..),
+#             $GW_PROCS (3) gateway processes (--cores $CL_GW_CORES [1], one
+#             port, --node-id gwc-i, gateway i given ONLY server i % 3; it
+#             learns the rest from INFO connect_urls), chat-backend on all
+#             three (bench/run_cluster.sh). In turn: `flood chat` with $CONNS
+#             connections at each rate of $CHAT_RATES [2000 10000] for
+#             $DURATION_S s (partners mostly on another node: the JSON says
+#             how many pairs), CPU of every process; `flood broadcast` to
+#             $N_BCAST (20,000) connections over $FLOOD_PROCS processes;
+#             $BF_RUNS (2) back-fills (`backfill`: $BF_COUNT 20,000
+#             ack-required pushes published at once to one client that acks
+#             each, $BF_PAYLOAD [0] payload bytes); $FO_KILLS (2) failovers
+#             (`failover`: $FO_USERS 90 users get ack-required pushes at
+#             $FO_RATE 2,000/s; after $FO_BEFORE_S [3] s server k % 3 is
+#             SIGKILLed, pushes go on $FO_AFTER_S [8] s; the gap per node,
+#             then the server is restarted).
 #   idle      memory per idle connection over each transport in $TRANSPORTS
 #             [tcp ws tls wss]: per transport a fresh gateway (ONE process,
 #             --demo --cores 1 --tls-self-signed, all transports on one
@@ -68,6 +85,10 @@
 # N_BCAST [20000], N_INTEREST [19000], PUB_S [15],
 # DURATION_S [20], CB_CONNS [1], PUBS [1], PUB_RATE [100], PAYLOAD [64],
 # PUB_TAIL_S [3] (hold after the publishers end),
+# nats-cluster: GW_PROCS [3], CL_GW_CORES [1], CLUSTER_PORT [16222], CONNS
+# [1000], CHAT_RATES ["2000 10000"], DURATION_S [20], N_BCAST [20000],
+# FLOOD_PROCS [N_BCAST/18000], BF_RUNS [2], BF_COUNT [20000], BF_PAYLOAD [0],
+# FO_KILLS [2], FO_USERS [90], FO_RATE [2000], FO_BEFORE_S [3], FO_AFTER_S [8],
 # idle/latency: TRANSPORTS [tcp ws tls wss], N_IDLE [8000], IDLE_HOLD_S [5],
 # CONNS [1000], ECHO_RATE [2000], DURATION_S [20],
 # GW_BIN_DIR [target/release] (gateway and chat-backend from elsewhere,
@@ -89,7 +110,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 case $SCENARIO in
-    peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest) ;;
+    peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
     soak) ;;
@@ -160,6 +181,22 @@ wait_health() { # ADMIN_PORT PID LOG
         sleep 0.1
     done
     echo "gateway on admin port $1 is not healthy" >&2
+    return 1
+}
+# wait_ready ADMIN_PORT PID LOG: for a gateway with NATS, which is ready
+# (GET /readyz 200) only once its subscriptions and request connections are
+# in place; /healthz answers before that. A gateway built before /readyz
+# existed (404, e.g. GW_BIN_DIR of an older build) is waited for on /healthz.
+wait_ready() {
+    local code
+    for _ in $(seq 300); do
+        kill -0 "$2" 2>/dev/null || { echo "gateway $2 exited:" >&2; tail -5 "$3" >&2; return 1; }
+        code=$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$1/readyz" 2>/dev/null || true)
+        [[ $code == 200 ]] && return 0
+        [[ $code == 404 ]] && { wait_health "$@"; return; }
+        sleep 0.1
+    done
+    echo "gateway on admin port $1 is not ready: $(curl -s "http://127.0.0.1:$1/readyz" 2>/dev/null)" >&2
     return 1
 }
 
@@ -328,6 +365,9 @@ conditions() { # extra JSON
 # The nats-* scenarios (nats_scenario and its helpers).
 # shellcheck source=bench/run_nats.sh
 source bench/run_nats.sh
+# The nats-cluster scenario (cluster_scenario).
+# shellcheck source=bench/run_cluster.sh
+source bench/run_cluster.sh
 # The idle and latency scenarios over TCP, WebSocket, TLS and wss.
 # shellcheck source=bench/run_transports.sh
 source bench/run_transports.sh
@@ -502,6 +542,9 @@ million)
     ;;
 nats-echo | nats-push | nats-broadcast | nats-interest)
     nats_scenario "$SCENARIO"
+    ;;
+nats-cluster)
+    cluster_scenario
     ;;
 soak)
     soak_scenario

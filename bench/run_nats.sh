@@ -1,7 +1,7 @@
 # The nats-* scenarios of bench/run.sh (nats-echo, nats-push, nats-broadcast,
 # nats-interest; described in run.sh's header). Sourced by bench/run.sh, not
 # run directly: it uses run.sh's settings ($TMP, $STEM, $OUT, ports, ...) and
-# helpers (nats_bin, wait_port, wait_health, stop_pid, forget, flood_run,
+# helpers (nats_bin, wait_port, wait_health, wait_ready, stop_pid, forget, flood_run,
 # conditions). Entry point: nats_scenario SCENARIO.
 # shellcheck shell=bash
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
@@ -37,8 +37,12 @@ start_gws() { # NAME PROCS CORES NATS(yes|no)
         GW_PIDS+=("$!")
         STARTED+=("$!")
     done
-    for i in "${!GW_PIDS[@]}"; do wait_health "$((ADMIN_PORT + i))" "${GW_PIDS[$i]}" "$TMP/$1-$i.log"; done
-    sleep 1 # NATS subscriptions of every core
+    # With NATS, ready = every core's subscriptions in place (/readyz);
+    # the embedded backend needs nothing more than /healthz.
+    local wait=wait_health
+    [[ $4 == yes ]] && wait=wait_ready
+    for i in "${!GW_PIDS[@]}"; do $wait "$((ADMIN_PORT + i))" "${GW_PIDS[$i]}" "$TMP/$1-$i.log"; done
+    sleep 1 # a gateway without /readyz (an older build): its NATS subscriptions
 }
 stop_gws() { local p; for p in "${GW_PIDS[@]}"; do stop_pid "$p"; forget "$p"; done; GW_PIDS=(); }
 pid_flags() { local p; for p in "${GW_PIDS[@]}"; do printf -- '--pid\n%s\n' "$p"; done; }

@@ -14,6 +14,8 @@
 //! - [`msg`]: worker-to-coordinator messages, histogram serialisation.
 //! - [`report`], [`plot`]: the summary, the JSON report, the SVG.
 //! - [`procfs`]: RSS and CPU of processes, kernel slab, from `/proc`.
+//! - [`pushprobe`]: what the `failover` and `backfill` probes share: a
+//!   blocking client (a thread per connection) and the publisher's side.
 //! - [`net`]: non-blocking connect from a chosen source address, reading
 //!   through a per-thread scratch buffer, the monotonic clock.
 
@@ -30,6 +32,7 @@ pub mod phases;
 pub mod plot;
 pub mod procfs;
 pub mod proto;
+pub mod pushprobe;
 pub mod report;
 pub mod transport;
 pub mod wire;

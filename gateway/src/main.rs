@@ -6,26 +6,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use gateway::backend::embedded::EmbeddedFactory;
 use gateway::cli::{Cli, Cmd};
-use gateway::config::{Config, DEMO_KID, DEMO_SECRET};
+use gateway::config::{Config, LogFormat, DEMO_KID, DEMO_SECRET};
 
 #[global_allocator]
 static GLOBAL: gateway::heap::Counting = gateway::heap::Counting;
 
 fn main() {
     GLOBAL.installed();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    if let Err(e) = run() {
+    let parsed = Cli::parse().config();
+    if let Ok((cfg, _)) = &parsed {
+        init_logging(cfg.log_format);
+    }
+    if let Err(e) = parsed.and_then(|(cfg, cmd)| run(cfg, cmd)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let (cfg, cmd) = Cli::parse().config()?;
+/// Logging: RUST_LOG, or info with async-nats's own connection chatter at
+/// warn (the gateway logs NATS state changes itself, rate-limited). Colours
+/// only on a terminal: files and the journal get plain text.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+fn run(cfg: Config, cmd: Option<Cmd>) -> anyhow::Result<()> {
     match cmd {
         Some(Cmd::Token { sub, did, ttl_s }) => {
             println!("{}", token(&sub, did.as_deref(), ttl_s));

@@ -31,6 +31,8 @@ fn free_port() -> u16 {
 fn spawn(node: &str, port: u16, admin: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["--demo", "--cores", "1", "--node-id", node])
+        // Two processes on the same ports during the switch, on purpose.
+        .arg("--listen-shared")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--drain-spread-ms", "500", "--drain-deadline-ms", "5000"])
@@ -221,4 +223,43 @@ fn the_binary_counts_its_heap() {
         .as_u64()
         .is_some_and(|r| r > 0));
     drop(clients);
+}
+
+/// A second gateway on a taken port refuses to start and says why, unless
+/// it is told the sharing is intended (`--listen-shared`, as above); the
+/// first one keeps serving.
+#[test]
+fn a_second_gateway_on_a_taken_port_refuses_to_start() {
+    let (port, admin_port) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let _first = Proc(spawn("gw-first", port, admin_port));
+    let t = Instant::now();
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(t.elapsed() < WAIT, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = |client_port: u16, admin_port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--demo", "--cores", "1", "--node-id", "gw-second"])
+            .args(["--listen", &format!("127.0.0.1:{client_port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .output()
+            .expect("gateway binary runs")
+    };
+    for (what, out) in [
+        ("client port", second(port, free_port())),
+        ("admin port", second(free_port(), admin_port)),
+    ] {
+        assert!(!out.status.success(), "{what}: started anyway");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("another process listens") && err.contains("--listen-shared"),
+            "{what}: {err}"
+        );
+    }
+    // The first one was not disturbed.
+    let (mut c, ok) = Client::login(addr, "still-first");
+    assert_eq!(ok.node_id, "gw-first");
+    assert_eq!(c.call(1, "echo", "x").status, 0);
 }

@@ -9,6 +9,7 @@ mod frames;
 pub mod http;
 mod io;
 pub mod poller;
+pub mod preauth;
 mod records;
 mod tls;
 pub mod web;

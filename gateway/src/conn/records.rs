@@ -91,6 +91,11 @@ impl Records {
         }
     }
 
+    /// Bytes held of a record not complete yet (capacity).
+    pub fn buffered(&self) -> usize {
+        self.partial.capacity()
+    }
+
     /// Decrypts every whole record in `partial ++ data`; keeps the rest.
     pub fn open(&mut self, data: &[u8]) -> Result<Opened, String> {
         let mut out = Opened::default();

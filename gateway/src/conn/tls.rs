@@ -64,6 +64,21 @@ pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
     }
 }
 
+/// Inbound bytes the connection's TLS state holds for the pre-auth budget
+/// (`preauth.rs`): a rustls session while it handshakes (a fixed estimate)
+/// plus the partial record waiting for the rest; after the handover, the
+/// record layer's partial record. Outbound bytes are not counted: they
+/// change outside reads, where the charge is taken.
+pub fn buffered(c: &Conn) -> usize {
+    match c.extra.as_ref().and_then(|e| e.tls.as_ref()) {
+        None => 0,
+        Some(Tls::Session { pending, .. }) => {
+            super::preauth::TLS_SESSION_BYTES + pending.capacity()
+        }
+        Some(Tls::Records { rec, .. }) => rec.buffered(),
+    }
+}
+
 /// Whether the connection speaks TLS.
 pub fn active(c: &Conn) -> bool {
     c.extra.as_ref().is_some_and(|e| e.tls.is_some())
@@ -292,7 +307,7 @@ fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) 
         match tls.write_tls(&mut FdWriter(c.fd)) {
             Ok(n) => super::io::wrote(core, c, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.write_blocked = true;
+                c.flags.set_write_blocked(true);
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -317,7 +332,7 @@ fn flush_records(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     unsent.drain(..sent);
-                    c.write_blocked = true;
+                    c.flags.set_write_blocked(true);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -50,6 +50,15 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
+/// Inbound bytes the WebSocket state holds (an upgrade request or message
+/// fragments), for the pre-auth budget.
+pub fn buffered(c: &Conn) -> usize {
+    match c.extra.as_ref().and_then(|e| e.ws.as_ref()) {
+        Some(Ws::Handshake(v)) | Some(Ws::Fragments(v)) => v.capacity(),
+        None => 0,
+    }
+}
+
 /// Whether the connection is a WebSocket (upgraded or upgrading).
 pub fn active(c: &Conn) -> bool {
     c.ws != 0 || c.extra.as_ref().is_some_and(|e| e.ws.is_some())
@@ -307,7 +316,13 @@ fn frames(
     data: &[u8],
 ) -> Step {
     partial.extend_from_slice(data);
-    let max = core.cfg.frame_bytes_max as usize;
+    // Before Auth is accepted, messages are held to the pre-auth limit.
+    let authed = core.with_conn(idx, id, |c| c.authed()).unwrap_or(false);
+    let max = if authed {
+        core.cfg.frame_bytes_max
+    } else {
+        core.cfg.preauth_frame_bytes_max()
+    } as usize;
     let mut out = Vec::new();
     let mut pos = 0;
     // `Conn::ws` stays open, so the close frame with the reason goes out.

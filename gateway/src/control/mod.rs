@@ -52,7 +52,7 @@ impl ControlPlane {
         let admin = if cfg.admin_listen.is_empty() {
             None
         } else {
-            let l = bind_admin(&cfg.admin_listen).with_context(|| {
+            let l = bind_admin(&cfg.admin_listen, cfg.listen_shared).with_context(|| {
                 format!(
                     "binding the admin server on {} (set admin_listen, or \"\" to disable)",
                     cfg.admin_listen
@@ -174,11 +174,14 @@ pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
 /// The admin listener, with SO_REUSEPORT like the client listeners: during
 /// a binary upgrade the new process binds the same address while the old
 /// one drains (OPERATIONS.md).
-fn bind_admin(addr: &str) -> std::io::Result<std::net::TcpListener> {
+fn bind_admin(addr: &str, shared: bool) -> std::io::Result<std::net::TcpListener> {
     use std::net::ToSocketAddrs as _;
     let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
     })?;
+    if !shared {
+        crate::listener::ensure_free(addr, "admin_listen")?;
+    }
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

@@ -141,7 +141,7 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
             extra.resume_seq = a.resume_seq;
             extra.metadata = metadata;
         }
-        c.expires = expires;
+        core.set_expiry(c, expires);
     });
     core.schedule_expiry(idx, id);
     CoreMetrics::inc(&core.metrics.auth_ok);
@@ -198,8 +198,7 @@ fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
                         "the token is for another device".to_string(),
                     ));
                 }
-                c.expires = expires;
-                c.flags.set_expiry_noticed(false);
+                core.set_expiry(c, expires);
                 Ok(expires)
             })
             .unwrap_or(Err((ErrorCode::AuthRequired, "no session".into())))

@@ -51,12 +51,34 @@ impl Core {
         self.now().saturating_add(ticks.max(1))
     }
 
-    /// Schedules the connection's next expiry check (after Auth and Refresh).
+    /// Sets a session's token expiry (at Auth and Refresh) and schedules
+    /// its next check. A token presented with less than
+    /// `auth.refresh_ahead_s` left gets no notice: the client learns its
+    /// expiry from AuthOk or RefreshReply, and a notice at once would make
+    /// a client whose tokens are that short refresh in a loop.
+    pub fn set_expiry(&self, c: &mut Conn, expires: u32) {
+        c.expires = expires;
+        let now_unix = unix_now();
+        let short = u64::from(expires) <= now_unix.saturating_add(self.cfg.auth.refresh_ahead_s);
+        c.flags.set_expiry_noticed(short);
+    }
+
+    /// Schedules the connection's next expiry check (after Auth and
+    /// Refresh); the sweep sends the notice, after what is queued now.
     pub fn schedule_expiry(&self, idx: u32, id: u64) {
         let next = self
-            .with_conn(idx, id, |c| match self.expiry_check(c, unix_now()) {
-                Expiry::Next(t) => t,
-                Expiry::Ended => Some(self.now()),
+            .with_conn(idx, id, |c| {
+                if c.expires == 0 {
+                    return None;
+                }
+                let now_unix = unix_now();
+                let exp = u64::from(c.expires);
+                let at = if c.flags.expiry_noticed() {
+                    exp.saturating_add(self.cfg.auth.leeway_s) + 1
+                } else {
+                    exp.saturating_sub(self.cfg.auth.refresh_ahead_s)
+                };
+                Some(self.tick_of_unix(at, now_unix))
             })
             .flatten();
         if let Some(due) = next {

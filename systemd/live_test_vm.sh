@@ -96,27 +96,40 @@ run systemctl show -p NRestarts -p StatusText gateway
 
 step "watchdog: one core stuck, the rest of the process running"
 pid="$(main_pid gateway)"; need_pid "$pid"
-tid=""
+# glommio names a core's threads gw-core-<core>-<id> (the executor and
+# its helper): stop them all.
+tids=""
 for t in /proc/"$pid"/task/*; do
-  [ "$(cat "$t/comm")" = gw-core-1 ] && tid="${t##*/}"
+  case "$(cat "$t/comm")" in gw-core-1-*) tids="$tids ${t##*/}" ;; esac
 done
-echo "core 1 is thread $tid of $pid"
+echo "core 1 is threads$tids of $pid"
 ts="$(date +%s)"; t0="$(now)"
-# PTRACE_SEIZE (0x4206) then PTRACE_INTERRUPT (0x4207) stop that one
-# thread; the control thread and core 0 keep running.
-perl -e '$t = shift; syscall(101, 0x4206, $t, 0, 0) == 0 or die "seize: $!"; syscall(101, 0x4207, $t, 0, 0) == 0 or die "interrupt: $!"; print "core thread $t stopped\n"; sleep 120' "$tid" &
+# PTRACE_SEIZE (0x4206) then PTRACE_INTERRUPT (0x4207) stop those threads
+# only; the control thread and core 0 keep running.
+# shellcheck disable=SC2086
+perl -e 'for $t (@ARGV) { syscall(101, 0x4206, $t + 0, 0, 0) == 0 or die "seize $t: $!"; syscall(101, 0x4207, $t + 0, 0, 0) == 0 or die "interrupt $t: $!"; } print "stopped threads @ARGV\n"; sleep 120' $tids &
 tracer=$!
 sleep 3
 echo "# curl 127.0.0.1:9100/healthz (the control thread still answers)"; curl -s -m 5 127.0.0.1:9100/healthz
-if wait_restart gateway "$pid" 90; then ok "restarted after $(since "$t0")"; else fail "no restart within 90 s"; fi
+# systemd's SIGABRT cannot finish off threads held by a tracer (a real
+# stuck core has none): once the watchdog has fired, let go of them.
+for _ in $(seq 90); do
+  [ "$(systemctl show -p SubState --value gateway)" = running ] || break
+  sleep 1
+done
+echo "watchdog fired after $(since "$t0") (SubState=$(systemctl show -p SubState --value gateway))"
 kill "$tracer" 2>/dev/null; wait "$tracer" 2>/dev/null
+if wait_restart gateway "$pid" 90; then ok "restarted after $(since "$t0")"; else fail "no restart within 90 s"; fi
 journal gateway "$ts" | grep -v -i "connection cap" | head -n 10
 
 step "systemctl stop: drain, the connected client gets GoAway"
 client carol
 ts="$(date +%s)"; t0="$(now)"
-run systemctl stop gateway
-ok "stop returned after $(since "$t0")"
+run systemctl stop --no-block gateway
+sleep 1
+run systemctl show -p ActiveState -p SubState -p StatusText gateway
+while [ "$(systemctl is-active gateway)" != inactive ] && [ "$(systemctl is-active gateway)" != failed ]; do sleep 0.2; done
+ok "stopped after $(since "$t0")"
 cat /root/carol.out
 grep -q "GoAway" /root/carol.out && ok "carol got GoAway" || fail "no GoAway"
 journal gateway "$ts"

@@ -28,8 +28,8 @@ fn main() {
     }
 }
 
-/// A file the gateway needs is unreadable: most often the config or a key
-/// installed root-only while the service runs as its own user.
+/// Permission denied: most often the config or a key installed root-only
+/// while the service runs as its own user; sometimes a port under 1024.
 fn permission_hint(e: &anyhow::Error) -> Option<String> {
     let denied = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -39,9 +39,10 @@ fn permission_hint(e: &anyhow::Error) -> Option<String> {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     denied.then(|| {
         format!(
-            "hint: this process runs as uid {uid}, gid {gid}. Make the files it reads readable by that group \
-             (e.g. chgrp gateway FILE && chmod 0640 FILE, and 0750 on their directories); \
-             `systemd/verify.sh --installed` checks every file the config names (OPERATIONS.md, \"Install with systemd\")"
+            "hint: this process runs as uid {uid}, gid {gid}. A file it reads must be readable by that group \
+             (e.g. chgrp gateway FILE && chmod 0640 FILE, and 0750 on its directory; \
+             `systemd/verify.sh --installed` checks every file the config names: OPERATIONS.md, \"Install with systemd\"); \
+             a port under 1024 needs CAP_NET_BIND_SERVICE"
         )
     })
 }

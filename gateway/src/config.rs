@@ -478,6 +478,33 @@ impl Config {
         }
     }
 
+    /// Every file the configuration names, with the key naming it: what
+    /// the service's user must be able to read (`gateway check-config`).
+    pub fn named_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if let Some(p) = &k.public_key_file {
+                out.push((format!("auth.keys[{i}].public_key_file"), p.clone()));
+            }
+        }
+        let named = [
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+            ("tls.ticket_key_file", &self.tls.ticket_key_file),
+            ("nats.creds_file", &self.nats.creds_file),
+            ("nats.nkey_seed_file", &self.nats.nkey_seed_file),
+            ("nats.tls_ca_file", &self.nats.tls_ca_file),
+            ("nats.tls_cert_file", &self.nats.tls_cert_file),
+            ("nats.tls_key_file", &self.nats.tls_key_file),
+        ];
+        for (key, path) in named {
+            if !path.is_empty() {
+                out.push((key.to_string(), path.into()));
+            }
+        }
+        out
+    }
+
     /// Idle timeout for a given heartbeat interval, ms.
     pub fn idle_timeout_ms(&self, interval_ms: u32) -> u32 {
         interval_ms.saturating_mul(self.idle_timeout_intervals)
@@ -537,6 +564,25 @@ mod tests {
         assert_eq!(c.frame_bytes_max, 1024);
         assert_eq!(c.auth.leeway_s, 1);
         assert!(toml::from_str::<Config>("frame_bytes = 1").is_err());
+    }
+
+    #[test]
+    fn named_files_lists_every_file_key() {
+        let c: Config = toml::from_str(
+            "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[nats]\ncreds_file = \"/n\"\n\
+             [[auth.keys]]\nkid = \"a\"\nalg = \"EdDSA\"\npublic_key_file = \"/p\"\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c.named_files().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.keys[0].public_key_file",
+                "tls.cert_file",
+                "tls.key_file",
+                "nats.creds_file"
+            ]
+        );
     }
 
     #[test]

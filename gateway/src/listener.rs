@@ -157,7 +157,7 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
                         .max(10)
                         .min(core.cfg.accept_backoff_max_ms);
                     // accept_ready stays set: retry after the pause.
-                    glommio::timer::sleep(Duration::from_millis(backoff_ms as u64)).await;
+                    core.sleep(Duration::from_millis(backoff_ms as u64)).await;
                 }
             }
             break;

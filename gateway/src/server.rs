@@ -32,7 +32,7 @@ pub struct GatewayHandle {
     pub admin_addr: Option<std::net::SocketAddr>,
     /// Connection cap of each core.
     pub conns_per_core_max: u32,
-    mesh: Vec<flume::Sender<CoreMsg>>,
+    mesh: Vec<crate::core::CoreTx>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Option<ControlPlane>,
     nats: Option<NatsParts>,
@@ -134,8 +134,14 @@ pub fn start(
         fd_reserve = cfg.fd_reserve, "connection cap per core (config and RLIMIT_NOFILE)"
     );
     let cfg = Arc::new(cfg);
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..cores)
-        .map(|_| flume::bounded(cfg.core_inbox_max as usize))
+    // Each core's cross-thread wake-up (a no-op while glommio parks).
+    let wakes: Vec<Arc<crate::core::Wake>> = (0..cores).map(|_| crate::core::Wake::none()).collect();
+    let (txs, rxs): (Vec<_>, Vec<_>) = wakes
+        .iter()
+        .map(|w| {
+            let (tx, rx) = flume::bounded(cfg.core_inbox_max as usize);
+            (crate::core::CoreTx::new(tx, w.waker()), rx)
+        })
         .unzip();
     // The control plane first: the NATS bridge runs on it.
     let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
@@ -194,7 +200,7 @@ fn spawn_cores(
     backend: Arc<dyn BackendFactory>,
     sockets: Vec<socket2::Socket>,
     rxs: Vec<flume::Receiver<CoreMsg>>,
-    txs: &[flume::Sender<CoreMsg>],
+    txs: &[crate::core::CoreTx],
     handle: &mut GatewayHandle,
 ) -> anyhow::Result<()> {
     // Each core reports once it serves (or why it cannot).

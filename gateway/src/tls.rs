@@ -122,7 +122,7 @@ pub fn reload(cfg: &crate::Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
 }
 
 /// Sends new TLS settings to every core.
-pub fn install(mesh: &[flume::Sender<crate::core::CoreMsg>], sc: &Arc<rustls::ServerConfig>) {
+pub fn install(mesh: &[crate::core::CoreTx], sc: &Arc<rustls::ServerConfig>) {
     for tx in mesh {
         let _ = tx.send(crate::core::CoreMsg::Tls(sc.clone()));
     }

@@ -345,7 +345,7 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
     let fut = core.backend.upstream(req);
     let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
     let reply = futures_lite::future::or(async { Some(fut.await) }, async {
-        glommio::timer::sleep(timeout).await;
+        core.sleep(timeout).await;
         None
     })
     .await;

@@ -28,7 +28,7 @@ pub struct ControlPlane {
 
 /// Shared between the admin server and the signal handler.
 pub(crate) struct Shared {
-    pub mesh: Vec<flume::Sender<CoreMsg>>,
+    pub mesh: Vec<crate::core::CoreTx>,
     pub draining: AtomicBool,
     pub node_id: String,
     /// The configuration, for reloads.
@@ -46,7 +46,7 @@ pub(crate) struct Shared {
 impl ControlPlane {
     pub fn start(
         cfg: &Config,
-        mesh: Vec<flume::Sender<CoreMsg>>,
+        mesh: Vec<crate::core::CoreTx>,
         signals: bool,
     ) -> anyhow::Result<ControlPlane> {
         let admin = if cfg.admin_listen.is_empty() {
@@ -268,7 +268,7 @@ pub(crate) fn not_ready(shared: &Shared, answered: usize) -> Option<String> {
 }
 
 /// Asks every core for its snapshot, waiting at most `timeout` per core.
-pub async fn collect(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<Snapshot> {
+pub async fn collect(mesh: &[crate::core::CoreTx], timeout: Duration) -> Vec<Snapshot> {
     let mut out = Vec::with_capacity(mesh.len());
     for tx in mesh {
         let (stx, srx) = flume::bounded(1);
@@ -284,7 +284,7 @@ pub async fn collect(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<
 }
 
 /// Blocking variant for callers outside any runtime.
-pub fn collect_blocking(mesh: &[flume::Sender<CoreMsg>], timeout: Duration) -> Vec<Snapshot> {
+pub fn collect_blocking(mesh: &[crate::core::CoreTx], timeout: Duration) -> Vec<Snapshot> {
     let mut out = Vec::with_capacity(mesh.len());
     for tx in mesh {
         let (stx, srx) = flume::bounded(1);

@@ -153,7 +153,7 @@ impl Core {
         self.spread_goaways(&sessions, CloseReason::Drain, started, &before_deadline)
             .await;
         while self.conn_count() > 0 && before_deadline() {
-            glommio::timer::sleep(DRAIN_POLL).await;
+            self.sleep(DRAIN_POLL).await;
         }
         let left = self.conn_count();
         if left > 0 {
@@ -168,7 +168,7 @@ impl Core {
         // wait for them (bounded) so those are routed or reported.
         let bound = Instant::now() + Duration::from_millis(self.cfg.upstream_timeout_ms as u64);
         while self.state.borrow().upstream_inflight > 0 && Instant::now() < bound {
-            glommio::timer::sleep(DRAIN_POLL).await;
+            self.sleep(DRAIN_POLL).await;
         }
     }
 
@@ -209,7 +209,7 @@ impl Core {
             }
             sent = due;
             if sent < n {
-                glommio::timer::sleep(DRAIN_POLL).await;
+                self.sleep(DRAIN_POLL).await;
             }
         }
     }
@@ -228,7 +228,7 @@ impl Core {
                 || self.nats_running.get()
         };
         while running() && Instant::now() < deadline {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            self.sleep(Duration::from_millis(1)).await;
         }
         self.drop_wakers();
     }

@@ -19,6 +19,8 @@ pub mod push;
 mod reach;
 mod session;
 mod sweep;
+pub mod timers;
+pub mod wake;
 pub mod wheel;
 
 use std::cell::{Cell, RefCell};
@@ -39,6 +41,7 @@ use crate::conn::Poller;
 use crate::metrics::{CoreMetrics, Snapshot};
 use push::{Out, Window};
 pub use session::Members;
+pub use wake::{CoreTx, Wake};
 use wheel::{Entry, Tick, Wheel};
 
 /// Bits of a connection id: core (8) | generation (24) | slab index (32).
@@ -251,7 +254,7 @@ pub struct Core {
     /// Read buffer lent to one connection for the duration of one poll.
     pub scratch: RefCell<Box<[u8]>>,
     /// Inboxes of every core, this one included (index = core).
-    pub mesh: Vec<flume::Sender<CoreMsg>>,
+    pub mesh: Vec<CoreTx>,
     /// Connection cap of this core (config and RLIMIT_NOFILE).
     pub conns_max: u32,
     pub draining: Cell<bool>,
@@ -279,6 +282,8 @@ pub struct Core {
     pub overload: overload::Overload,
     /// Subscription tickets, held logins and NATS outages (`reach.rs`).
     pub reach: reach::Reach,
+    /// Timers of the core's tasks (`timers.rs`).
+    pub timers: timers::Timers,
     /// What unauthenticated connections buffer (`conn/preauth.rs`).
     pub preauth: crate::conn::preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
@@ -294,7 +299,7 @@ impl Core {
         cfg: Arc<Config>,
         verifier: Arc<Verifier>,
         backend: Rc<dyn Backend>,
-        mesh: Vec<flume::Sender<CoreMsg>>,
+        mesh: Vec<CoreTx>,
         conns_max: u32,
         poller: Poller,
     ) -> Core {
@@ -334,6 +339,7 @@ impl Core {
             tls: RefCell::new(None),
             overload: load,
             reach,
+            timers: Default::default(),
             preauth: Default::default(),
             preauth_log: Default::default(),
             start: Instant::now(),
@@ -348,6 +354,11 @@ impl Core {
     /// Milliseconds to ticks, rounded up.
     pub fn ticks(&self, ms: u32) -> Tick {
         ms.div_ceil(self.cfg.tick_ms)
+    }
+
+    /// Sleeps on this core's timers (glommio's, or the io_uring loop's own).
+    pub fn sleep(&self, d: Duration) -> timers::Sleep<'_> {
+        self.timers.sleep(d)
     }
 
     pub fn tick_duration(&self) -> Duration {

@@ -164,7 +164,7 @@ impl Core {
             }
         });
         futures_lite::future::or(confirmed, async {
-            glommio::timer::sleep(timeout).await;
+            self.sleep(timeout).await;
             false
         })
         .await
@@ -315,7 +315,7 @@ impl Core {
             .await;
         let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
         while still_out() && Instant::now() < deadline && self.conn_count() > 0 {
-            glommio::timer::sleep(super::lifecycle::DRAIN_POLL).await;
+            self.sleep(super::lifecycle::DRAIN_POLL).await;
         }
         if !still_out() {
             return;

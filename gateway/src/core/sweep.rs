@@ -34,7 +34,7 @@ impl Core {
         let tick = self.tick_duration();
         while !self.stopping.get() {
             let slept = Instant::now();
-            glommio::timer::sleep(tick).await;
+            self.sleep(tick).await;
             let now = Instant::now();
             self.overload
                 .on_tick(now.duration_since(slept).saturating_sub(tick), now);

@@ -45,7 +45,7 @@ async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
             Err(flume::TryRecvError::Disconnected) => return,
             Err(flume::TryRecvError::Empty) => {
                 let next = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
-                    glommio::timer::sleep(STOP_CHECK_INTERVAL).await;
+                    core.sleep(STOP_CHECK_INTERVAL).await;
                     None
                 })
                 .await;

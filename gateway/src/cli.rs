@@ -246,6 +246,18 @@ section_overrides! {
     restore_deadline_ms = "nats-restore-deadline-ms": u32,
 }
 
+section_overrides! {
+    IoOverrides, io,
+    /// Socket driver: auto (io_uring when the kernel has it), uring or epoll [default: auto]
+    driver = "io-driver": crate::config::IoDriver,
+    /// Submission queue entries of each core's io_uring [default: 4096]
+    uring_entries = "io-uring-entries": u32,
+    /// Receive buffers per core for the io_uring driver (power of two) [default: 1024]
+    uring_buffers = "io-uring-buffers": u32,
+    /// Bytes of one io_uring receive buffer [default: 4096]
+    uring_buffer_bytes = "io-uring-buffer-bytes": u32,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gateway",
@@ -275,6 +287,8 @@ pub struct Cli {
     pub overload: OverloadOverrides,
     #[command(flatten)]
     pub auth: AuthOverrides,
+    #[command(flatten)]
+    pub io: IoOverrides,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
 }
@@ -312,6 +326,7 @@ impl Cli {
         self.tls.apply(&mut cfg);
         self.overload.apply(&mut cfg);
         self.auth.apply(&mut cfg);
+        self.io.apply(&mut cfg);
         if self.demo {
             cfg.demo = true;
         }
@@ -372,6 +387,8 @@ mod tests {
 
     #[test]
     fn log_format_and_port_sharing_flags() {
+        let io = parsed(&["--io-driver", "epoll", "--io-uring-buffers", "64"]).io;
+        assert_eq!((io.driver, io.uring_buffers), (crate::config::IoDriver::Epoll, 64));
         let c = parsed(&["--log-format", "json", "--listen-shared"]);
         assert_eq!(c.log_format, crate::config::LogFormat::Json);
         assert!(c.listen_shared);

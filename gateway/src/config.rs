@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeySpec, VerifyOptions};
+pub use crate::conn::{IoConfig, IoDriver};
 pub use crate::core::overload::{OverloadConfig, RoutePriority};
 use crate::nats::NatsConfig;
 
@@ -132,6 +133,8 @@ pub struct Config {
     pub demo: bool,
     /// Overload control: queueing-delay shedding by priority and rate limits.
     pub overload: OverloadConfig,
+    /// The socket driver (io_uring or epoll) and its sizes.
+    pub io: IoConfig,
 }
 
 /// How log lines are written.
@@ -234,6 +237,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             demo: false,
             overload: OverloadConfig::default(),
+            io: IoConfig::default(),
         }
     }
 }
@@ -455,6 +459,7 @@ impl Config {
         self.overload
             .validate(self.tick_ms)
             .map_err(ConfigError::Invalid)?;
+        self.io.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

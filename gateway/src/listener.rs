@@ -65,6 +65,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit it: no setsockopt per connection. (TLS
+    // handshakes need it: 14 handshakes/s without, DESIGN.md.)
+    s.set_nodelay(true)?;
     s.bind(&addr.into()).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -113,7 +116,10 @@ pub async fn accept_loop(core: Rc<Core>, listener: Socket) {
 
 async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
     let lfd = listener.as_raw_fd();
-    if let Err(e) = core.poller.add_listener(lfd) {
+    let Some(poller) = core.io.poller() else {
+        return;
+    };
+    if let Err(e) = poller.add_listener(lfd) {
         tracing::error!(core = core.index, error = %e, "cannot watch the listener; this core accepts nothing");
         return;
     }
@@ -123,7 +129,7 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
     loop {
         core.accept_wait().await;
         if core.draining.get() {
-            core.poller.remove(lfd);
+            poller.remove(lfd);
             return; // drops (closes) the listener
         }
         for _ in 0..ACCEPTS_PER_ROUND {
@@ -168,7 +174,7 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
 
 /// Takes an accepted socket: refuse over the cap or the accept rate, else
 /// register it.
-fn admit(core: &Core, fd: i32) {
+pub fn admit(core: &Core, fd: i32) {
     CoreMetrics::inc(&core.metrics.accepts);
     let refusal = if core.conn_count() >= core.conns_max as usize {
         CoreMetrics::inc(&core.metrics.conn_limit_refusals);
@@ -197,17 +203,8 @@ fn admit(core: &Core, fd: i32) {
         unsafe { libc::close(fd) };
         return;
     }
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid int option on our socket.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    // TCP_NODELAY comes from the listener (Linux copies it to accepted
+    // sockets): no setsockopt per connection.
     if let Err(e) = core.add_conn(fd) {
         CoreMetrics::inc(&core.metrics.accept_errors);
         tracing::warn!(core = core.index, error = %e, "cannot watch a new connection; closed it");

@@ -12,9 +12,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::auth::{read_keys, Alg, KeyMaterial, Verifier, VerifyKey};
 use crate::backend::BackendFactory;
 use crate::config::{Config, DEMO_KID, DEMO_SECRET};
-use crate::conn::{IoLoop, Poller};
+use crate::conn::{Chosen, Io, IoLoop, Poller};
 use crate::control::ControlPlane;
-use crate::core::{Core, CoreMsg};
+use crate::core::{wake, Core, CoreMsg, Wake};
 use crate::listener;
 use crate::metrics::Snapshot;
 use crate::nats::contract::Subjects;
@@ -47,14 +47,19 @@ struct NatsParts {
 }
 
 impl NatsParts {
-    /// Starts the bridge's connections on the control-plane thread.
-    fn start(cfg: &Arc<Config>, cores: usize, control: &ControlPlane) -> anyhow::Result<NatsParts> {
+    /// Starts the bridge's connections on the control-plane thread; each
+    /// core's waker goes with what is sent to it.
+    fn start(
+        cfg: &Arc<Config>,
+        wakes: Vec<std::task::Waker>,
+        control: &ControlPlane,
+    ) -> anyhow::Result<NatsParts> {
         let stats = Arc::new(BridgeStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let (cfg2, stats2) = (cfg.clone(), stats.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         control.handle.spawn(async move {
-            let _ = tx.send(crate::nats::bridge::start(&cfg2, cores, stats2, stop_rx).await);
+            let _ = tx.send(crate::nats::bridge::start(&cfg2, wakes, stats2, stop_rx).await);
         });
         let (links, tasks) = rx
             .recv()
@@ -133,9 +138,17 @@ pub fn start(
         %local_addr, cores, conns_per_core_max = conns_max, rlimit_nofile = nofile,
         fd_reserve = cfg.fd_reserve, "connection cap per core (config and RLIMIT_NOFILE)"
     );
+    let (driver, why) = cfg.io.choose().map_err(anyhow::Error::msg)?;
+    tracing::info!(driver = driver.name(), why = %why, "socket driver");
     let cfg = Arc::new(cfg);
-    // Each core's cross-thread wake-up (a no-op while glommio parks).
-    let wakes: Vec<Arc<crate::core::Wake>> = (0..cores).map(|_| crate::core::Wake::none()).collect();
+    // Each core's cross-thread wake-up: an eventfd its io_uring loop reads,
+    // or nothing when glommio parks and wakes itself (epoll driver).
+    let wakes = (0..cores)
+        .map(|_| match driver {
+            Chosen::Uring => Wake::eventfd().context("creating a core's eventfd"),
+            Chosen::Epoll => Ok(Wake::none()),
+        })
+        .collect::<anyhow::Result<Vec<Arc<Wake>>>>()?;
     let (txs, rxs): (Vec<_>, Vec<_>) = wakes
         .iter()
         .map(|w| {
@@ -146,7 +159,7 @@ pub fn start(
     // The control plane first: the NATS bridge runs on it.
     let control = ControlPlane::start(&cfg, txs.clone(), signals)?;
     let nats = if cfg.nats.enabled() {
-        match NatsParts::start(&cfg, cores, &control) {
+        match NatsParts::start(&cfg, wakes.iter().map(|w| w.waker()).collect(), &control) {
             Ok(n) => Some(n),
             Err(e) => {
                 control.stop();
@@ -169,18 +182,17 @@ pub fn start(
         control: Some(control),
         nats,
     };
-    match spawn_cores(
-        &cfg,
-        cores,
+    let plan = CorePlan {
+        cfg,
         cpus,
         conns_max,
-        (verifier, tls),
+        verifier,
+        tls,
         backend,
-        sockets,
-        rxs,
-        &txs,
-        &mut handle,
-    ) {
+        driver,
+        mesh: txs,
+    };
+    match spawn_cores(plan, sockets.into_iter().zip(rxs).zip(wakes), &mut handle) {
         Ok(()) => Ok(handle),
         Err(e) => {
             // Cores that started stop with the handle.
@@ -190,29 +202,39 @@ pub fn start(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_cores(
-    cfg: &Arc<Config>,
-    cores: usize,
+/// What every core is started with.
+struct CorePlan {
+    cfg: Arc<Config>,
     cpus: usize,
     conns_max: u32,
-    (verifier, tls): (Arc<Verifier>, Option<Arc<rustls::ServerConfig>>),
+    verifier: Arc<Verifier>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     backend: Arc<dyn BackendFactory>,
-    sockets: Vec<socket2::Socket>,
-    rxs: Vec<flume::Receiver<CoreMsg>>,
-    txs: &[crate::core::CoreTx],
+    driver: Chosen,
+    mesh: Vec<crate::core::CoreTx>,
+}
+
+/// One core's listener, inbox and wake-up.
+type CoreEnds = ((socket2::Socket, flume::Receiver<CoreMsg>), Arc<Wake>);
+
+fn spawn_cores(
+    plan: CorePlan,
+    ends: impl ExactSizeIterator<Item = CoreEnds>,
     handle: &mut GatewayHandle,
 ) -> anyhow::Result<()> {
+    let cores = ends.len();
     // Each core reports once it serves (or why it cannot).
     let (up_tx, up_rx) = flume::bounded::<Result<(), String>>(cores);
-    for (i, (sock, rx)) in sockets.into_iter().zip(rxs).enumerate() {
+    for (i, ((sock, rx), wake)) in ends.enumerate() {
         let up = up_tx.clone();
-        let (cfg, verifier, backend, mesh, tls) = (
-            cfg.clone(),
-            verifier.clone(),
-            backend.clone(),
-            txs.to_vec(),
-            tls.clone(),
+        let (cfg, verifier, backend, mesh, tls, driver, conns_max) = (
+            plan.cfg.clone(),
+            plan.verifier.clone(),
+            plan.backend.clone(),
+            plan.mesh.clone(),
+            plan.tls.clone(),
+            plan.driver,
+            plan.conns_max,
         );
         let inbound = handle.nats.as_ref().and_then(|n| {
             let (rx, subs) = n.factory.take_inbound(i)?;
@@ -225,31 +247,56 @@ fn spawn_cores(
                 },
             ))
         });
-        let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+        let h = LocalExecutorBuilder::new(Placement::Fixed(i % plan.cpus))
             .name(&format!("gw-core-{i}"))
             .io_memory(cfg.io_memory_bytes as usize)
-            .spawn(move || async move {
+            .spawn(move || wake::Counted(async move {
+                if driver == Chosen::Uring {
+                    // Before any task: they wait through the loop from the start.
+                    wake::set_own_loop(true);
+                }
                 let backend = backend.for_core(i);
-                let poller = match Poller::new() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = up.send(Err(format!("core {i}: cannot create its epoll instance: {e}")));
-                        return;
-                    }
+                let io = match driver {
+                    Chosen::Uring => Io::Uring(Default::default()),
+                    Chosen::Epoll => match Poller::new() {
+                        Ok(p) => Io::Epoll(p),
+                        Err(e) => {
+                            let _ = up.send(Err(format!("core {i}: cannot create its epoll instance: {e}")));
+                            return;
+                        }
+                    },
                 };
-                let mut core = Core::new(i, cfg, verifier, backend, mesh, conns_max, poller);
+                let uring = cfg.io.uring();
+                let mut core = Core::new(i, cfg, verifier, backend, mesh, conns_max, io);
                 core.tls = std::cell::RefCell::new(tls);
                 let core = Rc::new(core);
-                glommio::spawn_local(IoLoop::new(core.clone())).detach();
-                glommio::spawn_local(listener::accept_loop(core.clone(), sock)).detach();
-                glommio::spawn_local(core.clone().run_ticks()).detach();
+                let uring_loop = match driver {
+                    Chosen::Uring => match crate::conn::uring::start(core.clone(), sock, uring, wake) {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            let _ = up.send(Err(format!("core {i}: cannot set up its io_uring (ring and receive buffers): {e}; see OPERATIONS.md, or run with --io-driver epoll")));
+                            return;
+                        }
+                    },
+                    Chosen::Epoll => {
+                        wake::spawn(IoLoop::new(core.clone())).detach();
+                        wake::spawn(listener::accept_loop(core.clone(), sock)).detach();
+                        None
+                    }
+                };
+                wake::spawn(core.clone().run_ticks()).detach();
                 if let Some((rx, ctx)) = inbound {
-                    glommio::spawn_local(crate::nats::inbound::run(core.clone(), rx, ctx)).detach();
+                    wake::spawn(crate::nats::inbound::run(core.clone(), rx, ctx)).detach();
+                }
+                // Last: a task spawned runs at once, and this one only
+                // yields back once the others have had their first turn.
+                if let Some(l) = uring_loop {
+                    wake::spawn(crate::conn::uring::run(l)).detach();
                 }
                 let _ = up.send(Ok(()));
                 drop(up);
                 core.run_inbox(rx).await;
-            })
+            }))
             .map_err(|e| anyhow::anyhow!("starting the executor of core {i}: {e} (io_uring and locked memory: see OPERATIONS.md)"))?;
         handle.executors.push(h);
     }

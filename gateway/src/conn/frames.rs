@@ -293,7 +293,7 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
         payload: u.payload,
     };
     let core = core.clone();
-    glommio::spawn_local(async move { run_upstream(core, idx, id, corr, req).await }).detach();
+    crate::core::wake::spawn(async move { run_upstream(core, idx, id, corr, req).await }).detach();
 }
 
 /// The user and device of an admitted upstream frame.

@@ -1,23 +1,30 @@
-//! Client connections: readiness (`poller.rs`, epoll waited on through
-//! glommio's io_uring), the per-core I/O loop that
-//! reads, decodes and writes for every connection (`io.rs`), and what each
-//! inbound frame does (`frames.rs`); TLS inside the loop (`tls.rs`,
-//! `records/`), WebSocket (`ws.rs`) with its HTTP request parser
-//! (`http.rs`), and the demo-mode HTTP answers (`web.rs`).
+//! Client connections. Two drivers do the socket I/O of a core (`driver.rs`
+//! picks one): the core's own io_uring loop (`uring/`), or edge-triggered
+//! epoll waited on through glommio (`poller.rs`, `epoll.rs`). Both hand
+//! received bytes to the same layers (`input.rs`: TLS records `tls.rs`
+//! and `records/`, WebSocket `ws.rs` with its HTTP parser `http.rs`, frames
+//! `frames.rs`) and send what `output.rs` gathers; `web.rs` answers the
+//! demo-mode HTTP requests.
 
+mod driver;
+mod epoll;
 mod frames;
 pub mod http;
-mod io;
+mod input;
+mod output;
 pub mod poller;
 pub mod preauth;
 pub mod records;
 mod tls;
+pub mod uring;
 pub mod web;
 pub mod ws;
 
+pub use driver::{Chosen, Io, IoConfig, IoDriver};
+pub use epoll::IoLoop;
 pub use frames::valid_route;
-pub use io::IoLoop;
 pub use poller::Poller;
+
 pub use tls::Tls;
 
 /// Whether a frame queued now reaches the client as a frame: plain TCP that

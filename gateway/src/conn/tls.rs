@@ -49,6 +49,10 @@ pub struct Session {
     pending: Vec<u8>,
     /// The application traffic secrets, from rustls's key log.
     secrets: TrafficSecrets,
+    /// Ciphertext rustls produced that the socket did not take yet.
+    unsent: Vec<u8>,
+    /// close_notify queued.
+    close_sent: bool,
 }
 
 /// Why TLS failed on a connection (logged; each closes as TLS_FAILED).
@@ -87,6 +91,8 @@ pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
                 conn,
                 pending: Vec::new(),
                 secrets: TrafficSecrets::default(),
+                unsent: Vec::new(),
+                close_sent: false,
             })));
             CoreMetrics::inc(&core.metrics.tls_handshakes);
             true
@@ -195,7 +201,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         return;
     }
     if !got.plain.is_empty() {
-        super::io::plain_input(core, idx, id, &got.plain);
+        super::input::plain_input(core, idx, id, &got.plain);
     }
     if got.peer_closed {
         core.close(idx, id, CloseReason::ClientClosed, None);
@@ -210,6 +216,7 @@ fn feed_session<'a>(s: &mut Session, data: &'a [u8], got: &mut Input) -> &'a [u8
         conn,
         pending,
         secrets,
+        ..
     } = s;
     let mut data = data;
     let mut chunk = [0u8; PLAIN_CHUNK_BYTES];
@@ -298,9 +305,13 @@ fn tls13_done(conn: &rustls::ServerConnection) -> bool {
 /// secrets its key log gave; what rustls had not written yet goes first.
 fn hand_over(s: Session, records_per_key: u64) -> Result<Tls, Failure> {
     let Session {
-        mut conn, secrets, ..
+        mut conn,
+        secrets,
+        unsent,
+        ..
     } = s;
-    let mut unsent = Vec::new();
+    // What rustls sealed and the socket did not take yet goes first.
+    let mut unsent = unsent;
     while conn.wants_write() {
         conn.write_tls(&mut unsent).map_err(Failure::Feed)?;
     }
@@ -348,23 +359,93 @@ fn gives(suite: Suite, secret: &[u8], keys: &rustls::ConnectionTrafficSecrets) -
     Derived::new(suite, secret).is_ok_and(|d| d.key() == key && d.iv[..] == *iv)
 }
 
-/// Moves queued frames into TLS records and the records to the socket,
+/// Ciphertext sealed per flush step before it is written, bytes (about).
+const SEAL_BATCH_BYTES: usize = 64 * 1024;
+
+impl Tls {
+    /// Ciphertext sealed and not written yet.
+    fn unsent(&mut self) -> &mut Vec<u8> {
+        match self {
+            Tls::Session(s) => &mut s.unsent,
+            Tls::Records { unsent, .. } => unsent,
+        }
+    }
+}
+
+/// Epoll driver: seals queued frames into TLS records and writes them,
 /// until done or the socket is full.
 pub fn flush(core: &Core, c: &mut Conn) -> io::Result<()> {
     let Some(mut tls) = c.extra.as_mut().and_then(|e| e.tls.take()) else {
         return Ok(());
     };
-    let result = match &mut tls {
-        Tls::Session(s) => flush_session(core, c, &mut s.conn),
-        Tls::Records { rec, unsent } => flush_records(core, c, rec, unsent),
-    };
+    let result = (|| loop {
+        if tls.unsent().is_empty() {
+            seal(core, c, &mut tls)?;
+            if tls.unsent().is_empty() {
+                *tls.unsent() = Vec::new(); // give the buffer back while idle
+                return Ok(());
+            }
+        }
+        let unsent = tls.unsent();
+        let mut sent = 0;
+        while sent < unsent.len() {
+            match FdWriter(c.fd).write(&unsent[sent..]) {
+                Ok(n) => {
+                    super::output::wrote(core, c, n);
+                    sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    unsent.drain(..sent);
+                    c.flags.set_write_blocked(true);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        unsent.clear();
+    })();
     if let Some(e) = c.extra.as_mut() {
         e.tls = Some(tls);
     }
     result
 }
 
-fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+/// io_uring driver: seals what is queued and hands over the ciphertext to
+/// write (owned, so the ring can keep it while the send is in flight).
+/// Empty when there is nothing to send.
+pub fn take_ciphertext(core: &Core, c: &mut Conn) -> io::Result<Vec<u8>> {
+    let Some(mut tls) = c.extra.as_mut().and_then(|e| e.tls.take()) else {
+        return Ok(Vec::new());
+    };
+    let result = if tls.unsent().is_empty() {
+        seal(core, c, &mut tls)
+    } else {
+        Ok(())
+    };
+    let out = std::mem::take(tls.unsent());
+    if let Some(e) = c.extra.as_mut() {
+        e.tls = Some(tls);
+    }
+    result.map(|_| out)
+}
+
+/// Seals queued frames (and a KeyUpdate or close_notify when due) into TLS
+/// records at the end of the connection's unsent ciphertext, up to about
+/// `SEAL_BATCH_BYTES`.
+fn seal(core: &Core, c: &mut Conn, tls: &mut Tls) -> io::Result<()> {
+    match tls {
+        Tls::Session(s) => seal_session(c, &mut s.conn, &mut s.unsent, &mut s.close_sent),
+        Tls::Records { rec, unsent } => seal_records(core, c, rec, unsent),
+    }
+}
+
+fn seal_session(
+    c: &mut Conn,
+    tls: &mut rustls::ServerConnection,
+    out: &mut Vec<u8>,
+    close_sent: &mut bool,
+) -> io::Result<()> {
     if c.close == Some(CloseReason::TlsFailed) {
         // Only what rustls queued (its alert, if it chose one) goes out: no
         // more data, and no close_notify (after a fatal alert rustls sends
@@ -372,16 +453,15 @@ fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) 
         c.out = Default::default();
         c.out_bytes = 0;
     }
-    let mut close_sent = false;
     loop {
         // close_notify after the last frame (a client drops what follows it).
         if c.close.is_some()
             && c.close != Some(CloseReason::TlsFailed)
             && c.out.is_empty()
-            && !close_sent
+            && !*close_sent
         {
             tls.send_close_notify();
-            close_sent = true;
+            *close_sent = true;
         }
         // Plaintext in, as much as rustls takes (its buffer is bounded).
         while let Some(front) = c.out.front() {
@@ -402,55 +482,29 @@ fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) 
             }
             let done = pos == len;
             let off = c.out_off as usize;
-            super::io::advance(c, pos - off);
+            super::output::advance(c, pos - off);
             if !done {
                 break;
             }
         }
-        if !tls.wants_write() {
+        if !tls.wants_write() || out.len() >= SEAL_BATCH_BYTES {
             return Ok(());
         }
-        match tls.write_tls(&mut FdWriter(c.fd)) {
-            Ok(n) => super::io::wrote(core, c, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.flags.set_write_blocked(true);
-                return Ok(());
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        tls.write_tls(out)?;
     }
 }
 
-fn flush_records(
+fn seal_records(
     core: &Core,
     c: &mut Conn,
     rec: &mut Records,
     unsent: &mut Vec<u8>,
 ) -> io::Result<()> {
-    loop {
-        let mut sent = 0;
-        while sent < unsent.len() {
-            match FdWriter(c.fd).write(&unsent[sent..]) {
-                Ok(n) => {
-                    super::io::wrote(core, c, n);
-                    sent += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    unsent.drain(..sent);
-                    c.flags.set_write_blocked(true);
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        unsent.clear();
+    while unsent.len() < SEAL_BATCH_BYTES {
         if rec.closed() {
             // Nothing may follow close_notify or a fatal alert.
             c.out = Default::default();
             c.out_bytes = 0;
-            *unsent = Vec::new();
             return Ok(());
         }
         if c.out.is_empty() {
@@ -465,7 +519,6 @@ fn flush_records(
                 rec.seal_close_notify(unsent).map_err(io::Error::other)?;
                 continue;
             }
-            *unsent = Vec::new(); // give the buffer back while idle
             return Ok(());
         }
         // Up to one record's worth of queued frames, gathered in place (after
@@ -487,7 +540,7 @@ fn flush_records(
             if end > hl {
                 unsent.extend_from_slice(&front.body[off.max(hl) - hl..end - hl]);
             }
-            super::io::advance(c, n);
+            super::output::advance(c, n);
             if room(unsent) == 0 {
                 break;
             }
@@ -495,6 +548,7 @@ fn flush_records(
         rec.finish(unsent, start, APPLICATION_DATA)
             .map_err(io::Error::other)?;
     }
+    Ok(())
 }
 
 /// Non-blocking `send` on a raw socket.

@@ -172,7 +172,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         {
             break;
         }
-        super::io::on_bytes(core, idx, id, &m);
+        super::input::on_bytes(core, idx, id, &m);
     }
     if let Some((reason, why)) = failed {
         if reason != CloseReason::HttpAnswered {

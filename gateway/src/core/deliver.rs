@@ -86,7 +86,7 @@ impl Core {
                 ack_required,
             };
             let sent = match self.mesh.get(core) {
-                Some(tx) => tx.send_async(msg).await.is_ok(),
+                Some(tx) => tx.send_from_core(msg).await.is_ok(),
                 None => false,
             };
             // A stopped core has closed (and reported) all its connections:
@@ -310,7 +310,7 @@ impl Core {
             if core == self.index {
                 ticket = self.apply_op(op.clone());
             } else if let Some(tx) = self.mesh.get(core) {
-                let _ = tx.send_async(CoreMsg::Op(op.clone())).await;
+                let _ = tx.send_from_core(CoreMsg::Op(op.clone())).await;
             }
         }
         ticket

@@ -27,12 +27,9 @@ impl Core {
             }
             let c = st.conns.remove(idx as usize);
             self.preauth.release(crate::conn::preauth::bytes(&c));
-            // shutdown first: FIN now, even if something else holds the file.
-            // SAFETY: the connection's socket, closed exactly once, here.
-            unsafe {
-                libc::shutdown(c.fd, libc::SHUT_RDWR);
-                libc::close(c.fd);
-            }
+            // FIN now (shutdown first, even if something else holds the
+            // file), then close: directly, or through the ring.
+            self.io.close(c.fd);
             if let Some(u) = &c.user {
                 if remove_member(&mut st.users, u, idx) {
                     self.backend.interest(Interest::User(u), false);
@@ -251,7 +248,7 @@ impl Core {
     /// Serves the inbox until Stop, or until a drain completes.
     pub async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<CoreMsg>) {
         let mut drain_task: Option<glommio::task::JoinHandle<()>> = None;
-        while let Ok(msg) = rx.recv_async().await {
+        while let Ok(msg) = super::wake::recv(&rx).await {
             match msg {
                 CoreMsg::Push {
                     target,
@@ -275,10 +272,10 @@ impl Core {
                         let core = self.clone();
                         let me = self.mesh.get(self.index).cloned();
                         drain_task = Some(
-                            glommio::spawn_local(async move {
+                            super::wake::spawn(async move {
                                 core.drain().await;
                                 if let Some(me) = me {
-                                    let _ = me.send_async(CoreMsg::Stop).await;
+                                    let _ = me.send_from_core(CoreMsg::Stop).await;
                                 }
                             })
                             .detach(),

@@ -37,11 +37,10 @@ use gw_proto::CloseReason;
 use crate::auth::Verifier;
 use crate::backend::{Backend, SessionOp, Target};
 use crate::config::Config;
-use crate::conn::Poller;
 use crate::metrics::{CoreMetrics, Snapshot};
 use push::{Out, Window};
 pub use session::Members;
-pub use wake::{CoreTx, Wake};
+pub use wake::{CoreTx, Wake, WakeTx};
 use wheel::{Entry, Tick, Wheel};
 
 /// Bits of a connection id: core (8) | generation (24) | slab index (32).
@@ -142,6 +141,8 @@ impl Flags {
     /// The connection's first plaintext (its own bytes, or the first out
     /// of TLS) was seen: WebSocket or frames is decided (`conn/io.rs`).
     const PLAIN_SEEN: u8 = 16;
+    /// A send of this connection is in flight on the ring (io_uring driver).
+    const SEND_INFLIGHT: u8 = 32;
 
     fn get(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -170,6 +171,12 @@ impl Flags {
     }
     pub fn set_write_blocked(&mut self, on: bool) {
         self.set(Self::WRITE_BLOCKED, on)
+    }
+    pub fn send_inflight(self) -> bool {
+        self.get(Self::SEND_INFLIGHT)
+    }
+    pub fn set_send_inflight(&mut self, on: bool) {
+        self.set(Self::SEND_INFLIGHT, on)
     }
     pub fn expiry_noticed(self) -> bool {
         self.get(Self::EXPIRY_NOTICED)
@@ -267,8 +274,8 @@ pub struct Core {
     /// Connection cap of this core (config and RLIMIT_NOFILE).
     pub conns_max: u32,
     pub draining: Cell<bool>,
-    /// Socket readiness for this core's connections and listener.
-    pub poller: Poller,
+    /// How this core does socket I/O: epoll readiness, or io_uring.
+    pub io: crate::conn::Io,
     /// Connections to serve (ids), in order.
     work: RefCell<VecDeque<u64>>,
     /// The I/O loop's waker, woken when `work` gains an entry.
@@ -292,7 +299,7 @@ pub struct Core {
     /// Subscription tickets, held logins and NATS outages (`reach.rs`).
     pub reach: reach::Reach,
     /// Timers of the core's tasks (`timers.rs`).
-    pub timers: timers::Timers,
+    pub timers: Rc<timers::Timers>,
     /// What unauthenticated connections buffer (`conn/preauth.rs`).
     pub preauth: crate::conn::preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
@@ -310,7 +317,7 @@ impl Core {
         backend: Rc<dyn Backend>,
         mesh: Vec<CoreTx>,
         conns_max: u32,
-        poller: Poller,
+        io: crate::conn::Io,
     ) -> Core {
         let load = overload::Overload::new(&cfg, index);
         let reach = reach::Reach::new(cfg.nats.enabled());
@@ -335,7 +342,7 @@ impl Core {
             mesh,
             conns_max,
             draining: Cell::new(false),
-            poller,
+            io,
             work: RefCell::new(VecDeque::new()),
             io_waker: RefCell::new(None),
             accept_ready: Cell::new(true),
@@ -366,7 +373,7 @@ impl Core {
     }
 
     /// Sleeps on this core's timers (glommio's, or the io_uring loop's own).
-    pub fn sleep(&self, d: Duration) -> timers::Sleep<'_> {
+    pub fn sleep(&self, d: Duration) -> timers::Sleep {
         self.timers.sleep(d)
     }
 
@@ -410,7 +417,7 @@ impl Core {
         });
         let due = now + self.ticks(self.cfg.auth_timeout_ms);
         let at = st.wheel.schedule(Entry { idx, conn_id: id }, due, 0);
-        if let Err(e) = self.poller.add_conn(fd, id) {
+        if let Err(e) = self.io.register(fd, id) {
             st.conns.remove(idx as usize);
             return Err(e);
         }

@@ -2,13 +2,17 @@
 //! are glommio's. With the io_uring driver the core's own loop keeps them,
 //! in a heap of deadlines, and sleeps in its ring until the next one: that
 //! loop waits in its own ring instead of letting glommio park, so glommio's
-//! timers (armed on glommio's rings) would not fire on time.
+//! timers (armed on glommio's rings) would not fire on time: they fire
+//! only when the loop yields, at the latest after its longest wait (1 s).
+//! Code on a core with no `Core` at hand (an embedded backend) sleeps with
+//! [`sleep`], which finds the core's timers.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -24,26 +28,54 @@ pub struct Timers {
     next_id: Cell<u64>,
 }
 
+thread_local! {
+    /// The timers of the core on this thread, once its own loop keeps them.
+    static OWN: RefCell<Option<Rc<Timers>>> = const { RefCell::new(None) };
+}
+
+/// Sleeps `d` on the timers of the core this thread runs: the io_uring
+/// loop's own when it keeps them, glommio's otherwise. For code that runs
+/// on a core without the `Core` at hand, such as an embedded backend.
+pub fn sleep(d: Duration) -> Sleep {
+    match OWN.with(|o| o.borrow().clone()) {
+        Some(t) => t.sleep(d),
+        None => Sleep::Glommio(glommio::timer::Timer::new(d)),
+    }
+}
+
 impl Timers {
-    /// From now on the core's own loop fires the timers.
-    pub fn run_own(&self) {
+    /// From now on the core's own loop fires the timers (of this thread).
+    pub fn run_own(self: &Rc<Self>) {
         self.own.set(true);
+        OWN.with(|o| *o.borrow_mut() = Some(self.clone()));
+    }
+
+    /// The core's own loop has ended: sleeps go to glommio again, and the
+    /// ones waiting on the loop are woken to move there.
+    pub fn stop_own(&self) {
+        self.own.set(false);
+        OWN.with(|o| *o.borrow_mut() = None);
+        self.heap.borrow_mut().clear();
+        let wakers: Vec<Waker> = self.wakers.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// A sleep of `d` (the core's own, or glommio's).
-    pub fn sleep(&self, d: Duration) -> Sleep<'_> {
+    pub fn sleep(self: &Rc<Self>, d: Duration) -> Sleep {
         if !self.own.get() {
             return Sleep::Glommio(glommio::timer::Timer::new(d));
         }
         Sleep::Own {
-            timers: self,
+            timers: self.clone(),
             deadline: Instant::now() + d,
             id: None,
         }
     }
 
-    /// Wakes every sleep due by `now`.
-    pub fn fire(&self, now: Instant) {
+    /// Wakes every sleep due by `now`; true when it woke any.
+    pub fn fire(&self, now: Instant) -> bool {
         let mut due = Vec::new();
         {
             let mut heap = self.heap.borrow_mut();
@@ -55,11 +87,15 @@ impl Timers {
                 due.push(id);
             }
         }
+        let mut woke = false;
         for id in due {
-            if let Some(w) = self.wakers.borrow_mut().remove(&id) {
+            let w = self.wakers.borrow_mut().remove(&id);
+            if let Some(w) = w {
                 w.wake();
+                woke = true;
             }
         }
+        woke
     }
 
     /// The next deadline of a live sleep, if any.
@@ -103,21 +139,32 @@ impl Timers {
 }
 
 /// A sleep on a core (see [`Timers`]).
-pub enum Sleep<'a> {
+pub enum Sleep {
     Glommio(glommio::timer::Timer),
     Own {
-        timers: &'a Timers,
+        timers: Rc<Timers>,
         deadline: Instant,
         /// Registered in the heap (on first poll).
         id: Option<u64>,
     },
 }
 
-impl Future for Sleep<'_> {
+impl Future for Sleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        if let Sleep::Own {
+            timers, deadline, ..
+        } = this
+        {
+            if !timers.own.get() {
+                // The loop that kept it has ended: glommio's timer takes over.
+                let left = deadline.saturating_duration_since(Instant::now());
+                *this = Sleep::Glommio(glommio::timer::Timer::new(left));
+            }
+        }
+        match this {
             Sleep::Glommio(t) => Pin::new(t).poll(cx).map(|_| ()),
             Sleep::Own {
                 timers,
@@ -137,7 +184,7 @@ impl Future for Sleep<'_> {
     }
 }
 
-impl Drop for Sleep<'_> {
+impl Drop for Sleep {
     fn drop(&mut self) {
         if let Sleep::Own {
             timers,
@@ -165,8 +212,8 @@ mod tests {
 
     #[test]
     fn own_timers_fire_in_order_and_dropped_ones_do_not_count() {
-        let t = Timers::default();
-        t.run_own();
+        let t = Rc::new(Timers::default());
+        t.own.set(true);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -180,7 +227,7 @@ mod tests {
         drop(b); // its deadline no longer counts
         let next = t.next().expect("a deadline");
         assert!(next > first);
-        t.fire(next);
+        assert!(t.fire(next));
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "only c is due");
         std::thread::sleep(Duration::from_millis(31));
         assert!(c.as_mut().poll(&mut cx).is_ready());

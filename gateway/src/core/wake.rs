@@ -1,15 +1,144 @@
-//! Waking a core from other threads. The io_uring driver's loop sleeps in
-//! its own ring, not in glommio's, so a message sent to a core from another
-//! thread (another core, the control plane, the NATS bridge) must also
-//! wake that ring: every channel into a core carries the core's [`Waker`],
-//! and sending calls it. It writes the core's eventfd, which the loop
-//! always has a read armed on, at most once until the loop has taken the
-//! wake-up (so a burst of messages costs one write). With the epoll driver
-//! glommio parks and wakes itself: the waker does nothing.
+//! Waking a core from other threads, and knowing when a core is idle.
+//!
+//! The io_uring driver's loop sleeps in its own ring, not in glommio's, and
+//! glommio runs its reactor (where it takes wake-ups from other threads)
+//! only when its queue runs dry, which never happens while that loop runs.
+//! So on such a core nothing waits on a cross-thread waker:
+//!
+//! - every channel into a core carries the core's [`Waker`] ([`WakeTx`]),
+//!   and sending calls it: it writes the core's eventfd, which the loop
+//!   always has a read armed on, at most once until the loop has taken the
+//!   wake-up (a burst of messages costs one write);
+//! - the few tasks that read such channels ([`recv`]: the inbox, the NATS
+//!   inbound queue, upstream answers) park on a list of this thread's
+//!   waiters, which the loop wakes when it reads the eventfd;
+//! - a task waiting for room in another thread's channel ([`WakeTx::send_async`])
+//!   retries on the core's timers.
+//!
+//! The loop waits in its ring only when no other task ran since it last
+//! looked ([`polls`], counted by [`spawn`]); otherwise it yields to them.
+//! With the epoll driver glommio parks and wakes itself: all of this falls
+//! back to flume's own waiting, and the waker does nothing.
 
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+thread_local! {
+    /// This thread's core is served by its own loop (io_uring driver).
+    static OWN_LOOP: Cell<bool> = const { Cell::new(false) };
+    /// Tasks waiting for the core's eventfd.
+    static WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// Polls of the core's tasks (see [`spawn`]).
+    static POLLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How often a task waiting for room in another thread's full channel
+/// tries again (io_uring driver).
+const ROOM_RETRY: Duration = Duration::from_millis(1);
+
+/// Whether this thread's core is served by its own loop.
+pub fn own_loop() -> bool {
+    OWN_LOOP.with(|o| o.get())
+}
+
+/// The loop starts (true) or has ended (false). When it ends, the tasks
+/// waiting on it are woken to wait through flume instead.
+pub fn set_own_loop(on: bool) {
+    OWN_LOOP.with(|o| o.set(on));
+    if !on {
+        wake_waiters();
+    }
+}
+
+/// Wakes the tasks waiting for the eventfd (the loop read it).
+pub fn wake_waiters() {
+    let woken = WAITERS.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    for w in woken {
+        w.wake();
+    }
+}
+
+fn wait_on_eventfd(waker: &Waker) {
+    WAITERS.with(|w| {
+        let mut w = w.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(waker)) {
+            w.push(waker.clone());
+        }
+    });
+}
+
+/// Receives from a channel other threads send into with a [`WakeTx`] of
+/// this core (any channel, with the epoll driver).
+pub async fn recv<T>(rx: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
+    loop {
+        if !own_loop() {
+            return rx.recv_async().await;
+        }
+        let got = std::future::poll_fn(|cx| match rx.try_recv() {
+            Ok(v) => Poll::Ready(Some(Ok(v))),
+            Err(flume::TryRecvError::Disconnected) => {
+                Poll::Ready(Some(Err(flume::RecvError::Disconnected)))
+            }
+            Err(flume::TryRecvError::Empty) if !own_loop() => Poll::Ready(None),
+            Err(flume::TryRecvError::Empty) => {
+                wait_on_eventfd(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(r) = got {
+            return r;
+        }
+    }
+}
+
+/// Sends into another thread's channel, waiting for room. On a core served
+/// by its own loop the wait is a retry on the core's timers: the other
+/// side's wake-up would not reach the loop.
+pub async fn send<T>(tx: &flume::Sender<T>, m: T) -> Result<(), flume::SendError<T>> {
+    if !own_loop() {
+        return tx.send_async(m).await;
+    }
+    let mut m = m;
+    loop {
+        match tx.try_send(m) {
+            Ok(()) => return Ok(()),
+            Err(flume::TrySendError::Full(v)) => {
+                m = v;
+                super::timers::sleep(ROOM_RETRY).await;
+            }
+            Err(flume::TrySendError::Disconnected(v)) => return Err(flume::SendError(v)),
+        }
+    }
+}
+
+/// Polls of the core's tasks so far (those spawned with [`spawn`]).
+pub fn polls() -> u64 {
+    POLLS.with(|p| p.get())
+}
+
+/// Spawns a task on this core whose polls count in [`polls`], so the
+/// io_uring loop knows it ran.
+pub fn spawn<F: Future + 'static>(f: F) -> glommio::Task<F::Output> {
+    glommio::spawn_local(Counted(f))
+}
+
+/// A future whose polls are counted in [`polls`].
+pub struct Counted<F>(pub F);
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        POLLS.with(|p| p.set(p.get() + 1));
+        // SAFETY: structural pinning of the only field.
+        unsafe { self.map_unchecked_mut(|c| &mut c.0) }.poll(cx)
+    }
+}
 
 /// The cross-thread wake-up of one core.
 pub struct Wake {
@@ -82,32 +211,66 @@ impl Drop for Wake {
 }
 
 /// A sender into a core's inbox that also wakes the core.
-#[derive(Clone)]
-pub struct CoreTx {
-    tx: flume::Sender<super::CoreMsg>,
+pub type CoreTx = WakeTx<super::CoreMsg>;
+
+/// A sender into a channel a core reads, that also wakes the core (its
+/// waker: [`Wake::waker`], or a no-op one where the core needs none).
+pub struct WakeTx<T> {
+    tx: flume::Sender<T>,
     wake: Waker,
 }
 
-impl CoreTx {
-    pub fn new(tx: flume::Sender<super::CoreMsg>, wake: Waker) -> CoreTx {
-        CoreTx { tx, wake }
+impl<T> Clone for WakeTx<T> {
+    fn clone(&self) -> Self {
+        WakeTx {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> WakeTx<T> {
+    pub fn new(tx: flume::Sender<T>, wake: Waker) -> WakeTx<T> {
+        WakeTx { tx, wake }
     }
 
-    pub fn try_send(&self, m: super::CoreMsg) -> Result<(), flume::TrySendError<super::CoreMsg>> {
+    /// A sender whose core needs no wake-up (glommio parks: epoll driver).
+    pub fn plain(tx: flume::Sender<T>) -> WakeTx<T> {
+        WakeTx::new(tx, Waker::noop().clone())
+    }
+
+    pub fn try_send(&self, m: T) -> Result<(), flume::TrySendError<T>> {
         self.tx.try_send(m)?;
         self.wake.wake_by_ref();
         Ok(())
     }
 
-    pub fn send(&self, m: super::CoreMsg) -> Result<(), flume::SendError<super::CoreMsg>> {
+    pub fn send(&self, m: T) -> Result<(), flume::SendError<T>> {
         self.tx.send(m)?;
         self.wake.wake_by_ref();
         Ok(())
     }
 
-    pub async fn send_async(&self, m: super::CoreMsg) -> Result<(), flume::SendError<super::CoreMsg>> {
+    /// Sends from another thread than a core's (tokio), waiting for room.
+    pub async fn send_async(&self, m: T) -> Result<(), flume::SendError<T>> {
         self.tx.send_async(m).await?;
         self.wake.wake_by_ref();
         Ok(())
+    }
+
+    /// Sends from a core, waiting for room (see [`send`]).
+    pub async fn send_from_core(&self, m: T) -> Result<(), flume::SendError<T>> {
+        send(&self.tx, m).await?;
+        self.wake.wake_by_ref();
+        Ok(())
+    }
+
+    pub fn is_disconnected(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+
+    /// Wakes the core without a message (it freed room it waits on).
+    pub fn wake(&self) {
+        self.wake.wake_by_ref();
     }
 }

@@ -18,6 +18,8 @@ use crate::metrics::LogLimit;
 
 pub struct NatsBackend {
     tx: flume::Sender<ToNats>,
+    /// Answers to this core's requests.
+    replies: Rc<super::replies::Replies>,
     subs: Subscriptions,
     subjects: Subjects,
     node: String,
@@ -86,6 +88,7 @@ impl BackendFactory for NatsFactory {
             .expect("one NATS link per core, made by nats::bridge::start");
         Rc::new(NatsBackend {
             tx: l.tx.clone(),
+            replies: super::replies::Replies::start(l.wake.clone()),
             subs: l.interest.clone(),
             subjects: self.subjects.clone(),
             node: self.node.clone(),
@@ -116,7 +119,7 @@ impl NatsBackend {
 
 impl Backend for NatsBackend {
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply> {
-        let (reply, rx) = flume::bounded(1);
+        let (reply, answer) = self.replies.expect();
         let msg = ToNats::Request(Box::new(Call {
             headers: [
                 (contract::H_NODE, self.node.clone()),
@@ -131,12 +134,13 @@ impl Backend for NatsBackend {
         }));
         let tx = self.tx.clone();
         Box::pin(async move {
-            if tx.send_async(msg).await.is_err() {
+            if crate::core::wake::send(&tx, msg).await.is_err() {
                 return unavailable("the NATS bridge has stopped");
             }
-            rx.recv_async()
+            answer
+                .get()
                 .await
-                .unwrap_or_else(|_| unavailable("the NATS bridge dropped the request"))
+                .unwrap_or_else(|| unavailable("the NATS bridge dropped the request"))
         })
     }
 

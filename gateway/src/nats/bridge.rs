@@ -34,7 +34,8 @@ pub struct Call {
     pub route: String,
     pub headers: [(&'static str, String); 5],
     pub payload: Bytes,
-    pub reply: flume::Sender<BackendReply>,
+    /// Where the answer goes (back to the core).
+    pub reply: super::replies::ReplyTo,
 }
 
 /// Counters of the bridge, all cores together (read by /metrics).
@@ -140,6 +141,8 @@ impl BridgeStats {
 /// What a core needs to use its NATS connections.
 pub struct CoreLink {
     pub tx: flume::Sender<ToNats>,
+    /// Wakes the core (answers to its requests carry it).
+    pub wake: std::task::Waker,
     pub interest: Interest,
     pub inbound: flume::Receiver<Event>,
     /// The core's request client (for readiness).
@@ -173,11 +176,12 @@ fn connect_spec(cfg: &NatsConfig, auth: interest::Auth, name: String) -> Connect
     }
 }
 
-/// Starts the NATS connections of every core on the current tokio runtime.
-/// The tasks end (after flushing) when `stop` turns true.
+/// Starts the NATS connections of every core (one waker each) on the
+/// current tokio runtime. The tasks end (after flushing) when `stop` turns
+/// true.
 pub async fn start(
     cfg: &crate::Config,
-    cores: usize,
+    wakes: Vec<std::task::Waker>,
     stats: Arc<BridgeStats>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Vec<CoreLink>, Vec<tokio::task::JoinHandle<()>>)> {
@@ -192,9 +196,9 @@ pub async fn start(
         stats,
     });
     let auth = requests::read_auth(n)?;
-    let mut links = Vec::with_capacity(cores);
-    let mut tasks = Vec::with_capacity(cores);
-    for core in 0..cores {
+    let mut links = Vec::with_capacity(wakes.len());
+    let mut tasks = Vec::with_capacity(wakes.len());
+    for (core, wake) in wakes.into_iter().enumerate() {
         let name = format!("gateway {} core {core}", cfg.node_id);
         let spec = requests::ClientSpec {
             cfg: n.clone(),
@@ -211,7 +215,7 @@ pub async fn start(
         let (status_tx, status_rx) = flume::bounded(16);
         let interest = Interest::spawn(
             connect_spec(n, auth.clone(), format!("{name} interest")),
-            in_tx,
+            crate::core::WakeTx::new(in_tx, wake.clone()),
             status_tx,
         );
         let node_subject = ctx.subjects.node(&cfg.node_id);
@@ -231,6 +235,7 @@ pub async fn start(
         )));
         links.push(CoreLink {
             tx,
+            wake,
             interest,
             inbound: in_rx,
             requests,
@@ -250,6 +255,7 @@ async fn log_status(rx: flume::Receiver<interest::Status>, core: usize) {
     }
 }
 
+/// Serves what one core queues for NATS.
 async fn run_core(
     requests: Requests,
     rx: flume::Receiver<ToNats>,
@@ -284,7 +290,7 @@ async fn run_core(
                         "NATS is unreachable from this gateway; retry later",
                         ctx.retry_after_ms,
                     );
-                    let _ = call.reply.try_send(r);
+                    call.reply.send(r);
                     continue;
                 }
                 tokio::spawn(request(requests.clone(), ctx.clone(), *call));
@@ -373,7 +379,7 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
             }
         },
     };
-    let _ = reply.try_send(answer);
+    reply.send(answer);
 }
 
 /// Sends work that leaves this node: user and room pushes, user kicks,

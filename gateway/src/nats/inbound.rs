@@ -37,14 +37,14 @@ async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
     let restore_deadline = Duration::from_millis(core.cfg.nats.restore_deadline_ms as u64);
     while !core.stopping.get() {
         if core.outage_check(restore_deadline) {
-            glommio::spawn_local(core.clone().evacuate()).detach();
+            crate::core::wake::spawn(core.clone().evacuate()).detach();
         }
         // What is queued first; a timer only while waiting on an empty queue.
         let ev = match rx.try_recv() {
             Ok(m) => m,
             Err(flume::TryRecvError::Disconnected) => return,
             Err(flume::TryRecvError::Empty) => {
-                let next = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
+                let next = futures_lite::future::or(async { Some(crate::core::wake::recv(&rx).await) }, async {
                     core.sleep(STOP_CHECK_INTERVAL).await;
                     None
                 })

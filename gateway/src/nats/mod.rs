@@ -18,6 +18,7 @@ pub mod contract;
 pub mod events;
 pub mod inbound;
 pub mod interest;
+pub mod replies;
 pub mod requests;
 
 pub use backend::NatsFactory;

@@ -25,8 +25,23 @@ pub mod tls;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A config for tests: loopback, port 0, two cores, fast clocks.
+/// The socket driver the tests run on: `GW_IO_DRIVER` (auto, uring or
+/// epoll; `.ci/run` runs the suite on each), auto by default.
+pub fn io_driver() -> gateway::config::IoDriver {
+    use clap::ValueEnum;
+    match std::env::var("GW_IO_DRIVER") {
+        Ok(v) => gateway::config::IoDriver::from_str(&v, true)
+            .unwrap_or_else(|e| panic!("GW_IO_DRIVER={v:?}: {e}")),
+        Err(_) => Default::default(),
+    }
+}
+
 pub fn test_config() -> Config {
     Config {
+        io: gateway::config::IoConfig {
+            driver: io_driver(),
+            ..Default::default()
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".into(),
         cores: 2,

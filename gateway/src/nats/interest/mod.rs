@@ -236,7 +236,7 @@ impl Interest {
     /// background, retrying forever with backoff.
     pub fn spawn(
         spec: ConnectSpec,
-        inbound: flume::Sender<Event>,
+        inbound: crate::core::WakeTx<Event>,
         status: flume::Sender<Status>,
     ) -> Interest {
         let (tx, rx) = mpsc::unbounded_channel();

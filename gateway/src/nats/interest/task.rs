@@ -17,7 +17,7 @@ pub(super) struct Task {
     pub(super) spec: ConnectSpec,
     pub(super) shared: Arc<Shared>,
     pub(super) rx: mpsc::UnboundedReceiver<Cmd>,
-    pub(super) inbound: flume::Sender<Event>,
+    pub(super) inbound: crate::core::WakeTx<Event>,
     pub(super) status: flume::Sender<Status>,
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     pub(super) fail_log: FailLog,

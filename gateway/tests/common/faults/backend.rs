@@ -108,7 +108,7 @@ impl Backend for CoreBackend {
                 return Box::pin(async move {
                     let _alive = alive;
                     while stalled.load(Ordering::SeqCst) {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                        gateway::core::timers::sleep(Duration::from_millis(5)).await;
                     }
                     BackendReply::ok(req.payload)
                 });

@@ -206,7 +206,7 @@ fn start_client(spec: ConnectSpec) -> Client {
     let (itx, irx) = flume::bounded(1024);
     let (stx, srx) = flume::bounded(64);
     Client {
-        interest: Interest::spawn(spec, itx, stx),
+        interest: Interest::spawn(spec, crate::core::WakeTx::plain(itx), stx),
         inbound: irx,
         status: srx,
     }

@@ -80,7 +80,11 @@ async fn slow_consumer_loses_nothing() {
     let (itx, irx) = flume::bounded(2);
     let (stx, srx) = flume::bounded(64);
     let c = Client {
-        interest: Interest::spawn(spec(server.url(), Auth::None), itx, stx),
+        interest: Interest::spawn(
+            spec(server.url(), Auth::None),
+            crate::core::WakeTx::plain(itx),
+            stx,
+        ),
         inbound: irx,
         status: srx,
     };

@@ -16,13 +16,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use gw_proto::{CloseReason, Decoded, ErrorCode};
+use gw_proto::CloseReason;
 
 use futures_lite::AsyncRead;
 
 use super::poller::{Event, LISTENER_KEY};
 use crate::core::{conn_id_idx, Conn, Core};
-use crate::metrics::CoreMetrics;
 
 /// Reads of one connection per visit before it yields to the others.
 const READS_PER_VISIT: usize = 4;
@@ -63,7 +62,10 @@ impl IoLoop {
 
     /// Collects socket events and marks their connections ready.
     fn collect(&mut self) {
-        if let Err(e) = self.core.poller.collect(&mut self.events) {
+        let Some(poller) = self.core.io.poller() else {
+            return;
+        };
+        if let Err(e) = poller.collect(&mut self.events) {
             tracing::error!(core = self.core.index, error = %e, "epoll_wait failed");
         }
         for ev in self.events.drain(..) {
@@ -149,7 +151,11 @@ impl Future for IoLoop {
             if this.waiter.is_some() || this.fallback.is_some() {
                 return Poll::Pending;
             }
-            match this.core.poller.waiter() {
+            let Some(poller) = this.core.io.poller() else {
+                this.core.io_running.set(false);
+                return Poll::Ready(()); // the io_uring driver runs this core
+            };
+            match poller.waiter() {
                 Ok(w) => this.waiter = Some(w), // polled at the top: registers the wake-up
                 Err(e) => {
                     // Out of files (EMFILE): poll epoll every FALLBACK_POLL instead.
@@ -256,180 +262,11 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
         return;
     }
     let n = n as usize;
-    CoreMetrics::add(&core.metrics.bytes_in, n as u64);
-    let data = &scratch[..n];
-    let Some((layer, before)) = core.with_conn(idx, id, |c| {
-        // Nothing was read before: these are the connection's first bytes.
-        let first = c.bytes_in == 0;
-        c.bytes_in = c.bytes_in.saturating_add(n as u32);
-        if n < scratch.len() && !hangup {
-            // Drained: with edge-triggered epoll, new data brings a new event.
-            c.flags.set_readable(false);
-        }
-        let before = super::preauth::bytes(c);
-        (layer(core, c, data, Some(first)), before)
-    }) else {
-        return;
-    };
-    match layer {
-        Layer::Tls => super::tls::input(core, idx, id, data),
-        Layer::Ws => super::ws::input(core, idx, id, data),
-        Layer::Frames => on_bytes(core, idx, id, data),
+    if n < scratch.len() && !hangup {
+        // Drained: with edge-triggered epoll, new data brings a new event.
+        core.with_conn(idx, id, |c| c.flags.set_readable(false));
     }
-    // What an unauthenticated connection buffers counts against the core's
-    // pre-auth budget (`preauth.rs`); an authenticated one costs nothing here.
-    let after = core
-        .with_conn(idx, id, |c| super::preauth::bytes(c))
-        .unwrap_or(0);
-    if before != after {
-        core.preauth_changed(id, before, after);
-    }
-}
-
-/// What received bytes go to first.
-enum Layer {
-    Tls,
-    Ws,
-    Frames,
-}
-
-/// The layer for a connection's bytes: TLS, WebSocket or frames. The
-/// transport is decided once, by a connection's first bytes: on its first
-/// read (`first_raw` = Some(true)) for TLS, and on its first plaintext
-/// (after TLS, when it speaks TLS) for WebSocket. Later bytes never start
-/// a handshake, whatever they begin with: a WebSocket or frame connection
-/// that sends 0x16 or `G` stays what it is (and its parser judges them).
-/// `first_raw` is None for plaintext out of TLS.
-fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Layer {
-    if let Some(first) = first_raw {
-        if super::tls::active(c) || (first && super::tls::maybe_start(core, c, data)) {
-            return Layer::Tls;
-        }
-    }
-    if super::ws::active(c) {
-        return Layer::Ws;
-    }
-    let first_plain = !c.flags.plain_seen();
-    c.flags.set_plain_seen(true);
-    if first_plain && super::ws::maybe_start(core, c, data) {
-        Layer::Ws
-    } else {
-        Layer::Frames
-    }
-}
-
-/// Plaintext out of TLS: WebSocket or frames.
-pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    match core.with_conn(idx, id, |c| layer(core, c, data, None)) {
-        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
-        Some(_) => on_bytes(core, idx, id, data),
-        None => {}
-    }
-}
-
-/// Decodes and handles every whole frame in `data` (plus any partial);
-/// `data` is plaintext (after TLS and WebSocket, when the connection uses
-/// them).
-pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    let now = core.now();
-    let Some((mut partial, mut authed)) =
-        core.with_conn(idx, id, |c| (std::mem::take(&mut c.partial), c.authed()))
-    else {
-        return;
-    };
-    let buf: &[u8] = if partial.is_empty() {
-        data
-    } else {
-        // Exactly what arrived: no doubling of a partial frame's buffer.
-        partial.reserve_exact(data.len());
-        partial.extend_from_slice(data);
-        &partial
-    };
-    // Before Auth only an Auth frame makes sense: a small limit keeps what
-    // an unauthenticated client can make the core buffer small.
-    let limit = |authed: bool| {
-        if authed {
-            core.cfg.frame_bytes_max
-        } else {
-            core.cfg.preauth_frame_bytes_max()
-        }
-    };
-    let mut max = limit(authed) as usize;
-    let mut pos = 0;
-    let mut closing = false;
-    while pos < buf.len() && !closing {
-        match gw_proto::decode(&buf[pos..], max) {
-            Ok(Decoded::Frame(frame, used)) => {
-                pos += used;
-                CoreMetrics::inc(&core.metrics.frames_in);
-                // A whole frame is a sign of life; stray bytes are not.
-                let state = core.with_conn(idx, id, |c| {
-                    c.last_in = now;
-                    c.authed()
-                });
-                super::frames::on_frame(core, idx, id, frame);
-                let after = core.with_conn(idx, id, |c| (c.close.is_some(), c.authed()));
-                closing = after.is_none_or(|(closing, _)| closing);
-                if state == Some(false) && after.is_some_and(|(_, a)| a) {
-                    authed = true;
-                    max = limit(authed) as usize;
-                }
-            }
-            Ok(Decoded::Incomplete(_)) => break,
-            Err(e) => {
-                let (reason, code) = match e {
-                    gw_proto::DecodeError::TooLarge { .. } => {
-                        (CloseReason::FrameTooLarge, ErrorCode::FrameTooLarge)
-                    }
-                    gw_proto::DecodeError::Malformed(_) => {
-                        (CloseReason::BadFrame, ErrorCode::BadFrame)
-                    }
-                };
-                tracing::debug!(conn_id = id, error = %e, authed, "bad frame");
-                core.close(
-                    idx,
-                    id,
-                    reason,
-                    Some(Core::error_body(code, e.to_string(), 0)),
-                );
-                closing = true;
-            }
-        }
-    }
-    if closing {
-        return;
-    }
-    // The joined buffer can stay when all of it is the partial frame and it
-    // is not bigger than that frame.
-    let joined_fits = pos == 0 && !partial.is_empty() && partial.capacity() <= frame_size(buf, max);
-    let keep = if joined_fits {
-        partial
-    } else {
-        keep_partial(&buf[pos..], max)
-    };
-    core.with_conn(idx, id, |c| c.partial = keep);
-}
-
-/// Bytes of the frame at the start of `rest` (prefix included), when its
-/// length prefix is in; else what is there.
-fn frame_size(rest: &[u8], max: usize) -> usize {
-    match gw_proto::peek_len(rest, max) {
-        Ok(Some(total)) => total.max(rest.len()),
-        _ => rest.len(),
-    }
-}
-
-/// The buffer for the start of a frame not complete yet: empty and
-/// unallocated when nothing is left; otherwise sized to the frame the
-/// length prefix announces (already checked against `max`), not to what a
-/// doubling growth would leave.
-fn keep_partial(rest: &[u8], max: usize) -> Vec<u8> {
-    if rest.is_empty() {
-        return Vec::new();
-    }
-    let mut v = Vec::with_capacity(frame_size(rest, max));
-    v.extend_from_slice(rest);
-    v
+    super::input::received(core, idx, id, &scratch[..n]);
 }
 
 /// Writes queued output until done or the socket is full (then the
@@ -472,8 +309,8 @@ fn write_out(core: &Core, c: &mut Conn) -> io::Result<()> {
     while !c.out.is_empty() && !c.flags.write_blocked() {
         match sendv(c.fd, c) {
             Ok(n) => {
-                advance(c, n);
-                wrote(core, c, n);
+                super::output::advance(c, n);
+                super::output::wrote(core, c, n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.flags.set_write_blocked(true),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -486,20 +323,7 @@ fn write_out(core: &Core, c: &mut Conn) -> io::Result<()> {
 /// One non-blocking vectored send of the queued items.
 fn sendv(fd: i32, c: &Conn) -> io::Result<usize> {
     let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOV_MAX.min(c.out.len() * 2));
-    let mut skip = c.out_off as usize;
-    for item in c.out.iter() {
-        for part in [item.head.as_slice(), &item.body[..]] {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            iov.push(IoSlice::new(&part[skip..]));
-            skip = 0;
-        }
-        if iov.len() >= IOV_MAX - 1 {
-            break;
-        }
-    }
+    super::output::gather(c, &mut iov, IOV_MAX - 1);
     if iov.is_empty() {
         return Ok(0);
     }
@@ -516,27 +340,3 @@ fn sendv(fd: i32, c: &Conn) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Drops `n` written bytes from the front of the queue.
-pub(super) fn advance(c: &mut Conn, n: usize) {
-    let mut left = n + c.out_off as usize;
-    c.out_off = 0;
-    while let Some(front) = c.out.front() {
-        let len = front.len();
-        if left < len {
-            c.out_off = left as u32;
-            break;
-        }
-        left -= len;
-        c.out_bytes = c.out_bytes.saturating_sub(len as u32);
-        c.out.pop_front();
-    }
-    if c.out.is_empty() {
-        c.out = Default::default(); // give the ring buffer back while idle
-    }
-}
-
-/// Counts bytes written to a connection's socket.
-pub(super) fn wrote(core: &Core, c: &mut Conn, n: usize) {
-    c.bytes_out = c.bytes_out.saturating_add(n as u32);
-    CoreMetrics::add(&core.metrics.bytes_out, n as u64);
-}

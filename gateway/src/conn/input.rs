@@ -1,0 +1,186 @@
+//! What received bytes become, whatever driver read them: the transport
+//! is picked from a connection's first bytes (TLS, WebSocket or frames),
+//! then the bytes go through the layers to whole frames, and each frame to
+//! `frames::on_frame`. No socket here: the drivers (`epoll.rs`,
+//! `uring/`) call [`received`] with bytes they read.
+
+use std::rc::Rc;
+
+use gw_proto::{CloseReason, Decoded, ErrorCode};
+
+use crate::core::{Conn, Core};
+use crate::metrics::CoreMetrics;
+
+/// Bytes read from a connection's socket: through the layers to frames.
+/// Counts them, and keeps the core's pre-auth budget (`preauth.rs`) up to
+/// date with what an unauthenticated connection now buffers.
+pub fn received(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
+    let Some((layer, before)) = core.with_conn(idx, id, |c| {
+        // Nothing was read before: these are the connection's first bytes.
+        let first = c.bytes_in == 0;
+        c.bytes_in = c.bytes_in.saturating_add(data.len() as u32);
+        let before = super::preauth::bytes(c);
+        (layer(core, c, data, Some(first)), before)
+    }) else {
+        return;
+    };
+    match layer {
+        Layer::Tls => super::tls::input(core, idx, id, data),
+        Layer::Ws => super::ws::input(core, idx, id, data),
+        Layer::Frames => on_bytes(core, idx, id, data),
+    }
+    let after = core
+        .with_conn(idx, id, |c| super::preauth::bytes(c))
+        .unwrap_or(0);
+    if before != after {
+        core.preauth_changed(id, before, after);
+    }
+}
+
+/// What received bytes go to first.
+enum Layer {
+    Tls,
+    Ws,
+    Frames,
+}
+
+/// The layer for a connection's bytes: TLS, WebSocket or frames. The
+/// transport is decided once, by a connection's first bytes: on its first
+/// read (`first_raw` = Some(true)) for TLS, and on its first plaintext
+/// (after TLS, when it speaks TLS) for WebSocket. Later bytes never start
+/// a handshake, whatever they begin with: a WebSocket or frame connection
+/// that sends 0x16 or `G` stays what it is (and its parser judges them).
+/// `first_raw` is None for plaintext out of TLS.
+fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Layer {
+    if let Some(first) = first_raw {
+        if super::tls::active(c) || (first && super::tls::maybe_start(core, c, data)) {
+            return Layer::Tls;
+        }
+    }
+    if super::ws::active(c) {
+        return Layer::Ws;
+    }
+    let first_plain = !c.flags.plain_seen();
+    c.flags.set_plain_seen(true);
+    if first_plain && super::ws::maybe_start(core, c, data) {
+        Layer::Ws
+    } else {
+        Layer::Frames
+    }
+}
+
+/// Plaintext out of TLS: WebSocket or frames.
+pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    match core.with_conn(idx, id, |c| layer(core, c, data, None)) {
+        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
+        Some(_) => on_bytes(core, idx, id, data),
+        None => {}
+    }
+}
+
+/// Decodes and handles every whole frame in `data` (plus any partial);
+/// `data` is plaintext (after TLS and WebSocket, when the connection uses
+/// them).
+pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+    let now = core.now();
+    let Some((mut partial, mut authed)) =
+        core.with_conn(idx, id, |c| (std::mem::take(&mut c.partial), c.authed()))
+    else {
+        return;
+    };
+    let buf: &[u8] = if partial.is_empty() {
+        data
+    } else {
+        // Exactly what arrived: no doubling of a partial frame's buffer.
+        partial.reserve_exact(data.len());
+        partial.extend_from_slice(data);
+        &partial
+    };
+    // Before Auth only an Auth frame makes sense: a small limit keeps what
+    // an unauthenticated client can make the core buffer small.
+    let limit = |authed: bool| {
+        if authed {
+            core.cfg.frame_bytes_max
+        } else {
+            core.cfg.preauth_frame_bytes_max()
+        }
+    };
+    let mut max = limit(authed) as usize;
+    let mut pos = 0;
+    let mut closing = false;
+    while pos < buf.len() && !closing {
+        match gw_proto::decode(&buf[pos..], max) {
+            Ok(Decoded::Frame(frame, used)) => {
+                pos += used;
+                CoreMetrics::inc(&core.metrics.frames_in);
+                // A whole frame is a sign of life; stray bytes are not.
+                let state = core.with_conn(idx, id, |c| {
+                    c.last_in = now;
+                    c.authed()
+                });
+                super::frames::on_frame(core, idx, id, frame);
+                let after = core.with_conn(idx, id, |c| (c.close.is_some(), c.authed()));
+                closing = after.is_none_or(|(closing, _)| closing);
+                if state == Some(false) && after.is_some_and(|(_, a)| a) {
+                    authed = true;
+                    max = limit(authed) as usize;
+                }
+            }
+            Ok(Decoded::Incomplete(_)) => break,
+            Err(e) => {
+                let (reason, code) = match e {
+                    gw_proto::DecodeError::TooLarge { .. } => {
+                        (CloseReason::FrameTooLarge, ErrorCode::FrameTooLarge)
+                    }
+                    gw_proto::DecodeError::Malformed(_) => {
+                        (CloseReason::BadFrame, ErrorCode::BadFrame)
+                    }
+                };
+                tracing::debug!(conn_id = id, error = %e, authed, "bad frame");
+                core.close(
+                    idx,
+                    id,
+                    reason,
+                    Some(Core::error_body(code, e.to_string(), 0)),
+                );
+                closing = true;
+            }
+        }
+    }
+    if closing {
+        return;
+    }
+    // The joined buffer can stay when all of it is the partial frame and it
+    // is not bigger than that frame.
+    let joined_fits = pos == 0 && !partial.is_empty() && partial.capacity() <= frame_size(buf, max);
+    let keep = if joined_fits {
+        partial
+    } else {
+        keep_partial(&buf[pos..], max)
+    };
+    core.with_conn(idx, id, |c| c.partial = keep);
+}
+
+/// Bytes of the frame at the start of `rest` (prefix included), when its
+/// length prefix is in; else what is there.
+fn frame_size(rest: &[u8], max: usize) -> usize {
+    match gw_proto::peek_len(rest, max) {
+        Ok(Some(total)) => total.max(rest.len()),
+        _ => rest.len(),
+    }
+}
+
+/// The buffer for the start of a frame not complete yet: empty and
+/// unallocated when nothing is left; otherwise sized to the frame the
+/// length prefix announces (already checked against `max`), not to what a
+/// doubling growth would leave.
+fn keep_partial(rest: &[u8], max: usize) -> Vec<u8> {
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    let mut v = Vec::with_capacity(frame_size(rest, max));
+    v.extend_from_slice(rest);
+    v
+}
+

@@ -1,0 +1,613 @@
+//! The io_uring driver: one ring per core, served by the core's own loop.
+//!
+//! - Accepts with one multishot accept on the core's listener.
+//! - Reads with one multishot recv per connection into the core's provided
+//!   buffer ring (`bufs.rs`): no connection holds a buffer while idle.
+//! - Writes with SENDMSG entries that own what they point at (`sends.rs`),
+//!   one in flight per connection, all submitted together.
+//! - Closes through the ring (shutdown, then close).
+//! - One `io_uring_enter` per loop iteration: it submits what the
+//!   iteration queued and, when nothing else is runnable, waits for the
+//!   next completion or the next timer of the core (`core/timers.rs`).
+//!
+//! How it lives with glommio: the loop is a glommio task that never parks
+//! through glommio. After an iteration that did something it yields, so
+//! that the tasks it woke (upstream requests, the inbox) run; when no other
+//! task of the core ran since it last looked (`wake::polls`), it waits in
+//! its own ring instead. glommio's park costs about 8 `io_uring_enter` and
+//! a `membarrier` per wake-up (measured, ARCHITECTURE.md): waiting in our
+//! ring is one. Other threads wake the loop through the core's eventfd
+//! (`core/wake.rs`), which it always has a read armed on; the core's
+//! timers are the loop's (`core/timers.rs`).
+
+mod bufs;
+mod sends;
+
+use std::cell::RefCell;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gw_proto::CloseReason;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::core::{conn_id, conn_id_idx, wake, Core, Wake};
+use crate::metrics::{CoreMetrics, LogLimit};
+use bufs::BufRing;
+use sends::SendOp;
+
+/// What the core queued for the loop's next submission.
+#[derive(Default)]
+pub struct Pending {
+    /// New connections: arm their multishot recv.
+    arms: RefCell<Vec<(i32, u64)>>,
+    /// Sockets to shut down and close.
+    closes: RefCell<Vec<i32>>,
+    /// The loop has ended: sockets are closed at once.
+    ended: std::cell::Cell<bool>,
+}
+
+impl Pending {
+    pub fn arm(&self, fd: i32, id: u64) {
+        self.arms.borrow_mut().push((fd, id));
+    }
+    pub fn close(&self, fd: i32) {
+        if self.ended.get() {
+            // SAFETY: the connection's socket, closed exactly once, by teardown.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+                libc::close(fd);
+            }
+        } else {
+            self.closes.borrow_mut().push(fd);
+        }
+    }
+}
+
+/// What a completion is for: the top byte of its user data.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Close = 4,
+    Wake = 5,
+    Cancel = 6,
+}
+
+const KIND_SHIFT: u32 = 56;
+const VALUE_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+fn user_data(kind: Kind, value: u64) -> u64 {
+    ((kind as u64) << KIND_SHIFT) | (value & VALUE_MASK)
+}
+
+fn kind_of(ud: u64) -> Option<Kind> {
+    Some(match (ud >> KIND_SHIFT) as u8 {
+        1 => Kind::Accept,
+        2 => Kind::Recv,
+        3 => Kind::Send,
+        4 => Kind::Close,
+        5 => Kind::Wake,
+        6 => Kind::Cancel,
+        _ => return None,
+    })
+}
+
+/// The driver's settings (`[io]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Submission queue entries (completion queue: twice as many).
+    pub entries: u32,
+    /// Receive buffers in the provided ring (a power of two).
+    pub buffers: u16,
+    /// Bytes of one receive buffer.
+    pub buffer_bytes: u32,
+}
+
+/// Whether this kernel runs the driver: a ring with single issuer and
+/// deferred task work, a provided buffer ring, and the opcodes used.
+/// Err says what is missing (the startup line repeats it). The trial ring
+/// lives on a thread of its own: tearing a ring down queues task work on
+/// the thread that made it, which interrupts that thread's next blocking
+/// call (EINTR on a socket read with a timeout, for one).
+pub fn probe(s: &Settings) -> Result<(), String> {
+    let s = *s;
+    std::thread::Builder::new()
+        .name("gw-uring-probe".into())
+        .spawn(move || probe_here(&s))
+        .map_err(|e| format!("cannot start a thread to probe io_uring: {e}"))?
+        .join()
+        .map_err(|_| "the io_uring probe panicked".to_string())?
+}
+
+fn probe_here(s: &Settings) -> Result<(), String> {
+    let ring = build_ring(s).map_err(|e| format!("io_uring setup: {e}"))?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("io_uring probe: {e}"))?;
+    for (op, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::RecvMulti::CODE, "recv"),
+        (opcode::SendMsg::CODE, "sendmsg"),
+        (opcode::Shutdown::CODE, "shutdown"),
+        (opcode::Close::CODE, "close"),
+        (opcode::Read::CODE, "read"),
+        (opcode::AsyncCancel::CODE, "cancel"),
+    ] {
+        if !p.is_supported(op) {
+            return Err(format!("the kernel's io_uring lacks {name}"));
+        }
+    }
+    BufRing::new(&ring, 2, 64).map_err(|e| format!("io_uring provided buffer ring: {e}"))?;
+    Ok(())
+}
+
+fn build_ring(s: &Settings) -> std::io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(s.entries.saturating_mul(2))
+        .build(s.entries)
+}
+
+/// Sets up the loop of one core: its ring and receive buffers. Then
+/// [`run`] it (a glommio task): it accepts, reads, writes and closes for
+/// every connection of the core, until the core stops.
+pub fn start(
+    core: Rc<Core>,
+    listener: socket2::Socket,
+    s: Settings,
+    wake: Arc<Wake>,
+) -> std::io::Result<Loop> {
+    let l = Loop::new(core, listener, s, wake)?;
+    // From now on the core's sleeps are the loop's.
+    l.core.timers.run_own();
+    Ok(l)
+}
+
+/// Runs a loop made by [`start`] until the core stops.
+pub async fn run(mut l: Loop) {
+    let core = l.core.clone();
+    l.serve().await;
+    l.finish();
+    core.timers.stop_own();
+    wake::set_own_loop(false);
+    if let super::Io::Uring(p) = &core.io {
+        p.ended.set(true);
+    }
+    core.io_running.set(false);
+    core.accept_running.set(false);
+}
+
+/// One core's io_uring loop.
+pub struct Loop {
+    core: Rc<Core>,
+    ring: IoUring,
+    bufs: BufRing,
+    sends: slab::Slab<Box<SendOp>>,
+    listener: Option<socket2::Socket>,
+    accept_armed: bool,
+    /// When to arm accepting again after an error (EMFILE, ...).
+    accept_retry: Option<Instant>,
+    accept_backoff_ms: u32,
+    accept_log: LogLimit,
+    wake: Arc<Wake>,
+    /// Where the armed eventfd read lands (boxed: the kernel writes it).
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// Connections whose multishot recv ended and must be armed again.
+    rearm: Vec<(i32, u64)>,
+}
+
+impl Loop {
+    fn new(
+        core: Rc<Core>,
+        listener: socket2::Socket,
+        s: Settings,
+        wake: Arc<Wake>,
+    ) -> std::io::Result<Loop> {
+        let ring = build_ring(&s)?;
+        let bufs = BufRing::new(&ring, s.buffers, s.buffer_bytes as usize)?;
+        Ok(Loop {
+            core,
+            ring,
+            bufs,
+            sends: slab::Slab::new(),
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry: None,
+            accept_backoff_ms: 0,
+            accept_log: LogLimit::default(),
+            wake,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            rearm: Vec::new(),
+        })
+    }
+
+    /// Queues an entry, submitting first when the queue is full.
+    fn push(&mut self, e: squeue::Entry) {
+        // SAFETY: every entry's buffers live until its completion: recv
+        // buffers in `bufs`, sends in `sends`, the wake counter in `wake_buf`.
+        unsafe {
+            if self.ring.submission().push(&e).is_err() {
+                let _ = self.ring.submit();
+                let _ = self.ring.submission().push(&e);
+            }
+        }
+    }
+
+    async fn serve(&mut self) {
+        // Spawned tasks run at once: let the spawner go on first.
+        futures_lite::future::yield_now().await;
+        let mut seen = wake::polls();
+        loop {
+            if self.core.stopping.get() {
+                return;
+            }
+            let mut worked = self.reap();
+            worked |= self.core.timers.fire(Instant::now());
+            self.accepting();
+            worked |= self.serve_ready();
+            self.queue_pending();
+            self.bufs.publish();
+            // Wait in our ring only when nothing else on this core can run:
+            // no other task ran since the last look (a task woken since was
+            // woken by one that ran, or by this loop's work).
+            let polls = wake::polls();
+            let others = polls != seen;
+            seen = polls;
+            if worked || others || !self.ring.completion().is_empty() {
+                let _ = self.ring.submit();
+                futures_lite::future::yield_now().await;
+                seen += 1; // this poll of the loop itself
+                continue;
+            }
+            let timeout = self.next_deadline();
+            let ts = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => {
+                    tracing::warn!(core = self.core.index, error = %e, "io_uring_enter failed");
+                    futures_lite::future::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// How long the loop may wait: until the core's next timer, or the
+    /// next accept retry, or at most a second.
+    fn next_deadline(&self) -> Duration {
+        let now = Instant::now();
+        let mut at = now + Duration::from_secs(1);
+        if let Some(t) = self.core.timers.next() {
+            at = at.min(t);
+        }
+        if let Some(t) = self.accept_retry {
+            at = at.min(t);
+        }
+        at.saturating_duration_since(now)
+    }
+
+    /// Handles every completion; true when any did something.
+    fn reap(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let batch: Vec<(u64, i32, u32)> = self
+                .ring
+                .completion()
+                .take(256)
+                .map(|c| (c.user_data(), c.result(), c.flags()))
+                .collect();
+            if batch.is_empty() {
+                return any;
+            }
+            any = true;
+            for (ud, res, flags) in batch {
+                match kind_of(ud) {
+                    Some(Kind::Accept) => self.accepted(res, flags),
+                    Some(Kind::Recv) => self.received(ud & VALUE_MASK, res, flags),
+                    Some(Kind::Send) => self.sent((ud & VALUE_MASK) as usize, res),
+                    Some(Kind::Wake) => {
+                        self.wake_armed = false;
+                        self.wake.taken();
+                        wake::wake_waiters();
+                    }
+                    Some(Kind::Close) | Some(Kind::Cancel) | None => {}
+                }
+            }
+        }
+    }
+
+    /// The id of this core's connection from the 56 bits a completion kept.
+    fn conn(&self, value: u64) -> u64 {
+        conn_id(self.core.index, (value >> 32) as u32, value as u32)
+    }
+
+    fn accepted(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            self.accept_backoff_ms = 0;
+            crate::listener::admit(&self.core, res);
+            return;
+        }
+        if res == -libc::ECANCELED {
+            return;
+        }
+        CoreMetrics::inc(&self.core.metrics.accept_errors);
+        let e = std::io::Error::from_raw_os_error(-res);
+        if self.accept_log.allow() {
+            tracing::warn!(core = self.core.index, error = %e, "accept failed (io_uring); accepting again after a pause: if it is EMFILE, raise LimitNOFILE or lower conns_per_core_max");
+        }
+        if !self.accept_armed {
+            self.accept_backoff_ms = self
+                .accept_backoff_ms
+                .saturating_mul(2)
+                .clamp(10, self.core.cfg.accept_backoff_max_ms);
+            self.accept_retry =
+                Some(Instant::now() + Duration::from_millis(self.accept_backoff_ms as u64));
+        }
+    }
+
+    fn received(&mut self, value: u64, res: i32, flags: u32) {
+        let id = self.conn(value);
+        let idx = conn_id_idx(id);
+        let fd = self.core.with_conn(idx, id, |c| (c.fd, c.close.is_some()));
+        if res > 0 {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                if let Some((_, false)) = fd {
+                    let data = self.bufs.data(bid, res as usize);
+                    super::input::received(&self.core, idx, id, data);
+                    // What the input queued (replies, a handshake's
+                    // answer, TLS records) goes out this iteration.
+                    self.core.with_conn(idx, id, |c| {
+                        if !c.out.is_empty() || c.close.is_some() || super::tls::active(c) {
+                            self.core.ready(c);
+                        }
+                    });
+                }
+                self.bufs.give_back(bid);
+            }
+        }
+        if cqueue::more(flags) {
+            return;
+        }
+        let Some((fd, false)) = fd else {
+            return; // gone or closing: nothing to arm
+        };
+        match res {
+            // Out of buffers (the ring was empty for a moment) or the
+            // kernel ended the multishot: arm it again.
+            r if r > 0 || r == -libc::ENOBUFS => self.rearm.push((fd, id)),
+            0 => self.core.close(idx, id, CloseReason::ClientClosed, None),
+            r if r == -libc::ECANCELED => {}
+            r => {
+                tracing::debug!(conn_id = id, error = %std::io::Error::from_raw_os_error(-r), "read failed");
+                self.core.close(idx, id, CloseReason::IoError, None);
+            }
+        }
+    }
+
+    fn sent(&mut self, slot: usize, res: i32) {
+        let Some(op) = self.sends.try_remove(slot) else {
+            return;
+        };
+        let id = op.conn_id;
+        let idx = conn_id_idx(id);
+        let now = self.core.now();
+        let mut st = self.core.state.borrow_mut();
+        let crate::core::State { conns, wheel, .. } = &mut *st;
+        let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+            return; // closed meanwhile: the op (and what it held) goes
+        };
+        c.flags.set_send_inflight(false);
+        if res < 0 {
+            if c.close.is_none() && res != -libc::ECANCELED {
+                tracing::debug!(conn_id = id, error = %std::io::Error::from_raw_os_error(-res), "write failed");
+                c.close = Some(CloseReason::IoError);
+            }
+            self.core.ready(c);
+            return;
+        }
+        let n = res as usize;
+        if !op.owns_bytes() {
+            super::output::advance(c, n);
+        }
+        super::output::wrote(&self.core, c, n);
+        // Writing made room: pushes waiting for it follow.
+        if c.backlogged() {
+            self.core.pump(c, now, wheel);
+        }
+        if !c.out.is_empty() || c.close.is_some() || super::tls::active(c) {
+            self.core.ready(c);
+        }
+    }
+
+    /// Arms or re-arms accepting; stops it when the core drains.
+    fn accepting(&mut self) {
+        let Some(l) = self.listener.as_ref() else {
+            return;
+        };
+        let lfd = l.as_raw_fd();
+        if self.core.draining.get() {
+            if self.accept_armed {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::Accept, 0))
+                    .build()
+                    .user_data(user_data(Kind::Cancel, 0));
+                self.push(cancel);
+                let _ = self.ring.submit();
+            }
+            self.listener = None; // closes it
+            self.core.accept_running.set(false);
+            return;
+        }
+        if self.accept_armed || self.accept_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.accept_retry = None;
+        let e = opcode::AcceptMulti::new(types::Fd(lfd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(Kind::Accept, 0));
+        self.push(e);
+        self.accept_armed = true;
+    }
+
+    /// Queues what the core asked for (new connections' recvs, closes) and
+    /// the eventfd read.
+    fn queue_pending(&mut self) {
+        let Some(p) = self.pending() else { return };
+        let arms = std::mem::take(&mut *p.arms.borrow_mut());
+        for (fd, id) in arms.into_iter().chain(std::mem::take(&mut self.rearm)) {
+            let e = opcode::RecvMulti::new(types::Fd(fd), bufs::GROUP)
+                .build()
+                .user_data(user_data(Kind::Recv, id));
+            self.push(e);
+        }
+        self.queue_closes();
+        if !self.wake_armed {
+            if let Some(fd) = self.wake.fd() {
+                let e = opcode::Read::new(types::Fd(fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
+                    .build()
+                    .user_data(user_data(Kind::Wake, 0));
+                self.push(e);
+                self.wake_armed = true;
+            }
+        }
+    }
+
+    fn pending(&self) -> Option<&Pending> {
+        match &self.core.io {
+            super::Io::Uring(p) => Some(p),
+            super::Io::Epoll(_) => None,
+        }
+    }
+
+    /// Shutdown then close for each socket the core let go of, linked so
+    /// that the close follows the FIN.
+    fn queue_closes(&mut self) {
+        let closes = match self.pending() {
+            Some(p) => std::mem::take(&mut *p.closes.borrow_mut()),
+            None => return,
+        };
+        for fd in closes {
+            let sd = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
+                .user_data(user_data(Kind::Close, 0));
+            let cl = opcode::Close::new(types::Fd(fd))
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(user_data(Kind::Close, 1));
+            self.push(sd);
+            self.push(cl);
+        }
+    }
+
+    /// Serves the connections on the core's ready list: a send for each
+    /// with output and none in flight; teardown for the closing ones (after
+    /// one last send of their final frame). True when any was served.
+    fn serve_ready(&mut self) -> bool {
+        let mut any = false;
+        while let Some(id) = self.core.next_ready() {
+            any = true;
+            let idx = conn_id_idx(id);
+            let Some((closing, inflight, fd)) = self.core.with_conn(idx, id, |c| {
+                c.flags.set_queued(false);
+                (c.close, c.flags.send_inflight(), c.fd)
+            }) else {
+                continue;
+            };
+            if let Some(reason) = closing {
+                if !inflight && !self.core.held(id) {
+                    self.core.with_conn(idx, id, |c| {
+                        if let Some(b) = super::ws::closing(c, reason) {
+                            self.core.push_out_raw(c, crate::core::push::Out::frame(b));
+                        }
+                    });
+                    // The final frame, hard-linked to the shutdown and close
+                    // that teardown queues next: it goes out first.
+                    self.send(idx, id, fd, true);
+                }
+                self.core.teardown(idx, id);
+                self.queue_closes();
+                continue;
+            }
+            if inflight || self.core.held(id) {
+                continue; // its completion (or the release) brings it back
+            }
+            self.send(idx, id, fd, false);
+        }
+        any
+    }
+
+    /// Queues one send of what the connection has queued (TLS: sealed).
+    fn send(&mut self, idx: u32, id: u64, fd: i32, last: bool) {
+        let op = self.core.with_conn(idx, id, |c| {
+            if super::tls::active(c) {
+                match super::tls::take_ciphertext(&self.core, c) {
+                    Ok(b) if b.is_empty() => None,
+                    Ok(b) => Some(Ok(SendOp::owned(id, b))),
+                    Err(e) => Some(Err(e)),
+                }
+            } else {
+                SendOp::queued(c).map(Ok)
+            }
+        });
+        let op = match op.flatten() {
+            None => return,
+            Some(Ok(op)) => op,
+            Some(Err(e)) => {
+                tracing::debug!(conn_id = id, error = %e, "TLS write failed");
+                self.core.close(idx, id, CloseReason::IoError, None);
+                return;
+            }
+        };
+        self.core.with_conn(idx, id, |c| c.flags.set_send_inflight(true));
+        let msg = op.msg();
+        let slot = self.sends.insert(op);
+        let mut flags = squeue::Flags::empty();
+        if last {
+            flags |= squeue::Flags::IO_HARDLINK;
+        }
+        let e = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32)
+            .build()
+            .flags(flags)
+            .user_data(user_data(Kind::Send, slot as u64));
+        self.push(e);
+    }
+
+    /// The core stopped: cancel what is in flight, submit the last closes,
+    /// and reap for a moment so the kernel lets go of our buffers before
+    /// they are freed (sends still unanswered then are leaked on purpose).
+    fn finish(&mut self) {
+        self.listener = None;
+        self.queue_closes();
+        let cancel_all = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(user_data(Kind::Cancel, 0));
+        self.push(cancel_all);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            let ts = types::Timespec::from(Duration::from_millis(20));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            if self.sends.is_empty() {
+                break;
+            }
+        }
+        for op in self.sends.drain() {
+            std::mem::forget(op);
+        }
+    }
+}

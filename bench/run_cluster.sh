@@ -106,7 +106,7 @@ cl_counter() { # NAME: gateway_NAME summed over cores and gateway processes
 cl_stat() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 cl_busy_pct() { # "BUSY0 TOTAL0" "BUSY1 TOTAL1": % of all CPUs
     awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
-        printf "%.1f\n", d > 0 ? (y[1] - x[1]) * 100 / d : 0}'
+        printf "%.1f\n", (d > 0 ? (y[1] - x[1]) * 100 / d : 0)}'
 }
 cl_wait_file() { # FILE PID LOG
     while [[ ! -s $1 ]]; do kill -0 "$2" 2>/dev/null || { tail "$3" >&2; exit 1; }; sleep 0.1; done

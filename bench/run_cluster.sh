@@ -294,10 +294,8 @@ cluster_scenario() {
     cl_where >"$TMP/where-start.json"
     local rates=()
     read -r -a rates <<<"$CHAT_RATES"
-    for r in "${rates[@]}"; do cl_chat "$r"; done
-    sleep 2
-    cl_broadcast
-    sleep 2
+    for r in "${rates[@]}"; do cl_chat "$r"; sleep 2; done
+    if (( N_BCAST > 0 )); then cl_broadcast; sleep 2; fi
     for k in $(seq 0 $((BF_RUNS - 1))); do cl_backfill "$k"; done
     for k in $(seq 0 $((FO_KILLS - 1))); do cl_failover "$k"; done
     for i in "${!GW_PIDS[@]}"; do
@@ -323,14 +321,15 @@ cluster_scenario() {
                     flood: {chat: 1, broadcast: ($fp|tonumber)}, backfill: 1, failover: 1},
         connections: {chat: ($conns|tonumber), broadcast: ($nb|tonumber), backfill: 1, failover: ($fu|tonumber)}}')")
     jq -n --argjson cond "$COND" --argjson warns "$(cat "$TMP/warns.json")" --argjson counters "$(cat "$TMP/counters.json")" \
-        --argjson chat "$(for r in "${rates[@]}"; do jq -c --arg r "$r" '{($r): .}' "$TMP/chat-$r-out.json"; done | jq -sc 'add')" \
-        --slurpfile b "$TMP/bcast-out.json" \
-        --argjson bf "$(cat "$TMP"/bf-*-out.json | jq -sc .)" --argjson fo "$(cat "$TMP"/fo-*-out.json | jq -sc .)" '{
-        scenario: "nats-cluster", chat: $chat, broadcast: $b[0], backfill: $bf, failover: $fo,
+        --argjson chat "$(for r in "${rates[@]}"; do jq -c --arg r "$r" '{($r): .}' "$TMP/chat-$r-out.json"; done | jq -sc 'add // {}')" \
+        --argjson b "$(cat "$TMP/bcast-out.json" 2>/dev/null || echo null)" \
+        --argjson bf "$(cat "$TMP"/bf-*-out.json 2>/dev/null | jq -sc .)" \
+        --argjson fo "$(cat "$TMP"/fo-*-out.json 2>/dev/null | jq -sc .)" '{
+        scenario: "nats-cluster", chat: $chat, broadcast: $b, backfill: $bf, failover: $fo,
         gateway_log_warn_lines: $warns, gateway_counters: $counters, conditions: $cond}' >"$OUT"
     echo "== result ($OUT)"
     jq -r '(.chat | to_entries[] | "chat \(.key)/s: p50 \(.value.send_to_push.p50_ms) ms, p99 \(.value.send_to_push.p99_ms) ms, \(.value.pairs_across_nodes)/\(.value.pairs_seen) pairs across nodes, \(.value.not_received_at_end) not received"),
-        "broadcast: \(.broadcast.receivers) receivers, all delivered (median round) \(.broadcast.all_delivered_ms_median) ms, p99 \(.broadcast.p99_ms_median) ms, missing \(.broadcast.missing_total)",
+        (.broadcast // empty | "broadcast: \(.receivers) receivers, all delivered (median round) \(.all_delivered_ms_median) ms, p99 \(.p99_ms_median) ms, missing \(.missing_total)"),
         (.backfill[] | "back-fill \(.user): \(.pushes_per_s | round) pushes/s end to end, \(.received)/\(.count) received, undelivered reported \(.undelivered_reported)"),
         (.failover[] | "failover (\(.killed_server) killed): " + ([.nodes | to_entries[] | select(.value.listed_killed_server) |
             "\(.key) resume \(.value.resume_ms | if . then (. * 10 | round / 10) else "-" end) ms, gap \(.value.gap_ms | if . then (. * 10 | round / 10) else "-" end) ms"] | join("; ")))' "$OUT"

@@ -263,7 +263,7 @@ cluster_scenario() {
     CL_GW_CORES=${CL_GW_CORES:-1}
     CB_CONNS=${CB_CONNS:-1}
     CONNS=${CONNS:-1000}
-    CHAT_RATES=${CHAT_RATES:-2000 10000}
+    CHAT_RATES=${CHAT_RATES-2000 10000} # empty: no chat
     DURATION_S=${DURATION_S:-20}
     N_BCAST=${N_BCAST:-20000}
     FP=${FLOOD_PROCS:-$(( (N_BCAST + 17999) / 18000 ))}

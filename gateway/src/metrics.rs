@@ -101,6 +101,8 @@ counters! {
     tls_handshakes: "TLS sessions started (connections that opened with a TLS record)",
     tls_failures: "TLS sessions that failed (bad handshake or record): closed as TLS_FAILED",
     tls_handovers: "TLS 1.3 sessions whose keys moved from rustls to the gateway's record layer",
+    tls_key_updates_sent: "TLS 1.3 KeyUpdates sent (a key near its record limit, or the client asked)",
+    tls_key_updates_received: "TLS 1.3 KeyUpdates received from clients",
     ws_upgrades: "WebSocket upgrades accepted",
     ws_rejected: "WebSocket connections refused or closed for bad input (handshake, masking, text, size)",
 }

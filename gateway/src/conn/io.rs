@@ -259,13 +259,15 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
     CoreMetrics::add(&core.metrics.bytes_in, n as u64);
     let data = &scratch[..n];
     let Some((layer, before)) = core.with_conn(idx, id, |c| {
+        // Nothing was read before: these are the connection's first bytes.
+        let first = c.bytes_in == 0;
         c.bytes_in = c.bytes_in.saturating_add(n as u32);
         if n < scratch.len() && !hangup {
             // Drained: with edge-triggered epoll, new data brings a new event.
             c.flags.set_readable(false);
         }
         let before = super::preauth::bytes(c);
-        (layer(core, c, data, true), before)
+        (layer(core, c, data, Some(first)), before)
     }) else {
         return;
     };
@@ -291,12 +293,25 @@ enum Layer {
     Frames,
 }
 
-/// The layer for a connection's bytes: TLS (raw bytes only) or WebSocket
-/// when the connection uses them or its first bytes start one, else frames.
-fn layer(core: &Core, c: &mut Conn, data: &[u8], raw: bool) -> Layer {
-    if raw && (super::tls::active(c) || super::tls::maybe_start(core, c, data)) {
-        Layer::Tls
-    } else if super::ws::active(c) || super::ws::maybe_start(core, c, data) {
+/// The layer for a connection's bytes: TLS, WebSocket or frames. The
+/// transport is decided once, by a connection's first bytes: on its first
+/// read (`first_raw` = Some(true)) for TLS, and on its first plaintext
+/// (after TLS, when it speaks TLS) for WebSocket. Later bytes never start
+/// a handshake, whatever they begin with: a WebSocket or frame connection
+/// that sends 0x16 or `G` stays what it is (and its parser judges them).
+/// `first_raw` is None for plaintext out of TLS.
+fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Layer {
+    if let Some(first) = first_raw {
+        if super::tls::active(c) || (first && super::tls::maybe_start(core, c, data)) {
+            return Layer::Tls;
+        }
+    }
+    if super::ws::active(c) {
+        return Layer::Ws;
+    }
+    let first_plain = !c.flags.plain_seen();
+    c.flags.set_plain_seen(true);
+    if first_plain && super::ws::maybe_start(core, c, data) {
         Layer::Ws
     } else {
         Layer::Frames
@@ -305,7 +320,7 @@ fn layer(core: &Core, c: &mut Conn, data: &[u8], raw: bool) -> Layer {
 
 /// Plaintext out of TLS: WebSocket or frames.
 pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    match core.with_conn(idx, id, |c| layer(core, c, data, false)) {
+    match core.with_conn(idx, id, |c| layer(core, c, data, None)) {
         Some(Layer::Ws) => super::ws::input(core, idx, id, data),
         Some(_) => on_bytes(core, idx, id, data),
         None => {}

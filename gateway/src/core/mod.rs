@@ -123,7 +123,7 @@ pub struct Conn {
 
 /// Bits of a connection's state, packed in one byte (the connection record
 /// is paid per connection): on the ready list, readable, write-blocked,
-/// token expiry noticed.
+/// token expiry noticed, first plaintext seen.
 #[derive(Clone, Copy, Default)]
 pub struct Flags(u8);
 
@@ -136,6 +136,9 @@ impl Flags {
     const WRITE_BLOCKED: u8 = 4;
     /// TokenExpiring was sent for the current token.
     const EXPIRY_NOTICED: u8 = 8;
+    /// The connection's first plaintext (its own bytes, or the first out
+    /// of TLS) was seen: WebSocket or frames is decided (`conn/io.rs`).
+    const PLAIN_SEEN: u8 = 16;
 
     fn get(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -170,6 +173,12 @@ impl Flags {
     }
     pub fn set_expiry_noticed(&mut self, on: bool) {
         self.set(Self::EXPIRY_NOTICED, on)
+    }
+    pub fn plain_seen(self) -> bool {
+        self.get(Self::PLAIN_SEEN)
+    }
+    pub fn set_plain_seen(&mut self, on: bool) {
+        self.set(Self::PLAIN_SEEN, on)
     }
 }
 

@@ -61,6 +61,16 @@
 #             $ECHO_RATE (2,000) requests/s for $DURATION_S s over each
 #             transport: round-trip percentiles, gateway CPU.
 #             latency-tcp, latency-ws, latency-tls, latency-wss: one.
+#   hostile   per kind of hostile client (partial-frame, partial-tls,
+#             tls-handshake, partial-ws; $H_KINDS): a fresh gateway (ONE
+#             process, --cores $GW_CORES, --tls-self-signed), honest TLS
+#             clients (`flood echo`, $H_CONNS at $H_RATE/s for $H_DURATION_S s)
+#             on the quiet node, then $H_N (15,000) connections of that kind
+#             that never authenticate (`hostile`), held while the honest
+#             clients run again: gateway RSS growth at the peak, honest
+#             connect+auth and echo p99 quiet against under attack, closes
+#             and pre-auth evictions. Targets: RSS growth <= 64 MiB, honest
+#             p99 within 2x (bench/run_hostile.sh).
 #   soak      one gateway for $SOAK_S (2,400) s under steady echo traffic
 #             ($SOAK_CONNS 4,000 connections at $SOAK_RATE 1,000/s) and TLS
 #             churn (flood storm rounds of $CHURN_CONNS 1,000 back to back);
@@ -114,7 +124,7 @@ case $SCENARIO in
     peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
-    soak) ;;
+    soak | hostile) ;;
     *) usage ;;
 esac
 OUT=${OUT:-bench/results/$SCENARIO.json}
@@ -144,6 +154,10 @@ SYSTEMS=${SYSTEMS:-gateway mosquitto nats-server}
 FLOOD=./target/release/flood
 
 command -v jq >/dev/null || { echo "run.sh needs jq (apt-get install -y jq)" >&2; exit 1; }
+# shared_flag BIN: --listen-shared when BIN knows it (several gateway
+# processes on one port must say so; binaries older than the port guard
+# share without being told and refuse the flag).
+shared_flag() { "$1" --help 2>/dev/null | grep -q -- '--listen-shared' && echo --listen-shared || true; }
 TMP=$(mktemp -d /tmp/bench-run.XXXXXX)
 chmod 0755 "$TMP"
 STARTED=()
@@ -376,6 +390,9 @@ source bench/run_transports.sh
 # shellcheck source=bench/run_soak.sh
 source bench/run_soak.sh
 
+# shellcheck source=bench/run_hostile.sh
+source bench/run_hostile.sh
+
 case $SCENARIO in
 peers | baseline)
     if [[ $SCENARIO == peers ]]; then ensure_peers; fi
@@ -430,7 +447,9 @@ million)
     echo "== $GW_PROCS gateway processes (--demo --cores 1) on 127.0.0.1:$GW_PORT (SO_REUSEPORT)"
     GW_PIDS=()
     for i in $(seq 0 $((GW_PROCS - 1))); do
+        # shellcheck disable=SC2046 # the flag or nothing
         MIMALLOC_ALLOW_THP=$GW_ALLOW_THP ./target/release/gateway --demo --cores 1 \
+            $(shared_flag ./target/release/gateway) \
             --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
             --node-id "gw-$i" >"$TMP/gw-$i.log" 2>&1 &
         GW_PIDS+=("$!")
@@ -549,6 +568,9 @@ nats-cluster)
     ;;
 soak)
     soak_scenario
+    ;;
+hostile)
+    hostile_scenario
     ;;
 idle* | latency*)
     transports_scenario "$SCENARIO"

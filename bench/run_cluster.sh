@@ -67,7 +67,9 @@ cl_gws() { # starts the gateways, waits until each is ready
     local i
     GW_PIDS=()
     for i in $(seq 0 $((GW_PROCS - 1))); do
+        # shellcheck disable=SC2046 # the flag or nothing
         MIMALLOC_ALLOW_THP=$GW_ALLOW_THP "$GW_BIN_DIR/gateway" --demo --cores "$CL_GW_CORES" \
+            $(shared_flag "$GW_BIN_DIR/gateway") \
             --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
             --node-id "gwc-$i" --nats-urls "$(cl_url $((i % CL_SERVERS)))" >"$TMP/gwc-$i.log" 2>&1 &
         GW_PIDS+=("$!")

@@ -31,7 +31,9 @@ start_gws() { # NAME PROCS CORES NATS(yes|no)
     [[ $4 == yes ]] && extra=(--nats-urls "nats://127.0.0.1:$NATS_PORT")
     GW_PIDS=()
     for i in $(seq 0 $(($2 - 1))); do
+        # shellcheck disable=SC2046 # the flag or nothing
         MIMALLOC_ALLOW_THP=$GW_ALLOW_THP "$GW_BIN_DIR/gateway" --demo --cores "$3" \
+            $(shared_flag "$GW_BIN_DIR/gateway") \
             --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
             --node-id "$1-$i" "${extra[@]}" >"$TMP/$1-$i.log" 2>&1 &
         GW_PIDS+=("$!")

@@ -24,13 +24,14 @@ start_tls_gateway() {
     sleep 1
 }
 
-# transport_flags T: flood flags for transport T (needs TGW_CA).
+# transport_flags T: flood flags for transport T (needs TGW_CA, except for
+# the check of T's name before any gateway runs).
 transport_flags() {
     case $1 in
         tcp) ;;
         ws) echo --ws ;;
-        tls) printf -- '--tls\n--ca\n%s\n' "$TGW_CA" ;;
-        wss) printf -- '--tls\n--ca\n%s\n--ws\n' "$TGW_CA" ;;
+        tls) printf -- '--tls\n--ca\n%s\n' "${TGW_CA:-}" ;;
+        wss) printf -- '--tls\n--ca\n%s\n--ws\n' "${TGW_CA:-}" ;;
         *) echo "unknown transport $1 (tcp, ws, tls, wss)" >&2; exit 2 ;;
     esac
 }

@@ -171,6 +171,9 @@ pub fn body_name(b: &Body) -> &'static str {
         Body::Ack(_) => "Ack",
         Body::GoAway(_) => "GoAway",
         Body::Error(_) => "Error",
+        Body::Refresh(_) => "Refresh",
+        Body::RefreshReply(_) => "RefreshReply",
+        Body::TokenExpiring(_) => "TokenExpiring",
     }
 }
 

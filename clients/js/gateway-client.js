@@ -122,7 +122,7 @@ const MAP = "map"; // map<string, string>
 
 const SCHEMA = {
   auth: { 1: ["protocolVersion", U32], 2: ["token", STR], 3: ["deviceId", STR], 4: ["resumeSeq", U64], 5: ["metadata", MAP], 6: ["heartbeatIntervalMs", U32] },
-  authOk: { 1: ["protocolVersion", U32], 2: ["connId", U64], 3: ["userId", STR], 4: ["deviceId", STR], 5: ["heartbeatIntervalMs", U32], 6: ["idleTimeoutMs", U32], 7: ["frameBytesMax", U32], 8: ["nodeId", STR] },
+  authOk: { 1: ["protocolVersion", U32], 2: ["connId", U64], 3: ["userId", STR], 4: ["deviceId", STR], 5: ["heartbeatIntervalMs", U32], 6: ["idleTimeoutMs", U32], 7: ["frameBytesMax", U32], 8: ["nodeId", STR], 9: ["tokenExpiresAtUnixS", U64] },
   authError: { 1: ["code", ENUM], 2: ["message", STR] },
   ping: { 1: ["heartbeatIntervalMs", U32] },
   pong: { 1: ["heartbeatIntervalMs", U32] },
@@ -132,9 +132,12 @@ const SCHEMA = {
   ack: { 1: ["seq", U64] },
   goAway: { 1: ["reason", ENUM], 2: ["retryAfterMs", U32], 3: ["endpoints", STRS], 4: ["message", STR] },
   error: { 1: ["code", ENUM], 2: ["message", STR], 3: ["retryAfterMs", U32] },
+  refresh: { 1: ["token", STR] },
+  refreshReply: { 1: ["code", ENUM], 2: ["message", STR], 3: ["expiresAtUnixS", U64] },
+  tokenExpiring: { 1: ["expiresAtUnixS", U64] },
 };
-// Frame.body field numbers: 1 = auth ... 11 = error.
-const BODIES = ["auth", "authOk", "authError", "ping", "pong", "upstream", "upstreamReply", "push", "ack", "goAway", "error"];
+// Frame.body field numbers: 1 = auth ... 14 = tokenExpiring.
+const BODIES = ["auth", "authOk", "authError", "ping", "pong", "upstream", "upstreamReply", "push", "ack", "goAway", "error", "refresh", "refreshReply", "tokenExpiring"];
 
 function defaultOf(kind) {
   switch (kind) {
@@ -250,7 +253,7 @@ export function decodeFrame(bytes) {
 
 // ---- names of the enums, for logs and UIs ----
 
-export const CloseReason = ["UNSPECIFIED", "CLIENT_CLOSED", "AUTH_TIMEOUT", "AUTH_FAILED", "STALE_HEARTBEAT", "BAD_FRAME", "FRAME_TOO_LARGE", "SLOW_CONSUMER", "KICKED", "DRAIN", "SHUTDOWN", "IO_ERROR", "CONN_LIMIT", "PROTOCOL_VIOLATION", "DUPLICATE_LOGIN", "TLS_FAILED", "HTTP_ANSWERED", "NODE_UNAVAILABLE"];
+export const CloseReason = ["UNSPECIFIED", "CLIENT_CLOSED", "AUTH_TIMEOUT", "AUTH_FAILED", "STALE_HEARTBEAT", "BAD_FRAME", "FRAME_TOO_LARGE", "SLOW_CONSUMER", "KICKED", "DRAIN", "SHUTDOWN", "IO_ERROR", "CONN_LIMIT", "PROTOCOL_VIOLATION", "DUPLICATE_LOGIN", "TLS_FAILED", "HTTP_ANSWERED", "NODE_UNAVAILABLE", "TOKEN_EXPIRED", "PREAUTH_LIMIT"];
 export const ErrorCode = { 0: "UNSPECIFIED", 1: "BAD_FRAME", 2: "FRAME_TOO_LARGE", 3: "UNEXPECTED_FRAME", 4: "UNSUPPORTED_VERSION", 10: "AUTH_REQUIRED", 11: "TOKEN_INVALID", 12: "TOKEN_EXPIRED", 13: "TOKEN_NOT_YET_VALID", 14: "ALGORITHM_REJECTED", 20: "UNKNOWN_ROUTE", 21: "BAD_REQUEST", 22: "BUSY", 23: "TIMEOUT", 24: "BACKEND_UNAVAILABLE", 25: "INTERNAL", 30: "SERVER_FULL" };
 
 // The typed close reason inside a WebSocket close code: 4000 + reason from
@@ -493,7 +496,26 @@ export class GatewayClient extends EventTarget {
       case "error":
         this.dispatchEvent(new CustomEvent("error", { detail: body }));
         break;
+      case "tokenExpiring":
+        // The session ends with its token: with a token function, send a
+        // fresh one in band so the connection stays.
+        this.dispatchEvent(new CustomEvent("tokenexpiring", { detail: body }));
+        if (typeof this.opts.token === "function") this.refreshToken().catch(() => {});
+        break;
+      case "refreshReply":
+        if (body.code === 0 && this.authOk) this.authOk.tokenExpiresAtUnixS = body.expiresAtUnixS;
+        this.dispatchEvent(new CustomEvent("refresh", { detail: body }));
+        break;
     }
+  }
+
+  // Sends a fresh token for this session (Refresh); the answer comes as a
+  // "refresh" event ({code, message, expiresAtUnixS}, code 0 = OK).
+  async refreshToken() {
+    const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+    if (!token) throw new Error("no token");
+    if (this.state !== "open") throw new Error("not connected");
+    this.sendFrame("refresh", { token });
   }
 
   // One cumulative Ack for all pushes that arrived in the same task.

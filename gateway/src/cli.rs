@@ -40,6 +40,10 @@ overrides! {
     frame_bytes_max: u32,
     /// Time to authenticate after connecting, ms [default: 10000]
     auth_timeout_ms: u32,
+    /// Largest frame accepted before authentication, bytes [default: 8192]
+    auth_frame_bytes_max: u32,
+    /// Bytes a core may buffer for unauthenticated connections; past it the oldest are closed [default: 16777216]
+    preauth_bytes_per_core_max: u32,
     /// Heartbeat interval announced by default, ms [default: 30000]
     heartbeat_interval_ms: u32,
     /// Smallest heartbeat interval a client may ask for, ms [default: 5000]
@@ -88,6 +92,8 @@ overrides! {
     io_memory_bytes: u32,
     /// Admin HTTP address; "" disables it [default: 127.0.0.1:9100]
     admin_listen: String,
+    /// Log format: text or json [default: text]
+    log_format: crate::config::LogFormat,
 }
 
 /// Flags whose values are lists or optional (not plain overrides).
@@ -99,6 +105,11 @@ pub struct ListOverrides {
     /// Environment variable holding the admin bearer token [default: none: no token]
     #[arg(long)]
     pub admin_token_env: Option<String>,
+    /// Share the client and admin ports with other processes (SO_REUSEPORT):
+    /// several processes per box, or a binary upgrade [default: refuse to start
+    /// when another process listens on them]
+    #[arg(long)]
+    pub listen_shared: bool,
 }
 
 impl ListOverrides {
@@ -108,6 +119,9 @@ impl ListOverrides {
         }
         if let Some(v) = self.admin_token_env {
             cfg.admin_token_env = Some(v);
+        }
+        if self.listen_shared {
+            cfg.listen_shared = true;
         }
     }
 }
@@ -126,6 +140,22 @@ macro_rules! section_overrides {
             }
         }
     };
+}
+
+section_overrides! {
+    AuthOverrides, auth,
+    /// Clock skew allowed on exp and nbf, s [default: 5]
+    leeway_s = "auth-leeway-s": u64,
+    /// Tokens expiring further ahead than this are rejected, s [default: 2592000]
+    token_lifetime_max_s = "auth-token-lifetime-max-s": u64,
+    /// Sessions end at their token's exp unless refreshed in band [default: true]
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    expire_sessions = "auth-expire-sessions": bool,
+    /// TokenExpiring is sent this long before exp, s [default: 60]
+    refresh_ahead_s = "auth-refresh-ahead-s": u64,
+    /// Refuse high-S ES256 signatures (malleable; many libraries make them) [default: false]
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    es256_low_s_only = "auth-es256-low-s-only": bool,
 }
 
 section_overrides! {
@@ -243,6 +273,8 @@ pub struct Cli {
     pub tls: TlsOverrides,
     #[command(flatten)]
     pub overload: OverloadOverrides,
+    #[command(flatten)]
+    pub auth: AuthOverrides,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
 }
@@ -272,14 +304,77 @@ impl Cli {
             Some(p) => Config::from_file(p)?,
             None => Config::default(),
         };
+        let listen_given =
+            self.overrides.listen.is_some() || self.config.as_deref().is_some_and(file_sets_listen);
         self.overrides.apply(&mut cfg);
         self.lists.apply(&mut cfg);
         self.nats.apply(&mut cfg);
         self.tls.apply(&mut cfg);
         self.overload.apply(&mut cfg);
+        self.auth.apply(&mut cfg);
         if self.demo {
             cfg.demo = true;
         }
+        // Demo mode mints tokens for anyone who asks: loopback only, unless
+        // the listen address was chosen on purpose.
+        if cfg.demo && !listen_given {
+            cfg.listen = crate::config::DEMO_LISTEN;
+        }
         Ok((cfg, self.cmd))
+    }
+}
+
+/// Whether a config file sets `listen` (read again; errors are reported by
+/// `Config::from_file`).
+fn file_sets_listen(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("listen"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Config {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .expect("flags")
+            .config()
+            .expect("config")
+            .0
+    }
+
+    #[test]
+    fn demo_listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(parsed(&["--demo"]).listen, crate::config::DEMO_LISTEN);
+        assert_eq!(
+            parsed(&["--demo", "--listen", "0.0.0.0:7100"])
+                .listen
+                .to_string(),
+            "0.0.0.0:7100"
+        );
+        assert_eq!(parsed(&[]).listen, Config::default().listen);
+        let dir = std::env::temp_dir().join(format!("gw-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:7000\"\n").unwrap();
+        let from_file = parsed(&["--demo", "--config", file.to_str().unwrap()]);
+        assert_eq!(
+            from_file.listen.to_string(),
+            "0.0.0.0:7000",
+            "the file chose it"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn log_format_and_port_sharing_flags() {
+        let c = parsed(&["--log-format", "json", "--listen-shared"]);
+        assert_eq!(c.log_format, crate::config::LogFormat::Json);
+        assert!(c.listen_shared);
+        assert!(!parsed(&[]).listen_shared);
     }
 }

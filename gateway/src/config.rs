@@ -15,6 +15,12 @@ use crate::nats::NatsConfig;
 pub const DEMO_SECRET: &str = "demo-secret-not-for-production-0123456789";
 /// Key id of the demo key.
 pub const DEMO_KID: &str = "demo";
+/// Where `--demo` listens unless `listen` is set: loopback, since demo mode
+/// serves a token-minting endpoint.
+pub const DEMO_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7000,
+));
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +41,17 @@ pub struct Config {
     pub frame_bytes_max: u32,
     /// A connection must authenticate within this time, ms.
     pub auth_timeout_ms: u32,
+    /// Largest frame body accepted before authentication, bytes: an Auth
+    /// frame is a token (auth.token_bytes_max) plus small fields. Keeps
+    /// what a client that never authenticates can make the gateway buffer
+    /// small.
+    pub auth_frame_bytes_max: u32,
+    /// Bytes one core may buffer for connections not authenticated yet
+    /// (partial frames, WebSocket upgrade requests, TLS handshakes). Past
+    /// it the oldest such connections are closed (PREAUTH_LIMIT), so a flood
+    /// of clients that never authenticate cannot take the memory, and
+    /// clients that authenticate promptly still get through.
+    pub preauth_bytes_per_core_max: u32,
     /// Heartbeat interval announced by default, ms.
     pub heartbeat_interval_ms: u32,
     /// Smallest interval a client may ask for, ms.
@@ -89,8 +106,17 @@ pub struct Config {
     pub accept_backoff_max_ms: u32,
     /// io_uring registered buffer memory per core, bytes (locked memory).
     pub io_memory_bytes: u32,
-    /// Admin HTTP (/metrics, /healthz, /stats, /connz, /drain, /kick); empty string disables it.
+    /// Admin HTTP (/metrics, /healthz, /readyz, /stats, /connz, /drain, /kick); empty string disables it.
     pub admin_listen: String,
+    /// Other processes may listen on `listen` and `admin_listen` too
+    /// (SO_REUSEPORT): several gateway processes on one box, or the overlap
+    /// of a binary upgrade. Without it the gateway refuses to start when
+    /// another process listens on either port, instead of silently
+    /// splitting the traffic with it.
+    pub listen_shared: bool,
+    /// Log format: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log shippers).
+    pub log_format: LogFormat,
     /// Name of an environment variable holding the admin bearer token; when
     /// set, every admin endpoint but /healthz requires `Authorization: Bearer <token>`.
     pub admin_token_env: Option<String>,
@@ -108,6 +134,17 @@ pub struct Config {
     pub overload: OverloadConfig,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when the output is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -121,6 +158,17 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Longer tokens are rejected before decoding, bytes.
     pub token_bytes_max: usize,
+    /// Tokens expiring further ahead than this are rejected (TOKEN_INVALID), s.
+    pub token_lifetime_max_s: u64,
+    /// A session ends when its token expires (exp + leeway_s), unless the
+    /// client sends a fresh one (Refresh). false: sessions outlive tokens.
+    pub expire_sessions: bool,
+    /// The server sends TokenExpiring this long before the token's exp, s
+    /// (at once for a token with less left).
+    pub refresh_ahead_s: u64,
+    /// Refuse ES256 signatures in high-S form (malleable). Off by default:
+    /// about half of the ES256 tokens standard libraries make are high-S.
+    pub es256_low_s_only: bool,
 }
 
 impl Default for AuthConfig {
@@ -131,6 +179,10 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             token_bytes_max: 4096,
+            token_lifetime_max_s: 30 * 24 * 3600,
+            expire_sessions: true,
+            refresh_ahead_s: 60,
+            es256_low_s_only: false,
         }
     }
 }
@@ -146,6 +198,8 @@ impl Default for Config {
             fd_reserve: 64,
             frame_bytes_max: 64 * 1024,
             auth_timeout_ms: 10_000,
+            auth_frame_bytes_max: 8 * 1024,
+            preauth_bytes_per_core_max: 16 << 20,
             heartbeat_interval_ms: 30_000,
             heartbeat_interval_min_ms: 5_000,
             heartbeat_interval_max_ms: 300_000,
@@ -171,6 +225,8 @@ impl Default for Config {
             accept_backoff_max_ms: 1_000,
             io_memory_bytes: 512 * 1024,
             admin_listen: "127.0.0.1:9100".into(),
+            listen_shared: false,
+            log_format: LogFormat::Text,
             admin_token_env: None,
             auth: AuthConfig::default(),
             nats: NatsConfig::default(),
@@ -209,15 +265,13 @@ impl Default for WsConfig {
 /// A configuration that cannot work, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid: {source}")]
+    // The cause is in the message, not a `source`: `{e:#}` would print it twice.
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("config file {path} is not valid: {cause}")]
     Parse {
         path: String,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -226,13 +280,13 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|cause| ConfigError::Parse {
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 
@@ -354,6 +408,30 @@ impl Config {
         if self.ack_retries_max > 100 {
             return bad("ack_retries_max must be at most 100".into());
         }
+        if self.upstream_inflight_per_conn_max > u16::MAX as u32 {
+            return bad(format!(
+                "upstream_inflight_per_conn_max must be at most {}",
+                u16::MAX
+            ));
+        }
+        if self.auth_frame_bytes_max < 1024 {
+            return bad(format!(
+                "auth_frame_bytes_max ({}) must be at least 1024 (an Auth frame holds a token)",
+                self.auth_frame_bytes_max
+            ));
+        }
+        if (self.preauth_bytes_per_core_max as u64) < 4 * self.auth_frame_bytes_max as u64 {
+            return bad(format!(
+                "preauth_bytes_per_core_max ({}) must be at least 4 × auth_frame_bytes_max ({})",
+                self.preauth_bytes_per_core_max, self.auth_frame_bytes_max
+            ));
+        }
+        if self.auth.token_lifetime_max_s < 60 {
+            return bad("auth.token_lifetime_max_s must be at least 60".into());
+        }
+        if self.auth.refresh_ahead_s >= self.auth.token_lifetime_max_s {
+            return bad("auth.refresh_ahead_s must be under auth.token_lifetime_max_s".into());
+        }
         if self.io_memory_bytes < 64 * 1024 {
             return bad("io_memory_bytes must be at least 65536".into());
         }
@@ -381,13 +459,48 @@ impl Config {
     }
 
     /// Options for the token verifier.
+    /// The frame limit before authentication: `auth_frame_bytes_max`, or
+    /// `frame_bytes_max` when that is smaller.
+    pub fn preauth_frame_bytes_max(&self) -> u32 {
+        self.auth_frame_bytes_max.min(self.frame_bytes_max)
+    }
+
     pub fn verify_options(&self) -> VerifyOptions {
         VerifyOptions {
             leeway_s: self.auth.leeway_s,
             issuer: self.auth.issuer.clone(),
             audience: self.auth.audience.clone(),
             token_bytes_max: self.auth.token_bytes_max,
+            lifetime_max_s: self.auth.token_lifetime_max_s,
+            es256_low_s_only: self.auth.es256_low_s_only,
         }
+    }
+
+    /// Every file the configuration names, with the key naming it: what
+    /// the service's user must be able to read (`gateway check-config`).
+    pub fn named_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if let Some(p) = &k.public_key_file {
+                out.push((format!("auth.keys[{i}].public_key_file"), p.clone()));
+            }
+        }
+        let named = [
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+            ("tls.ticket_key_file", &self.tls.ticket_key_file),
+            ("nats.creds_file", &self.nats.creds_file),
+            ("nats.nkey_seed_file", &self.nats.nkey_seed_file),
+            ("nats.tls_ca_file", &self.nats.tls_ca_file),
+            ("nats.tls_cert_file", &self.nats.tls_cert_file),
+            ("nats.tls_key_file", &self.nats.tls_key_file),
+        ];
+        for (key, path) in named {
+            if !path.is_empty() {
+                out.push((key.to_string(), path.into()));
+            }
+        }
+        out
     }
 
     /// Idle timeout for a given heartbeat interval, ms.
@@ -449,6 +562,25 @@ mod tests {
         assert_eq!(c.frame_bytes_max, 1024);
         assert_eq!(c.auth.leeway_s, 1);
         assert!(toml::from_str::<Config>("frame_bytes = 1").is_err());
+    }
+
+    #[test]
+    fn named_files_lists_every_file_key() {
+        let c: Config = toml::from_str(
+            "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[nats]\ncreds_file = \"/n\"\n\
+             [[auth.keys]]\nkid = \"a\"\nalg = \"EdDSA\"\npublic_key_file = \"/p\"\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c.named_files().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.keys[0].public_key_file",
+                "tls.cert_file",
+                "tls.key_file",
+                "nats.creds_file"
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! one connection; `core` holds per-core state (sessions, rooms, timing
 //! wheel, reliable push); `backend` is the business seam (embedded demo
 //! backend here); `nats` bridges cores to NATS backends; `control` is the tokio thread (admin HTTP, signals);
-//! `auth` verifies JWTs; `config` and `metrics` are what they say.
+//! `auth` verifies JWTs; `notify` talks to systemd; `config` and `metrics`
+//! are what they say.
 
 pub mod auth;
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod heap;
 pub mod listener;
 pub mod metrics;
 pub mod nats;
+pub mod notify;
 pub mod server;
 pub mod tls;
 

@@ -21,6 +21,9 @@ use crate::metrics::{CoreMetrics, LogLimit, Reject};
 /// Binds one listener per core on `cfg.listen`. With port 0 the first picks
 /// a port and the others join it. Returns the sockets and the bound address.
 pub fn bind_all(cfg: &Config, cores: usize) -> io::Result<(Vec<Socket>, SocketAddr)> {
+    if !cfg.listen_shared {
+        ensure_free(cfg.listen, "listen")?;
+    }
     let mut addr = cfg.listen;
     let mut out = Vec::with_capacity(cores);
     for _ in 0..cores {
@@ -31,6 +34,31 @@ pub fn bind_all(cfg: &Config, cores: usize) -> io::Result<(Vec<Socket>, SocketAd
         out.push(s);
     }
     Ok((out, addr))
+}
+
+/// Fails when another process listens on `addr`. A socket bound without
+/// SO_REUSEPORT cannot share the port with any listener, so its bind tells:
+/// without this check a second gateway would join the first one's
+/// SO_REUSEPORT group and silently take half the connections. Port 0 is
+/// always free.
+pub fn ensure_free(addr: SocketAddr, key: &str) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR: connections of an earlier process in TIME_WAIT do not count.
+    s.set_reuse_address(true)?;
+    match s.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{key} {addr}: another process listens on this port. Stop it or choose another \
+                 port; if sharing it is intended (several gateway processes on one box, or a \
+                 binary upgrade), start with --listen-shared (listen_shared = true)"
+            ),
+        )),
+        _ => Ok(()), // other errors show up in the real bind, with its context
+    }
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {

@@ -6,37 +6,68 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use gateway::backend::embedded::EmbeddedFactory;
 use gateway::cli::{Cli, Cmd};
-use gateway::config::{Config, DEMO_KID, DEMO_SECRET};
+use gateway::config::{Config, LogFormat, DEMO_KID, DEMO_SECRET};
 
 #[global_allocator]
 static GLOBAL: gateway::heap::Counting = gateway::heap::Counting;
 
 fn main() {
     GLOBAL.installed();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    if let Err(e) = run() {
+    let parsed = Cli::parse().config();
+    if let Ok((cfg, _)) = &parsed {
+        init_logging(cfg.log_format);
+    }
+    if let Err(e) = parsed.and_then(|(cfg, cmd)| run(cfg, cmd)) {
         eprintln!("error: {e:#}");
+        if let Some(hint) = permission_hint(&e) {
+            eprintln!("{hint}");
+        }
+        // `systemctl status` shows why the start failed.
+        gateway::notify::status(&format!("failed: {e:#}"));
         std::process::exit(1);
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let (cfg, cmd) = Cli::parse().config()?;
+/// Permission denied: most often the config or a key installed root-only
+/// while the service runs as its own user; sometimes a port under 1024.
+fn permission_hint(e: &anyhow::Error) -> Option<String> {
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    denied.then(|| {
+        format!(
+            "hint: this process runs as uid {uid}, gid {gid}. A file it reads must be readable by that group \
+             (e.g. chgrp gateway FILE && chmod 0640 FILE, and 0750 on its directory; \
+             `systemd/verify.sh --installed` checks every file the config names: OPERATIONS.md, \"Install with systemd\"); \
+             a port under 1024 needs CAP_NET_BIND_SERVICE"
+        )
+    })
+}
+
+/// Logging: RUST_LOG, or info with async-nats's own connection chatter at
+/// warn (the gateway logs NATS state changes itself, rate-limited). Colours
+/// only on a terminal: files and the journal get plain text.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+fn run(cfg: Config, cmd: Option<Cmd>) -> anyhow::Result<()> {
     match cmd {
         Some(Cmd::Token { sub, did, ttl_s }) => {
             println!("{}", token(&sub, did.as_deref(), ttl_s));
             return Ok(());
         }
-        Some(Cmd::CheckConfig) => {
-            cfg.validate()?;
-            gateway::server::build_verifier(&cfg)?;
-            println!("configuration ok");
-            return Ok(());
-        }
+        Some(Cmd::CheckConfig) => return check_config(&cfg),
         None => {}
     }
     cfg.validate()?;
@@ -50,10 +81,49 @@ fn run() -> anyhow::Result<()> {
     } else {
         "embedded demo backend"
     };
+    gateway::notify::status("starting: binding listeners, starting cores");
     let mut handle = gateway::start(cfg, Arc::new(EmbeddedFactory), true)?;
     tracing::info!(listen = %handle.local_addr, admin = ?handle.admin_addr, backend, "gateway running");
+    handle.notify_systemd();
     handle.join();
     tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// `gateway check-config`: the file is valid, every file it names can be
+/// read by this user (all unreadable ones are listed), the token keys and
+/// the TLS certificate load, and the admin token is set. Run it as the
+/// service's user (`systemd/verify.sh --installed` does).
+fn check_config(cfg: &Config) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let files = cfg.named_files();
+    let unreadable: Vec<String> = files
+        .iter()
+        .filter_map(|(key, path)| {
+            let e = std::fs::File::open(path).err()?;
+            Some(format!("  {key} = {}: {e}", path.display()))
+        })
+        .collect();
+    if !unreadable.is_empty() {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        anyhow::bail!(
+            "uid {uid} cannot read {} of the files the configuration names:\n{}\n\
+             make each readable by the service's user (e.g. chgrp gateway FILE && chmod 0640 FILE; \
+             OPERATIONS.md, \"Install with systemd\")",
+            unreadable.len(),
+            unreadable.join("\n")
+        );
+    }
+    gateway::server::build_verifier(cfg)?;
+    if !cfg.tls.self_signed {
+        gateway::tls::server_config(cfg)?;
+    }
+    gateway::control::admin_token(cfg)?;
+    println!(
+        "configuration ok: {} named files readable, keys and certificates load",
+        files.len()
+    );
     Ok(())
 }
 

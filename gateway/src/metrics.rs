@@ -9,7 +9,7 @@ use gw_proto::CloseReason;
 use serde::Serialize;
 
 /// Number of `CloseReason` values (index = enum value).
-pub const CLOSE_REASONS: usize = 18;
+pub const CLOSE_REASONS: usize = 20;
 
 macro_rules! counters {
     ($($name:ident : $help:literal),* $(,)?) => {
@@ -93,10 +93,16 @@ counters! {
     retransmits: "Pushes resent after ack_timeout_ms",
     undelivered: "Ack-required pushes reported undelivered",
     slow_consumers: "Connections closed as slow consumers",
+    preauth_evictions: "Unauthenticated connections closed to keep pre-auth buffers within preauth_bytes_per_core_max",
+    refreshes: "Token refreshes accepted (Refresh frames)",
+    refresh_failures: "Token refreshes refused",
+    expiry_notices: "TokenExpiring notices sent",
     resyncs: "Online events sent again (resync) after NATS subscriptions were restored",
     tls_handshakes: "TLS sessions started (connections that opened with a TLS record)",
     tls_failures: "TLS sessions that failed (bad handshake or record): closed as TLS_FAILED",
     tls_handovers: "TLS 1.3 sessions whose keys moved from rustls to the gateway's record layer",
+    tls_key_updates_sent: "TLS 1.3 KeyUpdates sent (a key near its record limit, or the client asked)",
+    tls_key_updates_received: "TLS 1.3 KeyUpdates received from clients",
     ws_upgrades: "WebSocket upgrades accepted",
     ws_rejected: "WebSocket connections refused or closed for bad input (handshake, masking, text, size)",
 }
@@ -231,7 +237,6 @@ pub fn close_label(i: usize) -> &'static str {
         .trim_start_matches("CLOSE_REASON_")
 }
 
-/// Renders Prometheus text format for all cores.
 /// Appends one gauge: its HELP and TYPE lines, then one sample per
 /// `(labels, value)`; `labels` is `key="value",...` without braces, or empty.
 pub fn render_gauge(
@@ -251,6 +256,7 @@ pub fn render_gauge(
     }
 }
 
+/// Renders Prometheus text format for all cores.
 pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);

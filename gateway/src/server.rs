@@ -292,6 +292,14 @@ impl GatewayHandle {
         }
     }
 
+    /// Reports to systemd (READY=1, STATUS, WATCHDOG=1: `notify.rs`) when
+    /// the process runs under it with `Type=notify`; nothing otherwise.
+    pub fn notify_systemd(&self) {
+        if let Some(c) = &self.control {
+            c.handle.spawn(crate::notify::supervise(c.shared.clone()));
+        }
+    }
+
     /// Reloads the TLS certificate and key from their files (as SIGHUP).
     pub fn reload_tls(&self) -> anyhow::Result<()> {
         let cfg = &self.control.as_ref().context("stopped")?.shared.cfg;

@@ -4,6 +4,7 @@
 //! TLS handshake record) is TLS; a plain frame's first byte is 0x00 or 0x01
 //! (a length below 16 MiB), so the two cannot be confused.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -33,6 +34,12 @@ pub struct TlsConfig {
     pub ticket_key_file: String,
     /// How long a ticket is good for, s.
     pub ticket_lifetime_s: u32,
+    /// Records per key and direction before a KeyUpdate; None =
+    /// `RECORDS_PER_KEY_MAX`. Not read from the config file: tests set it
+    /// to reach the limit. Held within RECORDS_PER_KEY_MIN..=MAX, so it can
+    /// only make keys change sooner.
+    #[serde(skip)]
+    pub records_per_key: Option<u64>,
 }
 
 impl Default for TlsConfig {
@@ -45,11 +52,20 @@ impl Default for TlsConfig {
             tickets: true,
             ticket_key_file: String::new(),
             ticket_lifetime_s: 12 * 3600,
+            records_per_key: None,
         }
     }
 }
 
 impl TlsConfig {
+    /// Records per key and direction before a KeyUpdate.
+    pub fn records_per_key(&self) -> u64 {
+        use crate::conn::records::{RECORDS_PER_KEY_MAX, RECORDS_PER_KEY_MIN};
+        self.records_per_key.map_or(RECORDS_PER_KEY_MAX, |n| {
+            n.clamp(RECORDS_PER_KEY_MIN, RECORDS_PER_KEY_MAX)
+        })
+    }
+
     pub fn enabled(&self) -> bool {
         self.self_signed || !self.cert_file.is_empty()
     }
@@ -168,9 +184,60 @@ pub fn server_config(cfg: &crate::Config) -> anyhow::Result<Option<Arc<rustls::S
         sc.send_tls13_tickets = 0;
     }
     // After a TLS 1.3 handshake the I/O loop takes the traffic keys and
-    // drops the rustls session (conn/tls.rs): 8.4 KB -> ~1 KB per connection.
+    // drops the rustls session (conn/tls.rs): 8.4 KB -> ~1.5 KB per
+    // connection. The traffic secrets, for KeyUpdate, come from the key log.
     sc.enable_secret_extraction = true;
+    sc.key_log = Arc::new(SecretCapture);
     Ok(Some(Arc::new(sc)))
+}
+
+/// rustls's key-log labels of the TLS 1.3 application traffic secrets.
+const CLIENT_TRAFFIC_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+/// One TLS 1.3 handshake's application traffic secrets.
+#[derive(Default)]
+pub struct TrafficSecrets {
+    pub client: Option<crate::conn::records::keys::Secret>,
+    pub server: Option<crate::conn::records::keys::Secret>,
+}
+
+thread_local! {
+    /// What `SecretCapture` caught on this thread since the last take.
+    static CAUGHT: RefCell<TrafficSecrets> = RefCell::default();
+}
+
+/// Catches the application traffic secrets as rustls derives them, through
+/// its key-log hook. The record layer needs them for KeyUpdate (RFC 8446
+/// §7.2) and `dangerous_extract_secrets` hands over keys only. rustls
+/// calls the hook synchronously, inside `process_new_packets`, on the
+/// thread driving that one connection: a thread-local slot, emptied before
+/// and taken after each call (`take_traffic_secrets`), pairs the secrets
+/// with their connection. Nothing is written anywhere.
+#[derive(Debug)]
+pub struct SecretCapture;
+
+impl rustls::KeyLog for SecretCapture {
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_TRAFFIC_SECRET || label == SERVER_TRAFFIC_SECRET
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let secret = crate::conn::records::keys::Secret::new(secret);
+        CAUGHT.with(|c| {
+            let mut c = c.borrow_mut();
+            match label {
+                CLIENT_TRAFFIC_SECRET => c.client = secret,
+                SERVER_TRAFFIC_SECRET => c.server = secret,
+                _ => {}
+            }
+        });
+    }
+}
+
+/// The secrets `SecretCapture` caught on this thread since the last call.
+pub fn take_traffic_secrets() -> TrafficSecrets {
+    CAUGHT.take()
 }
 
 /// Tickets sealed with a key from a file (ChaCha20-Poly1305, random nonce):

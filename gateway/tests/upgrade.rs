@@ -31,6 +31,8 @@ fn free_port() -> u16 {
 fn spawn(node: &str, port: u16, admin: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["--demo", "--cores", "1", "--node-id", node])
+        // Two processes on the same ports during the switch, on purpose.
+        .arg("--listen-shared")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--drain-spread-ms", "500", "--drain-deadline-ms", "5000"])

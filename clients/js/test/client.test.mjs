@@ -141,3 +141,28 @@ test("an auth error with a fixed token does not retry", async () => {
   await tick(50);
   assert.equal(sockets.length, 1);
 });
+
+test("a token function refreshes the session in band on TokenExpiring", async () => {
+  let n = 0;
+  const { gw, ws } = await connected({ token: async () => `token-${++n}` });
+  const events = [];
+  gw.addEventListener("refresh", (e) => events.push(e.detail));
+  ws.recv({ type: "tokenExpiring", body: { expiresAtUnixS: 1000n } });
+  await tick();
+  assert.deepEqual(ws.frames("refresh").map((f) => f.body.token), ["token-2"]);
+  ws.recv({ type: "refreshReply", body: { code: 0, expiresAtUnixS: 5000n } });
+  assert.equal(events[0].code, 0);
+  assert.equal(gw.authOk.tokenExpiresAtUnixS, 5000n);
+  gw.close();
+});
+
+test("a fixed token cannot be refreshed: the notice is only an event", async () => {
+  const { gw, ws } = await connected();
+  let seen = null;
+  gw.addEventListener("tokenexpiring", (e) => (seen = e.detail));
+  ws.recv({ type: "tokenExpiring", body: { expiresAtUnixS: 1000n } });
+  await tick();
+  assert.equal(seen.expiresAtUnixS, 1000n);
+  assert.equal(ws.frames("refresh").length, 0);
+  gw.close();
+});

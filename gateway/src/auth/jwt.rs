@@ -97,6 +97,9 @@ pub enum JwtError {
     /// A claim has the wrong type or an out-of-range value.
     #[error("token claim {0:?} has an invalid type or value")]
     BadClaim(&'static str),
+    /// `exp` lies further ahead than the configured maximum lifetime.
+    #[error("token expires more than auth.token_lifetime_max_s ({0} s) from now")]
+    LifetimeTooLong(u64),
     /// `iss` differs from the configured issuer.
     #[error("token issuer does not match")]
     WrongIssuer,
@@ -116,6 +119,13 @@ pub struct VerifyOptions {
     pub audience: Option<String>,
     /// Longer tokens are rejected before any decoding.
     pub token_bytes_max: usize,
+    /// A token whose `exp` lies further ahead than this is rejected: an
+    /// absurd expiry (1e300 saturates to "never") is a token that can never
+    /// be cut off. Seconds.
+    pub lifetime_max_s: u64,
+    /// Refuse ES256 signatures whose `s` is in the upper half (see
+    /// `LoadedKey::verify`: malleability against interoperability).
+    pub es256_low_s_only: bool,
 }
 
 impl Default for VerifyOptions {
@@ -125,6 +135,8 @@ impl Default for VerifyOptions {
             issuer: None,
             audience: None,
             token_bytes_max: 4096,
+            lifetime_max_s: 30 * 24 * 3600,
+            es256_low_s_only: false,
         }
     }
 }
@@ -204,7 +216,7 @@ impl Verifier {
         if key.alg() != alg {
             return Err(rejected());
         }
-        if !key.verify(signing_input.as_bytes(), &sig) {
+        if !key.verify(signing_input.as_bytes(), &sig, self.opts.es256_low_s_only) {
             return Err(JwtError::BadSignature);
         }
 
@@ -226,6 +238,9 @@ impl Verifier {
         }
         if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(JwtError::NotYetValid);
+        }
+        if exp > now.saturating_add(self.opts.lifetime_max_s) {
+            return Err(JwtError::LifetimeTooLong(self.opts.lifetime_max_s));
         }
         if let Some(want) = &self.opts.issuer {
             match p.iss {

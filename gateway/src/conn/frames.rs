@@ -39,6 +39,7 @@ pub fn on_frame(core: &Rc<Core>, idx: u32, id: u64, frame: Frame) {
         (true, Body::Ping(p)) => ping(core, idx, id, p),
         (true, Body::Upstream(u)) => upstream(core, idx, id, u),
         (true, Body::Ack(a)) => core.ack(idx, id, a.seq),
+        (true, Body::Refresh(r)) => refresh(core, idx, id, r),
         (true, Body::Auth(_)) => {
             let err = Core::error_body(ErrorCode::UnexpectedFrame, "already authenticated", 0);
             core.send_frame(idx, id, err);
@@ -133,13 +134,16 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
     }
     let (user, device, ticket) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
     let metadata = a.metadata;
+    let expires = core.session_expiry(claims.exp);
     core.with_conn(idx, id, |c| {
         if a.resume_seq != 0 || !metadata.is_empty() {
             let extra = c.extra_mut();
             extra.resume_seq = a.resume_seq;
             extra.metadata = metadata;
         }
+        core.set_expiry(c, expires);
     });
+    core.schedule_expiry(idx, id);
     CoreMetrics::inc(&core.metrics.auth_ok);
     core.send_frame(
         idx,
@@ -153,6 +157,7 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
             idle_timeout_ms: core.cfg.idle_timeout_ms(heartbeat_ms),
             frame_bytes_max: core.cfg.frame_bytes_max,
             node_id: core.cfg.node_id.clone(),
+            token_expires_at_unix_s: expires.into(),
         }),
     );
     // AuthOk means reachable: with NATS, it (and everything queued after
@@ -162,6 +167,56 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
         Some(t) if !core.reach.is_confirmed(t) => core.hold(id, t),
         _ => core.online(idx, id, false),
     }
+}
+
+/// A fresh token for a session: verified like Auth, for the same user (and
+/// device, when the token names one). Moves the session's end to the new
+/// token's expiry; a refusal leaves the old one and the connection.
+fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
+    let answer = |code: ErrorCode, message: String, expires: u64| {
+        Body::RefreshReply(pb::RefreshReply {
+            code: code as i32,
+            message,
+            expires_at_unix_s: expires,
+        })
+    };
+    let reply = match core.verifier.verify(&r.token, unix_now()) {
+        Err(e) => Err((jwt_code(&e), e.to_string())),
+        Ok(claims) => {
+            let expires = core.session_expiry(claims.exp);
+            core.with_conn(idx, id, |c| {
+                if c.user.as_deref() != Some(claims.sub.as_str()) {
+                    return Err((
+                        ErrorCode::TokenInvalid,
+                        "the token is for another user".to_string(),
+                    ));
+                }
+                if claims.device_id.is_some() && c.device.as_deref() != claims.device_id.as_deref()
+                {
+                    return Err((
+                        ErrorCode::TokenInvalid,
+                        "the token is for another device".to_string(),
+                    ));
+                }
+                core.set_expiry(c, expires);
+                Ok(expires)
+            })
+            .unwrap_or(Err((ErrorCode::AuthRequired, "no session".into())))
+        }
+    };
+    let body = match reply {
+        Ok(expires) => {
+            CoreMetrics::inc(&core.metrics.refreshes);
+            core.schedule_expiry(idx, id);
+            answer(ErrorCode::Unspecified, String::new(), expires.into())
+        }
+        Err((code, message)) => {
+            CoreMetrics::inc(&core.metrics.refresh_failures);
+            tracing::debug!(conn_id = id, code = code.as_str_name(), %message, "token refresh refused");
+            answer(code, message, 0)
+        }
+    };
+    core.send_frame(idx, id, body);
 }
 
 fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
@@ -261,7 +316,7 @@ fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Re
     let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
         return Ok(None);
     };
-    if c.inflight >= core.cfg.upstream_inflight_per_conn_max {
+    if u32::from(c.inflight) >= core.cfg.upstream_inflight_per_conn_max {
         return Err((Reject::InflightConn, busy_ms));
     }
     if let Err(ms) = core.overload.take_upstream(&mut c.upstream_bucket, now) {

@@ -79,12 +79,14 @@ impl IoLoop {
             else {
                 continue; // closed since: the key names an old connection
             };
-            c.readable |= ev.readable();
+            if ev.readable() {
+                c.flags.set_readable(true);
+            }
             if ev.hangup() {
                 self.hangups.insert(ev.key);
             }
             if ev.writable() {
-                c.write_blocked = false;
+                c.flags.set_write_blocked(false);
             }
             self.core.ready(c);
         }
@@ -176,7 +178,7 @@ fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
     let mut reads = 0;
     loop {
         let Some((closing, readable, fd)) =
-            core.with_conn(idx, id, |c| (c.close, c.readable, c.fd))
+            core.with_conn(idx, id, |c| (c.close, c.flags.readable(), c.fd))
         else {
             if hangup {
                 hangups.remove(&id);
@@ -208,10 +210,10 @@ fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
         }
         // Done, or more to read later: back of the list, or off it.
         core.with_conn(idx, id, |c| {
-            if c.readable {
+            if c.flags.readable() {
                 core.requeue(c);
             } else {
-                c.queued = false;
+                c.flags.set_queued(false);
             }
         });
         if hangup && !readable {
@@ -239,7 +241,7 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => {
-                core.with_conn(idx, id, |c| c.readable = false);
+                core.with_conn(idx, id, |c| c.flags.set_readable(false));
             }
             io::ErrorKind::Interrupted => {}
             _ => {
@@ -256,19 +258,31 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
     let n = n as usize;
     CoreMetrics::add(&core.metrics.bytes_in, n as u64);
     let data = &scratch[..n];
-    let layer = core.with_conn(idx, id, |c| {
+    let Some((layer, before)) = core.with_conn(idx, id, |c| {
+        // Nothing was read before: these are the connection's first bytes.
+        let first = c.bytes_in == 0;
         c.bytes_in = c.bytes_in.saturating_add(n as u32);
         if n < scratch.len() && !hangup {
             // Drained: with edge-triggered epoll, new data brings a new event.
-            c.readable = false;
+            c.flags.set_readable(false);
         }
-        layer(core, c, data, true)
-    });
+        let before = super::preauth::bytes(c);
+        (layer(core, c, data, Some(first)), before)
+    }) else {
+        return;
+    };
     match layer {
-        Some(Layer::Tls) => super::tls::input(core, idx, id, data),
-        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
-        Some(Layer::Frames) => on_bytes(core, idx, id, data),
-        None => {}
+        Layer::Tls => super::tls::input(core, idx, id, data),
+        Layer::Ws => super::ws::input(core, idx, id, data),
+        Layer::Frames => on_bytes(core, idx, id, data),
+    }
+    // What an unauthenticated connection buffers counts against the core's
+    // pre-auth budget (`preauth.rs`); an authenticated one costs nothing here.
+    let after = core
+        .with_conn(idx, id, |c| super::preauth::bytes(c))
+        .unwrap_or(0);
+    if before != after {
+        core.preauth_changed(id, before, after);
     }
 }
 
@@ -279,12 +293,25 @@ enum Layer {
     Frames,
 }
 
-/// The layer for a connection's bytes: TLS (raw bytes only) or WebSocket
-/// when the connection uses them or its first bytes start one, else frames.
-fn layer(core: &Core, c: &mut Conn, data: &[u8], raw: bool) -> Layer {
-    if raw && (super::tls::active(c) || super::tls::maybe_start(core, c, data)) {
-        Layer::Tls
-    } else if super::ws::active(c) || super::ws::maybe_start(core, c, data) {
+/// The layer for a connection's bytes: TLS, WebSocket or frames. The
+/// transport is decided once, by a connection's first bytes: on its first
+/// read (`first_raw` = Some(true)) for TLS, and on its first plaintext
+/// (after TLS, when it speaks TLS) for WebSocket. Later bytes never start
+/// a handshake, whatever they begin with: a WebSocket or frame connection
+/// that sends 0x16 or `G` stays what it is (and its parser judges them).
+/// `first_raw` is None for plaintext out of TLS.
+fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Layer {
+    if let Some(first) = first_raw {
+        if super::tls::active(c) || (first && super::tls::maybe_start(core, c, data)) {
+            return Layer::Tls;
+        }
+    }
+    if super::ws::active(c) {
+        return Layer::Ws;
+    }
+    let first_plain = !c.flags.plain_seen();
+    c.flags.set_plain_seen(true);
+    if first_plain && super::ws::maybe_start(core, c, data) {
         Layer::Ws
     } else {
         Layer::Frames
@@ -293,7 +320,7 @@ fn layer(core: &Core, c: &mut Conn, data: &[u8], raw: bool) -> Layer {
 
 /// Plaintext out of TLS: WebSocket or frames.
 pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    match core.with_conn(idx, id, |c| layer(core, c, data, false)) {
+    match core.with_conn(idx, id, |c| layer(core, c, data, None)) {
         Some(Layer::Ws) => super::ws::input(core, idx, id, data),
         Some(_) => on_bytes(core, idx, id, data),
         None => {}
@@ -305,16 +332,29 @@ pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
 /// them).
 pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     let now = core.now();
-    let Some(mut partial) = core.with_conn(idx, id, |c| std::mem::take(&mut c.partial)) else {
+    let Some((mut partial, mut authed)) =
+        core.with_conn(idx, id, |c| (std::mem::take(&mut c.partial), c.authed()))
+    else {
         return;
     };
     let buf: &[u8] = if partial.is_empty() {
         data
     } else {
+        // Exactly what arrived: no doubling of a partial frame's buffer.
+        partial.reserve_exact(data.len());
         partial.extend_from_slice(data);
         &partial
     };
-    let max = core.cfg.frame_bytes_max as usize;
+    // Before Auth only an Auth frame makes sense: a small limit keeps what
+    // an unauthenticated client can make the core buffer small.
+    let limit = |authed: bool| {
+        if authed {
+            core.cfg.frame_bytes_max
+        } else {
+            core.cfg.preauth_frame_bytes_max()
+        }
+    };
+    let mut max = limit(authed) as usize;
     let mut pos = 0;
     let mut closing = false;
     while pos < buf.len() && !closing {
@@ -323,11 +363,17 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                 pos += used;
                 CoreMetrics::inc(&core.metrics.frames_in);
                 // A whole frame is a sign of life; stray bytes are not.
-                core.with_conn(idx, id, |c| c.last_in = now);
+                let state = core.with_conn(idx, id, |c| {
+                    c.last_in = now;
+                    c.authed()
+                });
                 super::frames::on_frame(core, idx, id, frame);
-                closing = core
-                    .with_conn(idx, id, |c| c.close.is_some())
-                    .unwrap_or(true);
+                let after = core.with_conn(idx, id, |c| (c.close.is_some(), c.authed()));
+                closing = after.is_none_or(|(closing, _)| closing);
+                if state == Some(false) && after.is_some_and(|(_, a)| a) {
+                    authed = true;
+                    max = limit(authed) as usize;
+                }
             }
             Ok(Decoded::Incomplete(_)) => break,
             Err(e) => {
@@ -339,7 +385,7 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                         (CloseReason::BadFrame, ErrorCode::BadFrame)
                     }
                 };
-                tracing::debug!(conn_id = id, error = %e, "bad frame");
+                tracing::debug!(conn_id = id, error = %e, authed, "bad frame");
                 core.close(
                     idx,
                     id,
@@ -353,16 +399,37 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     if closing {
         return;
     }
-    let rest = &buf[pos..];
-    let keep = if rest.is_empty() {
-        Vec::new()
-    } else if partial.is_empty() {
-        rest.to_vec()
-    } else {
-        partial.drain(..pos);
+    // The joined buffer can stay when all of it is the partial frame and it
+    // is not bigger than that frame.
+    let joined_fits = pos == 0 && !partial.is_empty() && partial.capacity() <= frame_size(buf, max);
+    let keep = if joined_fits {
         partial
+    } else {
+        keep_partial(&buf[pos..], max)
     };
     core.with_conn(idx, id, |c| c.partial = keep);
+}
+
+/// Bytes of the frame at the start of `rest` (prefix included), when its
+/// length prefix is in; else what is there.
+fn frame_size(rest: &[u8], max: usize) -> usize {
+    match gw_proto::peek_len(rest, max) {
+        Ok(Some(total)) => total.max(rest.len()),
+        _ => rest.len(),
+    }
+}
+
+/// The buffer for the start of a frame not complete yet: empty and
+/// unallocated when nothing is left; otherwise sized to the frame the
+/// length prefix announces (already checked against `max`), not to what a
+/// doubling growth would leave.
+fn keep_partial(rest: &[u8], max: usize) -> Vec<u8> {
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    let mut v = Vec::with_capacity(frame_size(rest, max));
+    v.extend_from_slice(rest);
+    v
 }
 
 /// Writes queued output until done or the socket is full (then the
@@ -382,7 +449,7 @@ fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
     };
     loop {
         write_out(core, c)?;
-        if c.write_blocked || !c.backlogged() {
+        if c.flags.write_blocked() || !c.backlogged() {
             return Ok(());
         }
         let before = c.out_bytes;
@@ -396,19 +463,19 @@ fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
 /// Writes what is queued until done or the socket is full.
 fn write_out(core: &Core, c: &mut Conn) -> io::Result<()> {
     if super::tls::active(c) {
-        return if c.write_blocked {
+        return if c.flags.write_blocked() {
             Ok(())
         } else {
             super::tls::flush(core, c)
         };
     }
-    while !c.out.is_empty() && !c.write_blocked {
+    while !c.out.is_empty() && !c.flags.write_blocked() {
         match sendv(c.fd, c) {
             Ok(n) => {
                 advance(c, n);
                 wrote(core, c, n);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.flags.set_write_blocked(true),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

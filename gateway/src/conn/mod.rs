@@ -2,14 +2,15 @@
 //! glommio's io_uring), the per-core I/O loop that
 //! reads, decodes and writes for every connection (`io.rs`), and what each
 //! inbound frame does (`frames.rs`); TLS inside the loop (`tls.rs`,
-//! `records.rs`), WebSocket (`ws.rs`) with its HTTP request parser
+//! `records/`), WebSocket (`ws.rs`) with its HTTP request parser
 //! (`http.rs`), and the demo-mode HTTP answers (`web.rs`).
 
 mod frames;
 pub mod http;
 mod io;
 pub mod poller;
-mod records;
+pub mod preauth;
+pub mod records;
 mod tls;
 pub mod web;
 pub mod ws;

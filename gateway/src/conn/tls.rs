@@ -1,46 +1,79 @@
 //! TLS inside the I/O loop: a connection whose first byte is a TLS
 //! handshake record gets a rustls `ServerConnection` for the handshake.
-//! Once a TLS 1.3 handshake is done, the traffic keys are taken out and
-//! the session dropped: records are then protected by `records.rs`, which
-//! keeps about 1 KB per connection instead of the buffered session's 8.4 KB
+//! Once a TLS 1.3 handshake is done, the traffic keys are taken out (with
+//! the traffic secrets rustls's key log gave, for KeyUpdate) and the
+//! session dropped: records are then protected by `records/`, which keeps
+//! about 1.2 KB per connection instead of the buffered session's 8.4 KB
 //! (measured). TLS 1.2, when allowed, stays in rustls for the whole
-//! connection. The handshake has the same deadline as authentication
+//! connection (rustls enforces its limits there; TLS 1.2 has no KeyUpdate).
+//! The handshake has the same deadline as authentication
 //! (`auth_timeout_ms`): a stalled handshake is reaped as AUTH_TIMEOUT.
+//!
+//! Failures close as TLS_FAILED. rustls answers its own (handshake, TLS
+//! 1.2) with the alert it chose; the record layer's are answered by the
+//! fatal alert its typed error names, sealed with the current key. A
+//! connection that failed never gets close_notify: that would make
+//! corruption look like a clean close.
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
 use gw_proto::CloseReason;
 
-use super::records::{Dir, Records, APPLICATION_DATA, HEADER_BYTES, PLAINTEXT_BYTES_MAX};
+use super::records::keys::{Derived, Suite};
+use super::records::{RecordError, Records, APPLICATION_DATA, HEADER_BYTES, PLAINTEXT_BYTES_MAX};
 use crate::core::{Conn, Core};
 use crate::metrics::CoreMetrics;
-use crate::tls::TLS_HANDSHAKE_BYTE;
+use crate::tls::{take_traffic_secrets, TrafficSecrets, TLS_HANDSHAKE_BYTE};
 
 /// Plaintext read out of rustls per step, bytes.
 const PLAIN_CHUNK_BYTES: usize = 16 * 1024;
-/// Largest record a client may send during the handshake, bytes.
+/// Largest record a client may send during the handshake (rustls's own
+/// limit, 2^14 + 2048), bytes.
 const HANDSHAKE_RECORD_BYTES_MAX: usize = 16 * 1024 + 2048;
 
 /// A connection's TLS state.
 pub enum Tls {
-    /// rustls drives the handshake (and all of TLS 1.2). `pending` holds
-    /// the start of a record not complete yet: rustls is fed whole records
-    /// only, so that nothing is left inside it when the keys are taken.
-    Session {
-        conn: Box<rustls::ServerConnection>,
-        pending: Vec<u8>,
-    },
+    /// rustls drives the handshake (and all of TLS 1.2).
+    Session(Box<Session>),
     /// TLS 1.3 after the handshake: the record layer with the traffic keys,
     /// and encrypted bytes the socket did not take yet.
     Records { rec: Box<Records>, unsent: Vec<u8> },
 }
 
+/// A rustls session and what the handover needs from its handshake.
+pub struct Session {
+    conn: rustls::ServerConnection,
+    /// The start of a record not complete yet: rustls is fed whole records
+    /// only, so that nothing is left inside it when the keys are taken.
+    pending: Vec<u8>,
+    /// The application traffic secrets, from rustls's key log.
+    secrets: TrafficSecrets,
+}
+
+/// Why TLS failed on a connection (logged; each closes as TLS_FAILED).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// rustls refused the input; it has queued its alert.
+    #[error("TLS: {0}")]
+    Session(#[from] rustls::Error),
+    #[error("rustls refused a record: {0}")]
+    Feed(io::Error),
+    #[error("rustls took no bytes of a record")]
+    Stuck,
+    #[error("a TLS record of {0} bytes during the handshake")]
+    HandshakeRecord(usize),
+    #[error("the TLS keys could not be taken: {0}")]
+    Handover(&'static str),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
 /// Whether this first read of a connection starts a TLS handshake; if so
-/// (and TLS is configured), the connection becomes a TLS connection.
+/// (and TLS is configured), the connection becomes a TLS connection. The
+/// caller asks on a connection's first read only (`io.rs`, `layer`).
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    // Cheap checks first: this runs on every read of a plain connection.
-    if first.first() != Some(&TLS_HANDSHAKE_BYTE) || c.authed() || !c.partial.is_empty() {
+    if first.first() != Some(&TLS_HANDSHAKE_BYTE) {
         return false;
     }
     let Some(cfg) = core.tls.borrow().clone() else {
@@ -50,10 +83,11 @@ pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
         Ok(mut conn) => {
             // Bounds what rustls buffers for a client that does not read.
             conn.set_buffer_limit(Some(core.cfg.outbound_bytes_max as usize));
-            c.extra_mut().tls = Some(Tls::Session {
-                conn: Box::new(conn),
+            c.extra_mut().tls = Some(Tls::Session(Box::new(Session {
+                conn,
                 pending: Vec::new(),
-            });
+                secrets: TrafficSecrets::default(),
+            })));
             CoreMetrics::inc(&core.metrics.tls_handshakes);
             true
         }
@@ -61,6 +95,19 @@ pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
             tracing::warn!(error = %e, "cannot start a TLS session");
             false
         }
+    }
+}
+
+/// Inbound bytes the connection's TLS state holds for the pre-auth budget
+/// (`preauth.rs`): a rustls session while it handshakes (a fixed estimate)
+/// plus the partial record waiting for the rest; after the handover, the
+/// record layer's partial record. Outbound bytes are not counted: they
+/// change outside reads, where the charge is taken.
+pub fn buffered(c: &Conn) -> usize {
+    match c.extra.as_ref().and_then(|e| e.tls.as_ref()) {
+        None => 0,
+        Some(Tls::Session(s)) => super::preauth::TLS_SESSION_BYTES + s.pending.capacity(),
+        Some(Tls::Records { rec, .. }) => rec.buffered(),
     }
 }
 
@@ -74,13 +121,13 @@ pub fn active(c: &Conn) -> bool {
 struct Input {
     plain: Vec<u8>,
     peer_closed: bool,
-    failed: Option<String>,
+    failed: Option<Failure>,
 }
 
 /// Feeds received TLS bytes to the connection's TLS state and the
-/// plaintext they carry to the frame decoder.
+/// plaintext they carry to the next layer.
 pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    let Some(mut tls) = core
+    let Some(tls) = core
         .with_conn(idx, id, |c| c.extra_mut().tls.take())
         .flatten()
     else {
@@ -88,25 +135,27 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     };
     let mut got = Input::default();
     let mut rest = data;
-    if let Tls::Session { conn, pending } = &mut tls {
-        rest = feed_session(conn, pending, rest, &mut got);
-    }
     let mut tls = match tls {
-        Tls::Session { conn, .. } if got.failed.is_none() && tls13_done(&conn) => {
-            match hand_over(*conn) {
-                Ok(records) => {
-                    CoreMetrics::inc(&core.metrics.tls_handovers);
-                    Some(records)
+        Tls::Session(mut s) => {
+            rest = feed_session(&mut s, rest, &mut got);
+            if got.failed.is_none() && tls13_done(&s.conn) {
+                match hand_over(*s, core.cfg.tls.records_per_key()) {
+                    Ok(records) => {
+                        CoreMetrics::inc(&core.metrics.tls_handovers);
+                        Some(records)
+                    }
+                    Err(e) => {
+                        got.failed = Some(e);
+                        None
+                    }
                 }
-                Err(e) => {
-                    got.failed = Some(e);
-                    None
-                }
+            } else {
+                Some(Tls::Session(s))
             }
         }
-        other => Some(other),
+        records => Some(records),
     };
-    if let (Some(Tls::Records { rec, .. }), None) = (&mut tls, &got.failed) {
+    if let (Some(Tls::Records { rec, unsent }), None) = (&mut tls, &got.failed) {
         if !rest.is_empty() {
             match rec.open(rest) {
                 Ok(o) => {
@@ -116,8 +165,17 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                         got.plain.extend_from_slice(&o.plain);
                     }
                     got.peer_closed |= o.peer_closed;
+                    CoreMetrics::add(
+                        &core.metrics.tls_key_updates_received,
+                        u64::from(o.key_updates),
+                    );
                 }
-                Err(e) => got.failed = Some(e),
+                Err(e) => {
+                    // The answer follows the records already sealed, under
+                    // the current key; nothing follows it.
+                    rec.fail(e, unsent);
+                    got.failed = Some(e.into());
+                }
             }
         }
     }
@@ -128,7 +186,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
             c.out_bytes = 0;
         }
         c.extra_mut().tls = tls;
-        core.ready(c); // handshake records or alerts to write
+        core.ready(c); // handshake records, KeyUpdates or alerts to write
     });
     if let Some(why) = got.failed {
         CoreMetrics::inc(&core.metrics.tls_failures);
@@ -147,12 +205,12 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
 /// Feeds whole records to rustls while it handshakes (all of them for TLS
 /// 1.2); returns the bytes after the record that completed a TLS 1.3
 /// handshake, for the record layer.
-fn feed_session<'a>(
-    conn: &mut rustls::ServerConnection,
-    pending: &mut Vec<u8>,
-    data: &'a [u8],
-    got: &mut Input,
-) -> &'a [u8] {
+fn feed_session<'a>(s: &mut Session, data: &'a [u8], got: &mut Input) -> &'a [u8] {
+    let Session {
+        conn,
+        pending,
+        secrets,
+    } = s;
     let mut data = data;
     let mut chunk = [0u8; PLAIN_CHUNK_BYTES];
     loop {
@@ -167,7 +225,14 @@ fn feed_session<'a>(
             HEADER_BYTES + u16::from_be_bytes([pending[3], pending[4]]) as usize
         };
         if need > HANDSHAKE_RECORD_BYTES_MAX + HEADER_BYTES && conn.is_handshaking() {
-            got.failed = Some(format!("TLS record of {need} bytes during the handshake"));
+            // rustls refuses such a record from its header, with its own
+            // alert: give it the header and let it answer.
+            let header = std::mem::take(pending);
+            let _ = conn.read_tls(&mut &header[..]);
+            got.failed = Some(match conn.process_new_packets() {
+                Err(e) => e.into(),
+                Ok(_) => Failure::HandshakeRecord(need),
+            });
             return data;
         }
         let take = (need - have).min(data.len());
@@ -191,19 +256,28 @@ fn feed_session<'a>(
         while !rd.is_empty() {
             match conn.read_tls(&mut rd) {
                 Ok(0) => {
-                    got.failed = Some("rustls took no bytes of a record".into());
+                    got.failed = Some(Failure::Stuck);
                     return data;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    got.failed = Some(e.to_string());
+                    got.failed = Some(Failure::Feed(e));
                     return data;
                 }
             }
         }
-        match conn.process_new_packets() {
+        // rustls logs the traffic secrets (crate::tls::SecretCapture) while
+        // it processes the ClientHello: whatever the slot holds before is
+        // not this connection's.
+        drop(take_traffic_secrets());
+        let processed = conn.process_new_packets();
+        let caught = take_traffic_secrets();
+        if caught.client.is_some() || caught.server.is_some() {
+            *secrets = caught;
+        }
+        match processed {
             Ok(state) => got.peer_closed = state.peer_has_closed(),
-            Err(e) => got.failed = Some(e.to_string()), // rustls queued an alert
+            Err(e) => got.failed = Some(e.into()), // rustls queued an alert
         }
         while let Ok(n) = conn.reader().read(&mut chunk) {
             if n == 0 {
@@ -220,22 +294,58 @@ fn tls13_done(conn: &rustls::ServerConnection) -> bool {
     !conn.is_handshaking() && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
 }
 
-/// Takes the traffic keys out of a finished TLS 1.3 session; what rustls
-/// had not written yet goes first.
-fn hand_over(mut conn: rustls::ServerConnection) -> Result<Tls, String> {
+/// Takes the traffic keys out of a finished TLS 1.3 session, with the
+/// secrets its key log gave; what rustls had not written yet goes first.
+fn hand_over(s: Session, records_per_key: u64) -> Result<Tls, Failure> {
+    let Session {
+        mut conn, secrets, ..
+    } = s;
     let mut unsent = Vec::new();
     while conn.wants_write() {
-        conn.write_tls(&mut unsent).map_err(|e| e.to_string())?;
+        conn.write_tls(&mut unsent).map_err(Failure::Feed)?;
     }
-    let secrets = conn
-        .dangerous_extract_secrets()
-        .map_err(|e| format!("taking the TLS keys: {e}"))?;
-    let (rx_seq, rx) = secrets.rx;
-    let (tx_seq, tx) = secrets.tx;
+    let suite = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| Suite::from_rustls(s.suite()))
+        .ok_or(Failure::Handover(
+            "a cipher suite the record layer does not run",
+        ))?;
+    let (Some(client), Some(server)) = (secrets.client, secrets.server) else {
+        return Err(Failure::Handover("rustls logged no traffic secrets"));
+    };
+    let x = conn.dangerous_extract_secrets()?;
+    let ((rx_seq, rx_keys), (tx_seq, tx_keys)) = (x.rx, x.tx);
+    // The secrets must give the keys rustls used: proof that they are this
+    // connection's, before anything depends on them.
+    if !gives(suite, client.as_bytes(), &rx_keys) || !gives(suite, server.as_bytes(), &tx_keys) {
+        return Err(Failure::Handover(
+            "the logged secrets do not give rustls's keys",
+        ));
+    }
+    let rec = Records::new(
+        suite,
+        client.as_bytes(),
+        rx_seq,
+        server.as_bytes(),
+        tx_seq,
+        records_per_key,
+    )?;
     Ok(Tls::Records {
-        rec: Box::new(Records::new(Dir::new(rx_seq, rx)?, Dir::new(tx_seq, tx)?)),
+        rec: Box::new(rec),
         unsent,
     })
+}
+
+/// Whether `secret` derives exactly the key and IV rustls handed over.
+fn gives(suite: Suite, secret: &[u8], keys: &rustls::ConnectionTrafficSecrets) -> bool {
+    use rustls::ConnectionTrafficSecrets as K;
+    let (key, iv) = match keys {
+        K::Aes128Gcm { key, iv } | K::Aes256Gcm { key, iv } | K::Chacha20Poly1305 { key, iv } => {
+            (key.as_ref(), iv.as_ref())
+        }
+        _ => return false,
+    };
+    Derived::new(suite, secret).is_ok_and(|d| d.key() == key && d.iv[..] == *iv)
 }
 
 /// Moves queued frames into TLS records and the records to the socket,
@@ -245,7 +355,7 @@ pub fn flush(core: &Core, c: &mut Conn) -> io::Result<()> {
         return Ok(());
     };
     let result = match &mut tls {
-        Tls::Session { conn, .. } => flush_session(core, c, conn),
+        Tls::Session(s) => flush_session(core, c, &mut s.conn),
         Tls::Records { rec, unsent } => flush_records(core, c, rec, unsent),
     };
     if let Some(e) = c.extra.as_mut() {
@@ -255,10 +365,21 @@ pub fn flush(core: &Core, c: &mut Conn) -> io::Result<()> {
 }
 
 fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+    if c.close == Some(CloseReason::TlsFailed) {
+        // Only what rustls queued (its alert, if it chose one) goes out: no
+        // more data, and no close_notify (after a fatal alert rustls sends
+        // none anyway; without one it would read as a clean close).
+        c.out = Default::default();
+        c.out_bytes = 0;
+    }
     let mut close_sent = false;
     loop {
         // close_notify after the last frame (a client drops what follows it).
-        if c.close.is_some() && c.out.is_empty() && !close_sent {
+        if c.close.is_some()
+            && c.close != Some(CloseReason::TlsFailed)
+            && c.out.is_empty()
+            && !close_sent
+        {
             tls.send_close_notify();
             close_sent = true;
         }
@@ -292,7 +413,7 @@ fn flush_session(core: &Core, c: &mut Conn, tls: &mut rustls::ServerConnection) 
         match tls.write_tls(&mut FdWriter(c.fd)) {
             Ok(n) => super::io::wrote(core, c, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.write_blocked = true;
+                c.flags.set_write_blocked(true);
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -317,7 +438,7 @@ fn flush_records(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     unsent.drain(..sent);
-                    c.write_blocked = true;
+                    c.flags.set_write_blocked(true);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -325,27 +446,35 @@ fn flush_records(
             }
         }
         unsent.clear();
+        if rec.closed() {
+            // Nothing may follow close_notify or a fatal alert.
+            c.out = Default::default();
+            c.out_bytes = 0;
+            *unsent = Vec::new();
+            return Ok(());
+        }
         if c.out.is_empty() {
-            if c.close.is_some() && !rec.close_sent {
+            if rec.key_update_due() {
+                // Even with no data waiting: the client that asked for it
+                // sees it now, not with our next frame.
+                rec.seal_key_update(unsent).map_err(io::Error::other)?;
+                CoreMetrics::inc(&core.metrics.tls_key_updates_sent);
+                continue;
+            }
+            if c.close.is_some() {
                 rec.seal_close_notify(unsent).map_err(io::Error::other)?;
                 continue;
             }
             *unsent = Vec::new(); // give the buffer back while idle
             return Ok(());
         }
-        if rec.close_sent {
-            // Nothing may follow close_notify.
-            c.out = Default::default();
-            c.out_bytes = 0;
-            return Ok(());
+        // Up to one record's worth of queued frames, gathered in place (after
+        // a KeyUpdate when one is due: the key has room for one record more,
+        // or the client asked).
+        if rec.key_update_due() {
+            CoreMetrics::inc(&core.metrics.tls_key_updates_sent);
         }
-        if rec.tx_exhausted() {
-            return Err(io::Error::other(
-                "the TLS key reached its record limit; the client reconnects",
-            ));
-        }
-        // Up to one record's worth of queued frames, gathered in place.
-        let start = Records::begin(unsent);
+        let start = rec.begin(unsent).map_err(io::Error::other)?;
         let room = |unsent: &Vec<u8>| PLAINTEXT_BYTES_MAX - (unsent.len() - start - HEADER_BYTES);
         while let Some(front) = c.out.front() {
             let (len, off) = (front.len(), c.out_off as usize);

@@ -50,6 +50,15 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
+/// Inbound bytes the WebSocket state holds (an upgrade request or message
+/// fragments), for the pre-auth budget.
+pub fn buffered(c: &Conn) -> usize {
+    match c.extra.as_ref().and_then(|e| e.ws.as_ref()) {
+        Some(Ws::Handshake(v)) | Some(Ws::Fragments(v)) => v.capacity(),
+        None => 0,
+    }
+}
+
 /// Whether the connection is a WebSocket (upgraded or upgrading).
 pub fn active(c: &Conn) -> bool {
     c.ws != 0 || c.extra.as_ref().is_some_and(|e| e.ws.is_some())
@@ -60,9 +69,10 @@ pub fn open(c: &Conn) -> bool {
     c.ws != 0
 }
 
-/// Whether this first plaintext of a connection starts a WebSocket upgrade.
+/// Whether this first plaintext of a connection starts a WebSocket upgrade
+/// (the caller asks on the first plaintext only: `io.rs`, `layer`).
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    if first.first() != Some(&b'G') || c.authed() || !c.partial.is_empty() || !core.cfg.ws.enabled {
+    if first.first() != Some(&b'G') || !core.cfg.ws.enabled {
         return false;
     }
     c.extra_mut().ws = Some(Ws::Handshake(Vec::new()));
@@ -152,27 +162,24 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         Some(Ws::Fragments(message)) => frames(core, idx, id, partial, Some(message), data),
         None => frames(core, idx, id, partial, None, data),
     };
-    match result {
-        Ok(messages) => {
-            for m in messages {
-                // Nothing more once the connection is closing (a bad frame,
-                // a slow consumer, the client's close).
-                if core
-                    .with_conn(idx, id, |c| c.close.is_some())
-                    .unwrap_or(true)
-                {
-                    break;
-                }
-                super::io::on_bytes(core, idx, id, &m);
-            }
+    let (messages, failed) = result;
+    for m in messages {
+        // Nothing more once the connection is closing (a bad frame, a
+        // slow consumer, the client's close).
+        if core
+            .with_conn(idx, id, |c| c.close.is_some())
+            .unwrap_or(true)
+        {
+            break;
         }
-        Err((reason, why)) => {
-            if reason != CloseReason::HttpAnswered {
-                CoreMetrics::inc(&core.metrics.ws_rejected);
-            }
-            tracing::debug!(conn_id = id, %why, "WebSocket closed");
-            core.close(idx, id, reason, None);
+        super::io::on_bytes(core, idx, id, &m);
+    }
+    if let Some((reason, why)) = failed {
+        if reason != CloseReason::HttpAnswered {
+            CoreMetrics::inc(&core.metrics.ws_rejected);
         }
+        tracing::debug!(conn_id = id, %why, "WebSocket closed");
+        core.close(idx, id, reason, None);
     }
     // After the decoder, which uses `partial` for frames of its own (none:
     // it gets whole messages).
@@ -183,9 +190,16 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     });
 }
 
-type Outcome = Result<Vec<Vec<u8>>, (CloseReason, String)>;
+/// Whole messages (length-prefixed frames for the decoder), and why the
+/// connection closes, if it does (after those messages).
+type Outcome = (Vec<Vec<u8>>, Option<(CloseReason, String)>);
 /// The state to keep, the bytes of a frame not complete yet, the outcome.
 type Step = (Option<Ws>, Vec<u8>, Outcome);
+
+/// A step that closes the connection for `why`.
+fn closing_step(reason: CloseReason, why: impl Into<String>) -> Step {
+    (None, Vec::new(), (Vec::new(), Some((reason, why.into()))))
+}
 
 fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> Step {
     let max = core.cfg.ws.handshake_bytes_max as usize;
@@ -196,25 +210,19 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
     else {
         if buf.len() > max {
             reject(core, idx, id, "431 Request Header Fields Too Large");
-            let why = "handshake too large".to_string();
-            return (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)));
+            return closing_step(CloseReason::ProtocolViolation, "handshake too large");
         }
-        return (Some(Ws::Handshake(buf)), Vec::new(), Ok(vec![]));
+        return (Some(Ws::Handshake(buf)), Vec::new(), (Vec::new(), None));
     };
     if end + 4 > max {
         reject(core, idx, id, "431 Request Header Fields Too Large");
-        let why = "handshake too large".to_string();
-        return (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)));
+        return closing_step(CloseReason::ProtocolViolation, "handshake too large");
     }
     let req = match Request::parse(&buf[..end]) {
         Ok(req) => req,
         Err(why) => {
             reject(core, idx, id, "400 Bad Request");
-            return (
-                None,
-                Vec::new(),
-                Err((CloseReason::ProtocolViolation, why.into())),
-            );
+            return closing_step(CloseReason::ProtocolViolation, why);
         }
     };
     // Demo mode: the demo page, the client library, demo tokens.
@@ -225,7 +233,7 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
     {
         core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
         let why = format!("answered HTTP {} {}", req.method, req.path);
-        return (None, Vec::new(), Err((CloseReason::HttpAnswered, why)));
+        return closing_step(CloseReason::HttpAnswered, why);
     }
     match check(&core.cfg.ws, &req) {
         Ok(key) => {
@@ -241,7 +249,7 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
         }
         Err((status, why)) => {
             reject(core, idx, id, status);
-            (None, Vec::new(), Err((CloseReason::ProtocolViolation, why)))
+            closing_step(CloseReason::ProtocolViolation, why)
         }
     }
 }
@@ -297,7 +305,7 @@ pub fn check<'a>(
     Ok(key)
 }
 
-/// Parses client frames; returns whole binary messages.
+/// Parses client frames and acts on them; returns whole binary messages.
 fn frames(
     core: &Rc<Core>,
     idx: u32,
@@ -307,106 +315,26 @@ fn frames(
     data: &[u8],
 ) -> Step {
     partial.extend_from_slice(data);
-    let max = core.cfg.frame_bytes_max as usize;
-    let mut out = Vec::new();
-    let mut pos = 0;
-    // `Conn::ws` stays open, so the close frame with the reason goes out.
-    let fail = |reason, why: &str| (None, Vec::new(), Err((reason, why.to_string())));
-    loop {
-        let b = &partial[pos..];
-        if b.len() < 2 {
-            break;
-        }
-        let (fin, op, masked) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[1] & 0x80 != 0);
-        if b[0] & 0x70 != 0 {
-            return fail(
-                CloseReason::ProtocolViolation,
-                "reserved bits set (no extension was negotiated)",
-            );
-        }
-        if !masked {
-            return fail(
-                CloseReason::ProtocolViolation,
-                "a client frame without a mask",
-            );
-        }
-        let (len, at) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => {
-                let l = u64::from_be_bytes(b[2..10].try_into().unwrap_or([0xff; 8]));
-                (usize::try_from(l).unwrap_or(usize::MAX), 10)
-            }
-            126 | 127 => break,
-            l => (l as usize, 2),
-        };
-        if op >= 8 && (len > CONTROL_PAYLOAD_BYTES_MAX || !fin) {
-            return fail(
-                CloseReason::ProtocolViolation,
-                "a control frame over 125 bytes or fragmented",
-            );
-        }
-        let so_far = message.as_ref().map_or(0, |m| m.len() - LEN_PREFIX_BYTES);
-        if len > max || (op < 8 && so_far.saturating_add(len) > max) {
-            return fail(
-                CloseReason::FrameTooLarge,
-                "message larger than frame_bytes_max",
-            );
-        }
-        if b.len() < at + 4 + len {
-            break;
-        }
-        let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        let unmasked = b[at + 4..at + 4 + len]
-            .iter()
-            .enumerate()
-            .map(|(i, x)| x ^ mask[i % 4]);
-        // Control payloads (at most 125 bytes) apart; data goes straight
-        // into the message.
-        let payload: Vec<u8> = if op >= 8 {
-            unmasked.clone().collect()
-        } else {
-            Vec::new()
-        };
-        pos += at + 4 + len;
+    // Before Auth is accepted, messages are held to the pre-auth limit.
+    let authed = core.with_conn(idx, id, |c| c.authed()).unwrap_or(false);
+    let max = if authed {
+        core.cfg.frame_bytes_max
+    } else {
+        core.cfg.preauth_frame_bytes_max()
+    } as usize;
+    let parsed = parse_frames(&partial, max, &mut message);
+    if parsed.frames > 0 {
         // Any whole WebSocket frame is a sign of life (ping and pong too).
         core.with_conn(idx, id, |c| c.last_in = core.now());
-        match op {
-            OP_BINARY | OP_CONT => {
-                // `message` is Some exactly while a fragmented message is open.
-                // A message starts with room for its frame length prefix.
-                let m = match (op, message.as_mut()) {
-                    (OP_BINARY, None) => message.insert(vec![0; LEN_PREFIX_BYTES]),
-                    (OP_CONT, Some(m)) => m,
-                    (OP_BINARY, Some(_)) => {
-                        return fail(
-                            CloseReason::ProtocolViolation,
-                            "a new message inside a fragmented one",
-                        )
-                    }
-                    _ => {
-                        return fail(
-                            CloseReason::ProtocolViolation,
-                            "a continuation with no message started",
-                        )
-                    }
-                };
-                m.extend(unmasked);
-                if fin {
-                    // Whole: a length-prefixed frame for the decoder.
-                    if let Some(mut m) = message.take() {
-                        let n = (m.len() - LEN_PREFIX_BYTES) as u32;
-                        m[..LEN_PREFIX_BYTES].copy_from_slice(&n.to_be_bytes());
-                        out.push(m);
-                    }
-                }
-            }
-            OP_TEXT => {
-                return fail(
-                    CloseReason::ProtocolViolation,
-                    "a text message (frames are binary)",
-                )
-            }
-            OP_PING => {
+    }
+    let mut out = Vec::new();
+    // `Conn::ws` stays open on a failure, so the close frame with the
+    // reason goes out.
+    let fail = |out, reason, why: &str| (None, Vec::new(), (out, Some((reason, why.to_string()))));
+    for ev in parsed.events {
+        match ev {
+            Event::Message(m) => out.push(m),
+            Event::Ping(payload) => {
                 // Pongs count against outbound_bytes_max like any output: a
                 // client that pings without reading is a slow consumer.
                 let limit = core.cfg.outbound_bytes_max as usize;
@@ -421,15 +349,164 @@ fn frames(
                     .unwrap_or(false);
                 if !queued {
                     return fail(
+                        out,
                         CloseReason::SlowConsumer,
                         "pings faster than pongs are read",
                     );
                 }
             }
-            OP_PONG => {}
+            Event::Pong => {}
+            Event::Close(echo) => {
+                core.with_conn(idx, id, |c| send_raw(core, c, frame(OP_CLOSE, &echo)));
+                core.with_conn(idx, id, |c| c.ws = CLOSE_SENT);
+                core.close(idx, id, CloseReason::ClientClosed, None);
+                return (None, Vec::new(), (out, None));
+            }
+        }
+    }
+    if let Some(e) = parsed.error {
+        return fail(out, e.close_reason(), &e.to_string());
+    }
+    let rest = if parsed.used == partial.len() {
+        Vec::new()
+    } else {
+        partial.split_off(parsed.used)
+    };
+    (message.map(Ws::Fragments), rest, (out, None))
+}
+
+/// What a client's WebSocket frames amount to, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A whole binary message, as a length-prefixed frame for the decoder.
+    Message(Vec<u8>),
+    /// A ping and its payload (at most 125 bytes), to answer with a pong.
+    Ping(Vec<u8>),
+    Pong,
+    /// A close frame: the payload to echo (its code when valid, 1002 for
+    /// a bad one, nothing for none). Nothing after it is read.
+    Close(Vec<u8>),
+}
+
+/// A client frame that closes the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("reserved bits set (no extension was negotiated)")]
+    ReservedBits,
+    #[error("a client frame without a mask")]
+    Unmasked,
+    #[error("a control frame over 125 bytes or fragmented")]
+    BadControl,
+    #[error("message larger than frame_bytes_max")]
+    TooLarge,
+    #[error("a new message inside a fragmented one")]
+    NestedMessage,
+    #[error("a continuation with no message started")]
+    StrayContinuation,
+    #[error("a text message (frames are binary)")]
+    Text,
+    #[error("unknown opcode")]
+    UnknownOpcode,
+}
+
+impl FrameError {
+    pub fn close_reason(self) -> CloseReason {
+        match self {
+            FrameError::TooLarge => CloseReason::FrameTooLarge,
+            _ => CloseReason::ProtocolViolation,
+        }
+    }
+}
+
+/// What [`parse_frames`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub events: Vec<Event>,
+    /// Bytes of whole frames taken from the front of the input (the rest
+    /// starts a frame not complete yet).
+    pub used: usize,
+    /// Whole frames taken (a fragment or a pong makes no event but is one).
+    pub frames: usize,
+    /// The frame that ends the connection, after `events`.
+    pub error: Option<FrameError>,
+}
+
+/// Parses client frames (RFC 6455 §5): pure, bytes in, events out, so the
+/// fuzz target `ws_frames` drives it. `message` holds a fragmented message
+/// across calls (Some exactly while one is open); `max` bounds a message's
+/// payload. Stops at a close frame, an error, or an incomplete frame.
+pub fn parse_frames(buf: &[u8], max: usize, message: &mut Option<Vec<u8>>) -> Parsed {
+    let mut p = Parsed::default();
+    loop {
+        let b = &buf[p.used..];
+        if b.len() < 2 {
+            return p;
+        }
+        let (fin, op, masked) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[1] & 0x80 != 0);
+        let refuse = |mut p: Parsed, e| {
+            p.error = Some(e);
+            p
+        };
+        if b[0] & 0x70 != 0 {
+            return refuse(p, FrameError::ReservedBits);
+        }
+        if !masked {
+            return refuse(p, FrameError::Unmasked);
+        }
+        let (len, at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => {
+                let l = u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+                (usize::try_from(l).unwrap_or(usize::MAX), 10)
+            }
+            126 | 127 => return p,
+            l => (l as usize, 2),
+        };
+        if op >= 8 && (len > CONTROL_PAYLOAD_BYTES_MAX || !fin) {
+            return refuse(p, FrameError::BadControl);
+        }
+        let so_far = message
+            .as_ref()
+            .map_or(0, |m| m.len().saturating_sub(LEN_PREFIX_BYTES));
+        if len > max || (op < 8 && so_far.saturating_add(len) > max) {
+            return refuse(p, FrameError::TooLarge);
+        }
+        // `len <= max` here, so the sum cannot overflow.
+        if b.len() < at + 4 + len {
+            return p;
+        }
+        let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let unmasked = b[at + 4..at + 4 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ mask[i % 4]);
+        p.used += at + 4 + len;
+        p.frames += 1;
+        match op {
+            OP_BINARY | OP_CONT => {
+                // A message starts with room for its frame length prefix.
+                let m = match (op, message.as_mut()) {
+                    (OP_BINARY, None) => message.insert(vec![0; LEN_PREFIX_BYTES]),
+                    (OP_CONT, Some(m)) => m,
+                    (OP_BINARY, Some(_)) => return refuse(p, FrameError::NestedMessage),
+                    _ => return refuse(p, FrameError::StrayContinuation),
+                };
+                m.extend(unmasked);
+                if fin {
+                    // Whole: a length-prefixed frame for the decoder.
+                    if let Some(mut m) = message.take() {
+                        let n = (m.len() - LEN_PREFIX_BYTES) as u32;
+                        m[..LEN_PREFIX_BYTES].copy_from_slice(&n.to_be_bytes());
+                        p.events.push(Event::Message(m));
+                    }
+                }
+            }
+            OP_TEXT => return refuse(p, FrameError::Text),
+            OP_PING => p.events.push(Event::Ping(unmasked.collect())),
+            OP_PONG => p.events.push(Event::Pong),
             OP_CLOSE => {
-                // Echo the code, then close cleanly.
                 // Echo a valid code; answer 1002 (protocol error) to a bad one.
+                let payload: Vec<u8> = unmasked.collect();
                 let code =
                     (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 let valid = |c: u16| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999);
@@ -438,21 +515,12 @@ fn frames(
                     Some(c) if valid(c) => c.to_be_bytes().to_vec(),
                     _ => 1002u16.to_be_bytes().to_vec(),
                 };
-                core.with_conn(idx, id, |c| send_raw(core, c, frame(OP_CLOSE, &echo)));
-                core.with_conn(idx, id, |c| c.ws = CLOSE_SENT);
-                core.close(idx, id, CloseReason::ClientClosed, None);
-                return (None, Vec::new(), Ok(out));
+                p.events.push(Event::Close(echo));
+                return p;
             }
-            _ => return fail(CloseReason::ProtocolViolation, "unknown opcode"),
+            _ => return refuse(p, FrameError::UnknownOpcode),
         }
     }
-    let rest = if pos == partial.len() {
-        Vec::new()
-    } else {
-        partial.split_off(pos)
-    };
-    let state = message.map(Ws::Fragments);
-    (state, rest, Ok(out))
 }
 
 /// Before a WebSocket connection is torn down: the close frame with the

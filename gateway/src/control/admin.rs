@@ -2,12 +2,15 @@
 //! (Prometheus text), `/healthz` (200 "ok", 503 while draining or when a
 //! core does not answer), `/stats` (JSON), `/connz` (connections, filtered);
 //! `POST /drain`, `/kick`, `/tls/reload`. With `admin_token_env` set, every
-//! endpoint but /healthz needs `Authorization: Bearer <token>`. A
-//! deliberately tiny HTTP/1.1 server: one request per connection, bounded
-//! head and time.
+//! endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`.
+//! A deliberately tiny HTTP/1.1 server: one request per connection; the
+//! head is bounded in size (8 KiB) and time (2 s), the token is checked
+//! before anything is done, and at most 256 connections are open, the
+//! slowest head evicted for a new one, so slow clients cannot starve a
+//! liveness probe.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,55 +24,100 @@ use crate::metrics;
 
 /// Largest request head read, bytes.
 const HEAD_BYTES_MAX: usize = 8 * 1024;
-/// Time a client gets to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to send its whole request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time to answer a request once its head is in.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a core gets to answer a snapshot request.
 const CORE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Admin requests served at once; more wait in the backlog.
-const CONCURRENT_MAX: usize = 64;
+/// Admin connections open at once. At the cap a new connection evicts the
+/// one that has been sending its head the longest: a slowloris holding
+/// every slot loses one per new connection, so a probe (`/healthz` every
+/// few seconds) always gets through.
+const CONNS_MAX: usize = 256;
+
+/// Connections still sending their request head, oldest first.
+#[derive(Default)]
+struct Reading {
+    next: u64,
+    heads: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// Counts an admin connection while its task lives (also when aborted).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_MAX));
+    let open = Arc::new(AtomicUsize::new(0));
+    let reading = Arc::new(Mutex::new(Reading::default()));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (sock, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                tracing::warn!(error = %e, "admin accept failed (out of files?); retrying in 100 ms");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, handle(sock, &shared)).await;
-            drop(permit);
+        if open.load(Ordering::SeqCst) >= CONNS_MAX {
+            // Evict the slowest head; its task's slot frees on abort.
+            let oldest = lock(&reading).heads.pop_front();
+            match oldest {
+                Some((_, abort)) => abort.abort(),
+                None => continue, // every slot is answering: drop this one
+            }
+        }
+        open.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(open.clone());
+        let (shared, reading2) = (shared.clone(), reading.clone());
+        let mut r = lock(&reading);
+        let id = r.next;
+        r.next += 1;
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            let _ = handle(sock, &shared, &reading2, id).await;
         });
+        // Before the task runs (this runtime has one thread): it finds its
+        // entry to remove once its head is in.
+        r.heads.push_back((id, task.abort_handle()));
     }
 }
 
-async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut buf = vec![0u8; HEAD_BYTES_MAX];
-    let mut len = 0;
-    let end = loop {
-        if let Some(p) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
+fn lock(r: &Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn handle(
+    mut sock: tokio::net::TcpStream,
+    shared: &Shared,
+    reading: &Mutex<Reading>,
+    id: u64,
+) -> std::io::Result<()> {
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut sock)).await;
+    {
+        let mut r = lock(reading);
+        if let Some(p) = r.heads.iter().position(|(i, _)| *i == id) {
+            r.heads.remove(p);
         }
-        if len == buf.len() {
-            return respond(&mut sock, 431, "text/plain", "request head too large\n").await;
+    }
+    let buf = match head {
+        Err(_) | Ok(Ok(None)) => return Ok(()), // too slow, or closed: nothing to answer
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Some(Err(())))) => {
+            return respond(&mut sock, 431, "text/plain", "request head too large\n").await
         }
-        let n = match tokio::time::timeout(REQUEST_TIMEOUT, sock.read(&mut buf[len..])).await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(r) => r?,
-        };
-        len += n;
+        Ok(Ok(Some(Ok(buf)))) => buf,
     };
-    let req = match Request::parse(&buf[..end]) {
+    let req = match Request::parse(&buf) {
         Ok(r) => r,
         Err(why) => return respond(&mut sock, 400, "text/plain", &format!("{why}\n")).await,
     };
+    // The token before anything else: nothing is done for a request without it.
     if !matches!(req.path, "/healthz" | "/readyz") && !authorized(shared, &req) {
         return respond(
             &mut sock,
@@ -79,13 +127,39 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: &Shared) -> std::io::Re
         )
         .await;
     }
-    let (status, ctype, body) = route(shared, &req).await;
-    let res = respond(&mut sock, status, ctype, &body).await;
-    if body.len() > GIVE_BACK_AFTER_BYTES {
-        drop(body);
-        crate::heap::give_back();
+    let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let (status, ctype, body) = route(shared, &req).await;
+        let res = respond(&mut sock, status, ctype, &body).await;
+        if body.len() > GIVE_BACK_AFTER_BYTES {
+            drop(body);
+            crate::heap::give_back();
+        }
+        res
+    })
+    .await;
+    answered.unwrap_or(Ok(()))
+}
+
+/// Reads a request head (up to the blank line). None: the peer closed
+/// first; Some(Err): over `HEAD_BYTES_MAX`.
+async fn read_head(
+    sock: &mut tokio::net::TcpStream,
+) -> std::io::Result<Option<Result<Vec<u8>, ()>>> {
+    let mut buf = vec![0u8; HEAD_BYTES_MAX];
+    let mut len = 0;
+    loop {
+        if let Some(p) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(p);
+            return Ok(Some(Ok(buf)));
+        }
+        if len == buf.len() {
+            return Ok(Some(Err(())));
+        }
+        match sock.read(&mut buf[len..]).await? {
+            0 => return Ok(None),
+            n => len += n,
+        }
     }
-    res
 }
 
 /// After an answer this big (a `/connz` of thousands), the control thread

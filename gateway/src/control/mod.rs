@@ -52,7 +52,7 @@ impl ControlPlane {
         let admin = if cfg.admin_listen.is_empty() {
             None
         } else {
-            let l = bind_admin(&cfg.admin_listen).with_context(|| {
+            let l = bind_admin(&cfg.admin_listen, cfg.listen_shared).with_context(|| {
                 format!(
                     "binding the admin server on {} (set admin_listen, or \"\" to disable)",
                     cfg.admin_listen
@@ -139,7 +139,7 @@ async fn handle_signals(shared: Arc<Shared>) {
             _ = term.recv() => shared.draining.load(Ordering::SeqCst),
             _ = int.recv() => true,
             _ = hup.recv() => {
-                let _ = reload_tls(&shared); // the outcome is logged
+                reload(&shared);
                 continue;
             }
         };
@@ -154,6 +154,7 @@ pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
     if !fast && !first {
         return false;
     }
+    crate::notify::stopping(fast);
     if fast {
         tracing::info!("stopping now (SIGINT, or a second SIGTERM)");
     } else {
@@ -174,11 +175,14 @@ pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
 /// The admin listener, with SO_REUSEPORT like the client listeners: during
 /// a binary upgrade the new process binds the same address while the old
 /// one drains (OPERATIONS.md).
-fn bind_admin(addr: &str) -> std::io::Result<std::net::TcpListener> {
+fn bind_admin(addr: &str, shared: bool) -> std::io::Result<std::net::TcpListener> {
     use std::net::ToSocketAddrs as _;
     let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
     })?;
+    if !shared {
+        crate::listener::ensure_free(addr, "admin_listen")?;
+    }
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -192,8 +196,9 @@ fn bind_admin(addr: &str) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// The admin token from the variable `admin_token_env` names.
-fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+/// The admin token from the variable `admin_token_env` names (also
+/// checked by `gateway check-config`).
+pub fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
     let Some(var) = &cfg.admin_token_env else {
         return Ok(None);
     };
@@ -202,6 +207,24 @@ fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
         Ok(_) => anyhow::bail!("admin_token_env: the token in ${var} is shorter than 16 bytes; use a random one (e.g. `openssl rand -hex 24`)"),
         Err(_) => anyhow::bail!("admin_token_env names ${var}, which is not set (or not UTF-8): export it, or remove admin_token_env"),
     }
+}
+
+/// SIGHUP (`systemctl reload`): reloads the TLS certificate and key, the
+/// only settings that change without a restart, and tells systemd.
+fn reload(shared: &Shared) {
+    crate::notify::reloading();
+    let outcome = if shared.cfg.tls.enabled() && !shared.cfg.tls.self_signed {
+        match reload_tls(shared) {
+            Ok(()) => format!("TLS certificate reloaded from {}", shared.cfg.tls.cert_file),
+            Err(e) => format!("TLS reload failed, the current certificate stays in use: {e}"),
+        }
+    } else {
+        tracing::info!(
+            "SIGHUP: nothing to reload (no TLS certificate files); other settings take a restart"
+        );
+        "nothing to reload (no TLS certificate files); other settings take a restart".into()
+    };
+    crate::notify::reloaded(shared, &outcome);
 }
 
 /// Reloads the TLS certificate and key (SIGHUP, `POST /tls/reload`).

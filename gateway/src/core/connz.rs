@@ -211,7 +211,7 @@ fn describe(core: &Core, c: &Conn, now: Tick, tick_ms: u64, full: bool) -> ConnI
         bytes_out: c.bytes_out,
         queued_bytes: c.out_bytes,
         unacked: c.window.len(),
-        inflight: c.inflight,
+        inflight: c.inflight.into(),
         heartbeat_ms: c.heartbeat_ms,
         rooms: if full {
             c.rooms().iter().map(|r| r.to_string()).collect()

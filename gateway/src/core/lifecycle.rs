@@ -26,6 +26,7 @@ impl Core {
                 return;
             }
             let c = st.conns.remove(idx as usize);
+            self.preauth.release(crate::conn::preauth::bytes(&c));
             // shutdown first: FIN now, even if something else holds the file.
             // SAFETY: the connection's socket, closed exactly once, here.
             unsafe {

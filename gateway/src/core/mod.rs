@@ -12,6 +12,7 @@
 
 pub mod connz;
 mod deliver;
+pub mod expiry;
 mod lifecycle;
 pub mod overload;
 pub mod push;
@@ -83,12 +84,8 @@ pub struct Conn {
     pub id: u64,
     /// The socket; closed by `teardown`.
     pub fd: i32,
-    /// On the core's ready list.
-    pub queued: bool,
-    /// A read edge was seen and the socket is not known to be drained.
-    pub readable: bool,
-    /// The last write hit EAGAIN: wait for the write edge.
-    pub write_blocked: bool,
+    /// I/O and session bits in one byte (see [`Flags`]).
+    pub flags: Flags,
     /// WebSocket: 0 = not upgraded, 1 = open, 2 = open and a close frame
     /// sent (one byte, so an idle WebSocket costs nothing more).
     pub ws: u8,
@@ -112,12 +109,77 @@ pub struct Conn {
     /// Bytes of a frame not yet complete (empty, unallocated, when idle).
     pub partial: Vec<u8>,
     pub close: Option<CloseReason>,
-    /// Upstream requests of this connection awaiting the backend.
-    pub inflight: u32,
+    /// Upstream requests of this connection awaiting the backend (at most
+    /// `upstream_inflight_per_conn_max`, ≤ 65,535).
+    pub inflight: u16,
+    /// The token's expiry, unix seconds; the session ends at this plus
+    /// `auth.leeway_s` unless refreshed. 0 = never (or not authenticated).
+    pub expires: u32,
     /// Upstream frames allowed by `upstream_rate_per_conn_per_s` (8 bytes).
     pub upstream_bucket: overload::Bucket,
     /// What most connections never use, allocated on first use.
     pub extra: Option<Box<Extra>>,
+}
+
+/// Bits of a connection's state, packed in one byte (the connection record
+/// is paid per connection): on the ready list, readable, write-blocked,
+/// token expiry noticed, first plaintext seen.
+#[derive(Clone, Copy, Default)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// On the core's ready list.
+    const QUEUED: u8 = 1;
+    /// A read edge was seen and the socket is not known to be drained.
+    const READABLE: u8 = 2;
+    /// The last write hit EAGAIN: wait for the write edge.
+    const WRITE_BLOCKED: u8 = 4;
+    /// TokenExpiring was sent for the current token.
+    const EXPIRY_NOTICED: u8 = 8;
+    /// The connection's first plaintext (its own bytes, or the first out
+    /// of TLS) was seen: WebSocket or frames is decided (`conn/io.rs`).
+    const PLAIN_SEEN: u8 = 16;
+
+    fn get(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+    pub fn queued(self) -> bool {
+        self.get(Self::QUEUED)
+    }
+    pub fn set_queued(&mut self, on: bool) {
+        self.set(Self::QUEUED, on)
+    }
+    pub fn readable(self) -> bool {
+        self.get(Self::READABLE)
+    }
+    pub fn set_readable(&mut self, on: bool) {
+        self.set(Self::READABLE, on)
+    }
+    pub fn write_blocked(self) -> bool {
+        self.get(Self::WRITE_BLOCKED)
+    }
+    pub fn set_write_blocked(&mut self, on: bool) {
+        self.set(Self::WRITE_BLOCKED, on)
+    }
+    pub fn expiry_noticed(self) -> bool {
+        self.get(Self::EXPIRY_NOTICED)
+    }
+    pub fn set_expiry_noticed(&mut self, on: bool) {
+        self.set(Self::EXPIRY_NOTICED, on)
+    }
+    pub fn plain_seen(self) -> bool {
+        self.get(Self::PLAIN_SEEN)
+    }
+    pub fn set_plain_seen(&mut self, on: bool) {
+        self.set(Self::PLAIN_SEEN, on)
+    }
 }
 
 /// The rarely used part of a connection's state.
@@ -226,6 +288,9 @@ pub struct Core {
     pub overload: overload::Overload,
     /// Subscription tickets, held logins and NATS outages (`reach.rs`).
     pub reach: reach::Reach,
+    /// What unauthenticated connections buffer (`conn/preauth.rs`).
+    pub preauth: crate::conn::preauth::Preauth,
+    pub preauth_log: crate::metrics::LogLimit,
     start: Instant,
 }
 
@@ -278,6 +343,8 @@ impl Core {
             tls: RefCell::new(None),
             overload: load,
             reach,
+            preauth: Default::default(),
+            preauth_log: Default::default(),
             start: Instant::now(),
         }
     }
@@ -309,9 +376,7 @@ impl Core {
         entry.insert(Conn {
             id,
             fd,
-            queued: false,
-            readable: true,
-            write_blocked: false,
+            flags: Flags(Flags::READABLE),
             ws: 0,
             user: None,
             device: None,
@@ -328,6 +393,7 @@ impl Core {
             partial: Vec::new(),
             close: None,
             inflight: 0,
+            expires: 0,
             upstream_bucket: Default::default(),
             extra: None,
         });
@@ -339,7 +405,7 @@ impl Core {
         }
         if let Some(c) = st.conns.get_mut(idx as usize) {
             c.due = at;
-            c.queued = true; // serve it once: data may have arrived before registration
+            c.flags.set_queued(true); // serve it once: data may have arrived before registration
         }
         drop(st);
         self.push_work(id);
@@ -349,8 +415,8 @@ impl Core {
 
     /// Puts a connection on the ready list (once) and wakes the I/O loop.
     pub fn ready(&self, c: &mut Conn) {
-        if !c.queued {
-            c.queued = true;
+        if !c.flags.queued() {
+            c.flags.set_queued(true);
             self.push_work(c.id);
             self.wake_io();
         }
@@ -358,7 +424,7 @@ impl Core {
 
     /// Puts a connection being served back at the end of the ready list.
     pub fn requeue(&self, c: &mut Conn) {
-        c.queued = true;
+        c.flags.set_queued(true);
         self.push_work(c.id);
     }
 
@@ -530,5 +596,16 @@ impl Core {
         );
         (s.admission_level, s.queue_delay_us) = self.overload.gauges();
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The connection record is most of what an idle connection costs in
+    /// user space (ARCHITECTURE.md §10): a field added here is paid a
+    /// million times. Grow it only on purpose, and update the figure.
+    #[test]
+    fn conn_record_stays_within_its_budget() {
+        assert_eq!(std::mem::size_of::<super::Conn>(), 200);
     }
 }

@@ -21,6 +21,8 @@ enum After {
     AuthTimeout,
     /// A held login whose subscription was not confirmed by its auth deadline.
     Unreachable,
+    /// The session's token expired.
+    TokenExpired,
     Expired(Rc<str>, Rc<str>, Vec<Unacked>),
 }
 
@@ -60,6 +62,7 @@ impl Core {
                     self.close(e.idx, e.conn_id, CloseReason::AuthTimeout, Some(err));
                 }
                 After::Unreachable => self.refuse_login(e.idx, e.conn_id),
+                After::TokenExpired => self.token_expired(e.idx, e.conn_id),
                 After::Expired(user, device, items) => self.report_undelivered(
                     e.conn_id,
                     user,
@@ -107,6 +110,10 @@ impl Core {
             self.ready(c);
             return After::Nothing;
         }
+        let expiry = match self.expiry_check(c, super::expiry::unix_now()) {
+            super::expiry::Expiry::Ended => return After::TokenExpired,
+            super::expiry::Expiry::Next(t) => t,
+        };
         let ack_ticks = self.ticks(self.cfg.ack_timeout_ms);
         let (mut resend, mut expired) = (Vec::new(), Vec::new());
         c.window.expire(
@@ -134,6 +141,9 @@ impl Core {
             .window
             .next_due(ack_ticks)
             .map_or(idle_deadline, |d| d.min(idle_deadline));
+        if let Some(t) = expiry {
+            next = next.min(t);
+        }
         if let Some(b) = c
             .extra
             .as_ref()

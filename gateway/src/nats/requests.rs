@@ -8,16 +8,51 @@
 //! (hung, SIGSTOPped: the kernel still completes the handshake) holds a
 //! reconnecting client forever. So each core's client sits behind a
 //! [`Requests`] handle, and [`supervise`] replaces a client that has not
-//! been connected for two ping intervals plus a connect timeout with a new
-//! one that knows every server the core's interest connection has learned
-//! (INFO `connect_urls`, also from later INFO updates). Everything that
-//! sends takes the current client from the handle each time.
+//! been connected for two ping intervals plus a connect timeout, while the
+//! core's interest connection is up on some server, with a new one that
+//! knows every server the interest connection has learned (INFO
+//! `connect_urls`, also from later INFO updates). Everything that sends
+//! takes the current client from the handle each time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::interest::{self, Interest};
 use super::NatsConfig;
+
+/// Whether this client has ever connected (async-nats reports the first
+/// connection's server in its server info).
+fn ever_up(requests: &Requests) -> bool {
+    !requests.current().server_info().server_id.is_empty()
+}
+
+/// At most one line per `THROTTLE_WINDOW` from one place, with how many
+/// were held back since the last (async-nats reports every failed
+/// reconnection attempt, per core, every few seconds).
+#[derive(Default)]
+pub struct Throttle(std::sync::Mutex<Option<(Instant, u64)>>);
+
+/// Window of [`Throttle`].
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+
+impl Throttle {
+    /// Some(n) when a line may be logged now, n = lines held back since
+    /// the last one; None when this one is held back (and counted).
+    pub fn allow(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *g {
+            Some((at, held)) if at.elapsed() < THROTTLE_WINDOW => {
+                *held += 1;
+                None
+            }
+            slot => {
+                let held = slot.map_or(0, |(_, n)| n);
+                *slot = Some((Instant::now(), 0));
+                Some(held)
+            }
+        }
+    }
+}
 
 /// What a core's request client is made from.
 #[derive(Clone)]
@@ -67,16 +102,27 @@ pub async fn connect(
     if in_order {
         opts = opts.retain_servers_order();
     }
+    let throttle = Arc::new(Throttle::default());
     let opts = opts.event_callback(move |ev| {
-        let (node, url_list) = (node.clone(), url_list.clone());
+        let (node, url_list, throttle) = (node.clone(), url_list.clone(), throttle.clone());
         async move {
             match ev {
-                async_nats::Event::Connected => tracing::info!(%node, core, "NATS connected"),
-                async_nats::Event::Disconnected => tracing::warn!(
-                    %node, core, urls = %url_list,
-                    "NATS connection lost: upstream frames get BACKEND_UNAVAILABLE until it is back; reconnecting"
-                ),
-                other => tracing::warn!(%node, core, event = %other, "NATS"),
+                async_nats::Event::Connected => {
+                    tracing::info!(%node, core, "NATS request connection up")
+                }
+                async_nats::Event::Disconnected => {
+                    if let Some(more) = throttle.allow() {
+                        tracing::warn!(
+                            %node, core, urls = %url_list, repeats = more,
+                            "NATS connection lost: upstream frames get BACKEND_UNAVAILABLE until it is back; reconnecting (is nats-server up at these URLs?)"
+                        )
+                    }
+                }
+                other => {
+                    if let Some(more) = throttle.allow() {
+                        tracing::warn!(%node, core, event = %other, repeats = more, "NATS request connection: check nats.urls and the credentials")
+                    }
+                }
             }
         }
     });
@@ -105,8 +151,19 @@ pub async fn supervise(
             down_since = None;
             continue;
         }
+        if down_since.is_none() && !ever_up(&requests) {
+            // Never connected (NATS unreachable at start): async-nats says
+            // nothing of that at warn, so say it here, once per outage.
+            tracing::warn!(
+                node = %spec.node, core = spec.core, urls = %spec.cfg.urls.join(","),
+                "NATS connection lost (not reachable since start): upstream frames get BACKEND_UNAVAILABLE and logins wait until it is back; check that nats-server runs at nats.urls and the credentials"
+            );
+        }
         let since = *down_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < stuck_after {
+        // Replace only a client that is stuck while a server answers (the
+        // interest connection is up): with NATS down altogether, waiting
+        // keeps what async-nats buffered for the reconnect.
+        if since.elapsed() < stuck_after || !interest.is_connected() {
             continue;
         }
         // The server the interest connection is on now first (it answers),

@@ -261,3 +261,95 @@ fn wrong_issuer_or_audience() {
     c["aud"] = json!({"x": 1});
     assert!(hs_verifier().verify(&hs_with(&c), NOW).is_ok());
 }
+
+/// n − s for a P-256 `s`, big-endian.
+fn p256_negate(s: &[u8]) -> Vec<u8> {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = N[i] as i16 - s[i] as i16 - borrow;
+        borrow = if d < 0 { 1 } else { 0 };
+        if d < 0 {
+            d += 256;
+        }
+        out[i] = d as u8;
+    }
+    out
+}
+
+/// (r, s) and (r, n − s) are both valid ECDSA signatures. With
+/// `es256_low_s_only` only the low-S one is accepted, so a seen token
+/// cannot be turned into a second valid token by flipping s; by default
+/// both are (standard libraries make both).
+#[test]
+fn es256_high_s_is_rejected_when_asked() {
+    let key = p256_key();
+    let strict = VerifyOptions {
+        es256_low_s_only: true,
+        ..Default::default()
+    };
+    let v = Verifier::new(vec![pem_key(None, Alg::ES256, &key)], strict).expect("verifier");
+    let lenient = Verifier::new(
+        vec![pem_key(None, Alg::ES256, &key)],
+        VerifyOptions::default(),
+    )
+    .expect("verifier");
+    let token = es_token(&key, None, &claims());
+    let (input, sig64) = token.rsplit_once('.').expect("three parts");
+    let sig = URL_SAFE_NO_PAD.decode(sig64).expect("base64url");
+    let twin = [&sig[..32], &p256_negate(&sig[32..])[..]].concat();
+    let with = |sig: &[u8]| format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig));
+    let (low, high) = if sig[32..] <= twin[32..] {
+        (with(&sig), with(&twin))
+    } else {
+        (with(&twin), with(&sig))
+    };
+    assert_eq!(v.verify(&low, NOW), Ok(expected()));
+    assert_eq!(v.verify(&high, NOW), Err(JwtError::BadSignature));
+    assert_eq!(lenient.verify(&high, NOW), Ok(expected()));
+}
+
+/// `exp` further ahead than `lifetime_max_s` (and 1e300, which saturates
+/// to "never") is refused.
+#[test]
+fn absurd_expiry_is_rejected() {
+    let v = Verifier::new(vec![hs_key(None)], VerifyOptions::default()).expect("verifier");
+    let max = VerifyOptions::default().lifetime_max_s;
+    let at = |exp: Value| sign_hs256(SECRET, None, &json!({"sub": "u", "exp": exp}));
+    assert!(v.verify(&at(json!(NOW + max)), NOW).is_ok());
+    assert_eq!(
+        v.verify(&at(json!(NOW + max + 1)), NOW),
+        Err(JwtError::LifetimeTooLong(max))
+    );
+    assert_eq!(
+        v.verify(&at(json!(1e300)), NOW),
+        Err(JwtError::LifetimeTooLong(max))
+    );
+}
+
+/// Why `es256_low_s_only` is off by default: a standard library signs
+/// high-S about half the time (measured here: 191 of 400 once).
+#[test]
+fn a_standard_library_makes_high_s_tokens() {
+    let key = p256_key();
+    let mut high = 0;
+    for i in 0..400 {
+        let token = es_token(
+            &key,
+            None,
+            &json!({"sub": format!("u{i}"), "exp": NOW + 60}),
+        );
+        let sig = URL_SAFE_NO_PAD
+            .decode(token.rsplit_once('.').unwrap().1)
+            .unwrap();
+        if sig[32..] > p256_negate(&sig[32..])[..] {
+            high += 1;
+        }
+    }
+    assert!((100..=300).contains(&high), "high-S: {high} of 400");
+}

@@ -1,0 +1,97 @@
+# The hostile scenario of bench/run.sh (described in run.sh's header).
+# Sourced by bench/run.sh, not run directly: it uses run.sh's settings and
+# helpers ($TMP, $STEM, $OUT, ports, wait_health, stop_pid, forget,
+# flood_run, conditions) and start_tls_gateway from run_transports.sh.
+# Entry point: hostile_scenario.
+# shellcheck shell=bash
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    echo "bench/run_hostile.sh is sourced by bench/run.sh: run bench/run.sh hostile" >&2
+    exit 2
+fi
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# honest NAME FILE: $H_CONNS honest clients connect (TLS) and echo at
+# $H_RATE/s for $H_DURATION_S s against the running gateway; JSON to FILE.
+honest() {
+    flood_run "$1" echo --target "127.0.0.1:$GW_PORT" --conns "$H_CONNS" --msgs-per-s "$H_RATE" \
+        --duration-s "$H_DURATION_S" --rate "$H_CONNECT_RATE" --inflight 64 --tls --ca "$TGW_CA" \
+        --first-id 900000 --json "$STEM-$1.json"
+    jq '{conns_established, conns_failed: .conns_failed.total,
+         connect_auth_ms: {p50: .connect_auth_latency.p50_ms, p99: .connect_auth_latency.p99_ms},
+         echo_ms: {p50: .echo.rtt.p50_ms, p99: .echo.rtt.p99_ms}, replies: .echo.replies}' "$STEM-$1.json" >"$2"
+}
+
+# hostile_one KIND FILE: a fresh gateway; honest clients on a quiet node;
+# then $H_N hostile connections of KIND held while the honest clients run
+# again; gateway RSS before, at the peak of the attack, and after.
+hostile_one() {
+    local kind=$1 rss0 rss1 rss2 peak=0 r hp
+    echo "== $kind: $H_N hostile connections against one gateway (--cores $GW_CORES), honest TLS clients quiet and under attack"
+    TMPDIR=$TMP MIMALLOC_ALLOW_THP=$GW_ALLOW_THP "$GW_BIN_DIR/gateway" --demo --cores "$GW_CORES" --tls-self-signed \
+        --node-id "hostile-$kind" --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+        >"$TMP/hostile-$kind.log" 2>&1 &
+    TGW_PID=$!
+    STARTED+=("$TGW_PID")
+    wait_health "$ADMIN_PORT" "$TGW_PID" "$TMP/hostile-$kind.log"
+    TGW_CA=$TMP/gateway-hostile-$kind-self-signed.pem
+    sleep 1
+    honest "quiet-$kind" "$TMP/quiet-$kind.json"
+    rss0=$(rss_kb "$TGW_PID")
+    rm -f "$TMP/ready"
+    ./target/release/hostile --target "127.0.0.1:$GW_PORT" --kind "$kind" --conns "$H_N" \
+        --rate "$H_ATTACK_RATE" --hold-s "$H_HOLD_S" --ready-file "$TMP/ready" >"$TMP/hostile-$kind.out" 2>&1 &
+    hp=$!
+    STARTED+=("$hp")
+    while [[ ! -s $TMP/ready ]]; do
+        kill -0 "$hp" 2>/dev/null || { cat "$TMP/hostile-$kind.out" >&2; exit 1; }
+        r=$(rss_kb "$TGW_PID"); ((r > peak)) && peak=$r
+        sleep 0.2
+    done
+    rss1=$(rss_kb "$TGW_PID"); ((rss1 > peak)) && peak=$rss1
+    honest "attack-$kind" "$TMP/attack-$kind.json"
+    r=$(rss_kb "$TGW_PID"); ((r > peak)) && peak=$r
+    wait "$hp" || { cat "$TMP/hostile-$kind.out" >&2; exit 1; }
+    forget "$hp"
+    sleep 2
+    rss2=$(rss_kb "$TGW_PID")
+    curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats" >"$TMP/stats-$kind.json"
+    stop_pid "$TGW_PID"
+    forget "$TGW_PID"
+    jq -n --arg kind "$kind" --slurpfile q "$TMP/quiet-$kind.json" --slurpfile a "$TMP/attack-$kind.json" \
+        --slurpfile h "$TMP/hostile-$kind.out" --slurpfile st "$TMP/stats-$kind.json" \
+        --arg r0 "$rss0" --arg r1 "$rss1" --arg r2 "$rss2" --arg pk "$peak" '
+        ($q[0]) as $q | ($a[0]) as $a | ($st[0]) as $st |
+        {kind: $kind, hostile: $h[0],
+         gateway_rss_kb: {before: ($r0|tonumber), attack_open: ($r1|tonumber), peak: ($pk|tonumber), after: ($r2|tonumber)},
+         rss_growth_mib: ((($pk|tonumber) - ($r0|tonumber)) / 1024),
+         honest_quiet: $q, honest_attack: $a,
+         connect_p99_ratio: (if $q.connect_auth_ms.p99 > 0 then $a.connect_auth_ms.p99 / $q.connect_auth_ms.p99 else null end),
+         echo_p99_ratio: (if $q.echo_ms.p99 > 0 then $a.echo_ms.p99 / $q.echo_ms.p99 else null end),
+         closes: $st.closes, preauth_evictions: $st.counters.preauth_evictions}' >"$2"
+    jq -r '"  \(.kind): RSS +\(.rss_growth_mib|floor) MiB at the peak; honest connect p99 \(.honest_quiet.connect_auth_ms.p99) -> \(.honest_attack.connect_auth_ms.p99) ms, echo p99 \(.honest_quiet.echo_ms.p99) -> \(.honest_attack.echo_ms.p99) ms; evictions \(.preauth_evictions)"' "$2"
+}
+
+hostile_scenario() {
+    H_N=${H_N:-15000}
+    H_ATTACK_RATE=${H_ATTACK_RATE:-5000}
+    H_HOLD_S=${H_HOLD_S:-25}
+    H_CONNS=${H_CONNS:-200}
+    H_RATE=${H_RATE:-1000}
+    H_CONNECT_RATE=${H_CONNECT_RATE:-200}
+    H_DURATION_S=${H_DURATION_S:-10}
+    H_KINDS=${H_KINDS:-partial-frame partial-tls tls-handshake partial-ws}
+    local kind all='[]'
+    for kind in $H_KINDS; do
+        hostile_one "$kind" "$TMP/result-$kind.json"
+        all=$(jq -c --slurpfile r "$TMP/result-$kind.json" '. + $r' <<<"$all")
+    done
+    local cond
+    cond=$(conditions "$(jq -nc --arg n "$H_N" --arg c "$GW_CORES" '{gateway: ("1 process, --demo --tls-self-signed --cores " + $c),
+        hostile: ("one process, " + $n + " connections of each kind, one kind per fresh gateway"),
+        honest: "flood echo over TLS, 200 connections at 200 connects/s, 1000 echo/s for 10 s, quiet then during the attack"}')")
+    jq -n --argjson runs "$all" --argjson cond "$cond" '{scenario: "hostile", runs: $runs,
+        targets: {rss_growth_mib_max: 64, honest_p99_ratio_max: 2},
+        conditions: $cond}' >"$OUT"
+    echo "== result ($OUT)"
+}

@@ -49,7 +49,8 @@
 #             (`failover`: $FO_USERS 90 users get ack-required pushes at
 #             $FO_RATE 2,000/s; after $FO_BEFORE_S [3] s server k % 3 is
 #             SIGKILLed, pushes go on $FO_AFTER_S [8] s; the gap per node,
-#             then the server is restarted).
+#             then the server is restarted). CHAT_RATES="", N_BCAST=0,
+#             BF_RUNS=0 or FO_KILLS=0 leave a part out.
 #   idle      memory per idle connection over each transport in $TRANSPORTS
 #             [tcp ws tls wss]: per transport a fresh gateway (ONE process,
 #             --demo --cores 1 --tls-self-signed, all transports on one

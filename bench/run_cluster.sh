@@ -103,12 +103,19 @@ cl_counter() { # NAME: gateway_NAME summed over cores and gateway processes
         curl -fsS --max-time 5 "http://127.0.0.1:$((ADMIN_PORT + i))/metrics" 2>/dev/null || true
     done | awk -v n="gateway_$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
 }
+# cl_stat: busy and total jiffies of the whole box (/proc/stat), to tell
+# how busy it was over a window, everything included.
+cl_stat() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+cl_busy_pct() { # "BUSY0 TOTAL0" "BUSY1 TOTAL1": % of all CPUs
+    awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
+        printf "%.1f\n", (d > 0 ? (y[1] - x[1]) * 100 / d : 0)}'
+}
 cl_wait_file() { # FILE PID LOG
     while [[ ! -s $1 ]]; do kill -0 "$2" 2>/dev/null || { tail "$3" >&2; exit 1; }; sleep 0.1; done
 }
 
 cl_chat() { # RATE: flood chat, CPU of every process over the window, partners' nodes
-    local r=$1 name=chat-$1 t0 t1
+    local r=$1 name=chat-$1 t0 t1 s0 s1
     echo "== cross-node chat: $CONNS connections, $r msgs/s for $DURATION_S s"
     "$FLOOD" chat --target "127.0.0.1:$GW_PORT" --conns "$CONNS" --msgs-per-s "$r" --duration-s "$DURATION_S" \
         --rate "$RATE" --inflight "$INFLIGHT" --settle-s 2 --ready-file "$TMP/$name.ready" "${PF[@]}" \
@@ -120,22 +127,27 @@ cl_chat() { # RATE: flood chat, CPU of every process over the window, partners' 
     sleep 2 # the flood's settle: the window starts about now
     cl_ticks >"$TMP/$name-t0"
     t0=$(now)
+    s0=$(cl_stat)
     wait "$FPID" || { tail "$TMP/$name.log" >&2; exit 1; }
     forget "$FPID"
+    s1=$(cl_stat)
     t1=$(now)
     cl_ticks >"$TMP/$name-t1"
     cl_cpu_pct "$TMP/$name-t0" "$TMP/$name-t1" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" >"$TMP/$name-cpu.json"
     grep -v '^\[' "$TMP/$name.log" | sed "s/^/  [$name] /"
-    jq -c --slurpfile f "$STEM-$name.json" --slurpfile c "$TMP/$name-cpu.json" --arg n "$CONNS" '. as $m |
+    jq -c --slurpfile f "$STEM-$name.json" --slurpfile c "$TMP/$name-cpu.json" --arg n "$CONNS" \
+        --arg busy "$(cl_busy_pct "$s0" "$s1")" '. as $m |
         ($n|tonumber) as $n | [range(0; $n / 2 | floor) | [$m["u\(2 * .)"], $m["u\(2 * . + 1)"]] | select(.[0] != null and .[1] != null)] as $p |
         ($f[0]) as $f | $f.chat + {
           pairs_seen: ($p | length), pairs_across_nodes: ($p | map(select(.[0] != .[1])) | length),
           sessions_per_node: (to_entries | group_by(.value) | map({(.[0].value): length}) | add),
           cpu_pct_of_one_core: $c[0], gateway_cpu_pct_flood_window: $f.window.server_cpu_pct,
+          box_busy_pct_of_all_cpus: ($busy|tonumber),
           conns_failed: $f.conns_failed.total}' "$TMP/$name-users.json" >"$TMP/$name-out.json"
 }
 
 cl_broadcast() {
+    local s0 s1
     echo "== room broadcast through the cluster: $N_BCAST connections, $FP flood processes, $ROUNDS rounds"
     "$FLOOD" broadcast --target "127.0.0.1:$GW_PORT" --conns "$N_BCAST" --procs "$FP" --sources "$SOURCES" \
         --rate "$RATE" --inflight "$INFLIGHT" --rounds "$ROUNDS" --interval-ms "$INTERVAL_MS" "${PF[@]}" \
@@ -143,19 +155,22 @@ cl_broadcast() {
     FPID=$!
     STARTED+=("$FPID")
     cl_wait_file "$TMP/bcast.ready" "$FPID" "$TMP/bcast.log"
+    s0=$(cl_stat)
     for i in "${!GW_PIDS[@]}"; do
         curl -fsS --max-time 10 "http://127.0.0.1:$((ADMIN_PORT + i))/stats" 2>/dev/null |
             jq -c --arg n "gwc-$i" '{($n): .sessions}' || echo "{\"gwc-$i\": null}"
     done | jq -sc 'add' >"$TMP/bcast-per-gw.json"
     wait "$FPID" || { tail "$TMP/bcast.log" >&2; exit 1; }
     forget "$FPID"
+    s1=$(cl_stat)
     grep -v '^\[' "$TMP/bcast.log" | sed 's/^/  [broadcast] /'
-    jq -c --slurpfile g "$TMP/bcast-per-gw.json" '.broadcast as $b | {receivers: $b.receivers,
+    jq -c --slurpfile g "$TMP/bcast-per-gw.json" --arg busy "$(cl_busy_pct "$s0" "$s1")" '.broadcast as $b | {receivers: $b.receivers,
         all_delivered_ms_median: $b.all_delivered_ms_median, p99_ms_median: $b.p99_ms_median,
         first_round_all_delivered_ms: $b.per_round[0].all_delivered_ms,
         rounds: ($b.per_round | map({all_delivered_ms, p50_ms, p99_ms, delivered, missing})),
         missing_total: $b.missing_total, sender_error: $b.sender_error, sender_replies: $b.sender_replies,
-        deliveries_per_s: $b.deliveries_per_s, conns_failed: .conns_failed, sessions_per_node: $g[0]}' \
+        deliveries_per_s: $b.deliveries_per_s, conns_failed: .conns_failed, sessions_per_node: $g[0],
+        box_busy_pct_of_all_cpus_settle_and_rounds: ($busy|tonumber)}' \
         "$STEM-broadcast.json" >"$TMP/bcast-out.json"
 }
 
@@ -250,7 +265,7 @@ cluster_scenario() {
     CL_GW_CORES=${CL_GW_CORES:-1}
     CB_CONNS=${CB_CONNS:-1}
     CONNS=${CONNS:-1000}
-    CHAT_RATES=${CHAT_RATES:-2000 10000}
+    CHAT_RATES=${CHAT_RATES-2000 10000} # empty: no chat
     DURATION_S=${DURATION_S:-20}
     N_BCAST=${N_BCAST:-20000}
     FP=${FLOOD_PROCS:-$(( (N_BCAST + 17999) / 18000 ))}
@@ -281,10 +296,8 @@ cluster_scenario() {
     cl_where >"$TMP/where-start.json"
     local rates=()
     read -r -a rates <<<"$CHAT_RATES"
-    for r in "${rates[@]}"; do cl_chat "$r"; done
-    sleep 2
-    cl_broadcast
-    sleep 2
+    for r in "${rates[@]}"; do cl_chat "$r"; sleep 2; done
+    if (( N_BCAST > 0 )); then cl_broadcast; sleep 2; fi
     for k in $(seq 0 $((BF_RUNS - 1))); do cl_backfill "$k"; done
     for k in $(seq 0 $((FO_KILLS - 1))); do cl_failover "$k"; done
     for i in "${!GW_PIDS[@]}"; do
@@ -310,14 +323,15 @@ cluster_scenario() {
                     flood: {chat: 1, broadcast: ($fp|tonumber)}, backfill: 1, failover: 1},
         connections: {chat: ($conns|tonumber), broadcast: ($nb|tonumber), backfill: 1, failover: ($fu|tonumber)}}')")
     jq -n --argjson cond "$COND" --argjson warns "$(cat "$TMP/warns.json")" --argjson counters "$(cat "$TMP/counters.json")" \
-        --argjson chat "$(for r in "${rates[@]}"; do jq -c --arg r "$r" '{($r): .}' "$TMP/chat-$r-out.json"; done | jq -sc 'add')" \
-        --slurpfile b "$TMP/bcast-out.json" \
-        --argjson bf "$(cat "$TMP"/bf-*-out.json | jq -sc .)" --argjson fo "$(cat "$TMP"/fo-*-out.json | jq -sc .)" '{
-        scenario: "nats-cluster", chat: $chat, broadcast: $b[0], backfill: $bf, failover: $fo,
+        --argjson chat "$(for r in "${rates[@]}"; do jq -c --arg r "$r" '{($r): .}' "$TMP/chat-$r-out.json"; done | jq -sc 'add // {}')" \
+        --argjson b "$(cat "$TMP/bcast-out.json" 2>/dev/null || echo null)" \
+        --argjson bf "$(cat "$TMP"/bf-*-out.json 2>/dev/null | jq -sc .)" \
+        --argjson fo "$(cat "$TMP"/fo-*-out.json 2>/dev/null | jq -sc .)" '{
+        scenario: "nats-cluster", chat: $chat, broadcast: $b, backfill: $bf, failover: $fo,
         gateway_log_warn_lines: $warns, gateway_counters: $counters, conditions: $cond}' >"$OUT"
     echo "== result ($OUT)"
     jq -r '(.chat | to_entries[] | "chat \(.key)/s: p50 \(.value.send_to_push.p50_ms) ms, p99 \(.value.send_to_push.p99_ms) ms, \(.value.pairs_across_nodes)/\(.value.pairs_seen) pairs across nodes, \(.value.not_received_at_end) not received"),
-        "broadcast: \(.broadcast.receivers) receivers, all delivered (median round) \(.broadcast.all_delivered_ms_median) ms, p99 \(.broadcast.p99_ms_median) ms, missing \(.broadcast.missing_total)",
+        (.broadcast // empty | "broadcast: \(.receivers) receivers, all delivered (median round) \(.all_delivered_ms_median) ms, p99 \(.p99_ms_median) ms, missing \(.missing_total)"),
         (.backfill[] | "back-fill \(.user): \(.pushes_per_s | round) pushes/s end to end, \(.received)/\(.count) received, undelivered reported \(.undelivered_reported)"),
         (.failover[] | "failover (\(.killed_server) killed): " + ([.nodes | to_entries[] | select(.value.listed_killed_server) |
             "\(.key) resume \(.value.resume_ms | if . then (. * 10 | round / 10) else "-" end) ms, gap \(.value.gap_ms | if . then (. * 10 | round / 10) else "-" end) ms"] | join("; ")))' "$OUT"

@@ -74,8 +74,9 @@ fn graceful_shutdown_sends_goaway_waits_and_reports() {
         assert_eq!(g.reason, CloseReason::Drain as i32);
         assert_eq!(g.retry_after_ms, 1_000);
     }
-    eventually("healthz says draining", || {
-        http_get(admin, "/healthz").0 == 503
+    // Draining: no longer ready (/readyz), whatever /healthz says.
+    eventually("readyz says draining", || {
+        http_get(admin, "/readyz").0 == 503
     });
     // New connections are no longer accepted.
     std::thread::sleep(Duration::from_millis(50));

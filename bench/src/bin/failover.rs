@@ -17,7 +17,8 @@
 //!   before the kill, for scale);
 //! - pushes published after the kill that never arrived, by the answer
 //!   their request got ("no responders" = nobody held the user then, so
-//!   the publisher knows; "taken" and lost would be a gateway bug);
+//!   the publisher knows; "taken" and lost would be a gateway bug), and
+//!   when they were published (first and last, ms after the kill);
 //! - online events with `resync = true` seen from the node after the kill.
 //!
 //! Prints one JSON object.
@@ -328,6 +329,7 @@ fn report(
         spacing.sort_by(f64::total_cmp);
         let (mut after, mut lost) = (0u64, BTreeMap::<&str, u64>::new());
         let mut lost_before = 0u64;
+        let mut lost_when = BTreeMap::<&str, [f64; 2]>::new();
         for (i, &t) in p.at.iter().enumerate() {
             if &nodes[i % n_users] != node {
                 continue;
@@ -349,6 +351,11 @@ fn report(
                 None => "no_answer",
             };
             *lost.entry(why).or_default() += 1;
+            // When (after the kill) the lost ones of each kind were published.
+            let off = ms(t - kill);
+            let span = lost_when.entry(why).or_insert([off, off]);
+            span[0] = span[0].min(off);
+            span[1] = span[1].max(off);
         }
         let resync = p.resync.get(node.as_str());
         per_node.insert(
@@ -359,6 +366,7 @@ fn report(
                 "spacing_ms": percentile(&spacing, 0.5),
                 "published_after_kill": after,
                 "not_delivered_after_kill_by_answer": lost,
+                "not_delivered_published_ms_after_kill": lost_when,
                 "not_delivered_published_before_kill": lost_before,
                 "resync_online_events": resync.map_or(0, Vec::len),
                 "first_resync_ms": resync.and_then(|v| v.iter().min()).map(|&t| ms(t)),

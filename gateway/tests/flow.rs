@@ -158,3 +158,19 @@ fn pushes_without_ack_keep_their_place_behind_waiting_ones() {
     assert_eq!((room.seq, room.route.as_str()), (0, "room.msg"));
     gw.shutdown(false);
 }
+
+#[test]
+fn an_ack_required_push_to_a_user_online_nowhere_is_reported_once() {
+    // Two cores: the push goes to both, neither has "ghost", the last to
+    // count it reports it (NO_CONNECTION), exactly once.
+    let (gw, rec) = start(test_config());
+    let (mut alice, _) = Client::login(gw.local_addr, "alice");
+    assert_eq!(alice.call(1, "test.burst", "ghost 3").status, 0);
+    let evs = rec.wait_for("three pushes to ghost reported", |e| {
+        reported(e, "ghost").len() >= 3
+    });
+    // Anything reported twice would have arrived with the others.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(reported(&rec.events(), "ghost"), vec![0, 0, 0], "{evs:?}");
+    gw.shutdown(false);
+}

@@ -2,7 +2,7 @@
 //! stream per connection.
 //!
 //! One epoll instance per core; sockets are registered edge-triggered with
-//! the connection id as the key. The core's I/O loop (`io.rs`) waits for
+//! the connection id as the key. The epoll driver's loop (`epoll.rs`) waits for
 //! the epoll instance itself to become readable through glommio's io_uring
 //! (a poll on a dup of the epoll fd, see [`Poller::waiter`]), then collects
 //! the events with a non-blocking `epoll_wait` on its own thread.

@@ -75,7 +75,7 @@ enum Failure {
 
 /// Whether this first read of a connection starts a TLS handshake; if so
 /// (and TLS is configured), the connection becomes a TLS connection. The
-/// caller asks on a connection's first read only (`io.rs`, `layer`).
+/// caller asks on a connection's first read only (`input.rs`, `layer`).
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
     if first.first() != Some(&TLS_HANDSHAKE_BYTE) {
         return false;

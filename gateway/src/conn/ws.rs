@@ -70,7 +70,7 @@ pub fn open(c: &Conn) -> bool {
 }
 
 /// Whether this first plaintext of a connection starts a WebSocket upgrade
-/// (the caller asks on the first plaintext only: `io.rs`, `layer`).
+/// (the caller asks on the first plaintext only: `input.rs`, `layer`).
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
     if first.first() != Some(&b'G') || !core.cfg.ws.enabled {
         return false;

@@ -8,6 +8,8 @@
 //! client that caused it and nothing is dropped.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use gw_proto::pb::{self, frame::Body};
@@ -21,7 +23,32 @@ use crate::backend::{
 };
 use crate::metrics::{CoreMetrics, Reject};
 
-/// A push that could not be placed, to report after the state borrow ends.
+/// An ack-required user or room push fanned out to every core by the
+/// embedded backend: the cores still to place it, and whether any did.
+#[derive(Debug)]
+pub struct Tally {
+    left: AtomicUsize,
+    placed: AtomicBool,
+}
+
+impl Tally {
+    pub fn new(cores: usize) -> Arc<Tally> {
+        Arc::new(Tally {
+            left: AtomicUsize::new(cores),
+            placed: AtomicBool::new(false),
+        })
+    }
+
+    /// One core is done and placed the push on `placed` connections. True
+    /// when that was the last core and no core placed it.
+    pub fn count(&self, placed: usize) -> bool {
+        if placed > 0 {
+            self.placed.store(true, Ordering::SeqCst);
+        }
+        self.left.fetch_sub(1, Ordering::SeqCst) == 1 && !self.placed.load(Ordering::SeqCst)
+    }
+}
+
 /// A push that reached nobody: connection id (0 = none), user, device,
 /// room (for a room push), the push.
 type Lost = (
@@ -69,36 +96,67 @@ impl Core {
         None
     }
 
-    /// Sends a push to the cores that may hold its target.
+    /// Sends a push to the cores that may hold its target. An ack-required
+    /// user or room push carries a [`Tally`]: the last core to count it
+    /// reports it `NO_CONNECTION` when no core placed it (as "no
+    /// responders" does over NATS), so a push racing its user's close is
+    /// reported, not lost.
     pub async fn route_push(&self, target: Target, body: Bytes, ack_required: bool) {
         let cores: Vec<usize> = match &target {
             Target::Conn(id) => vec![conn_id_core(*id)],
             Target::User(_) | Target::Room(_) => (0..self.mesh.len()).collect(),
         };
+        let tally = (ack_required && !matches!(target, Target::Conn(_)))
+            .then(|| Tally::new(cores.len()));
         for core in cores {
             if core == self.index {
-                self.deliver(&target, &body, ack_required);
+                self.deliver_counted(&target, &body, ack_required, tally.as_deref());
                 continue;
             }
             let msg = CoreMsg::Push {
                 target: target.clone(),
                 body: body.clone(),
                 ack_required,
+                tally: tally.clone(),
             };
             let sent = match self.mesh.get(core) {
                 Some(tx) => tx.send_from_core(msg).await.is_ok(),
                 None => false,
             };
+            if sent {
+                continue;
+            }
             // A stopped core has closed (and reported) all its connections:
-            // a user or room has nobody there. Only a push to one of its
-            // connections is lost.
-            if !sent && ack_required && matches!(target, Target::Conn(_)) {
+            // it counts as placing nothing. Only a push to one of its
+            // connections is lost at once.
+            let nobody = tally.as_ref().is_some_and(|t| t.count(0));
+            if nobody || (ack_required && matches!(target, Target::Conn(_))) {
                 self.report_lost(vec![lost_push(
                     &target,
                     &body,
                     UndeliveredReason::NoConnection,
                 )]);
             }
+        }
+    }
+
+    /// [`Core::deliver`], then counts the push in its tally (if any) and
+    /// reports it `NO_CONNECTION` when this core was the last and nobody
+    /// placed it.
+    pub fn deliver_counted(
+        &self,
+        target: &Target,
+        body: &Bytes,
+        ack_required: bool,
+        tally: Option<&Tally>,
+    ) {
+        let placed = self.deliver(target, body, ack_required);
+        if tally.is_some_and(|t| t.count(placed)) {
+            self.report_lost(vec![lost_push(
+                target,
+                body,
+                UndeliveredReason::NoConnection,
+            )]);
         }
     }
 
@@ -130,14 +188,18 @@ impl Core {
             if over_rate {
                 self.metrics.rejected(Reject::RoomRate);
             }
+            // A connection takes the push when it is live, or when it
+            // reports it (closing): either way it will not reach nobody.
             let mut one = |c: &mut Conn| {
-                if c.authed() && c.close.is_none() {
+                let live = c.authed() && c.close.is_none();
+                if live {
                     placed += 1;
                     if over_rate {
                         return;
                     }
                 }
                 if let Some(l) = self.deliver_one(c, body, ack_required, now, wheel) {
+                    placed += usize::from(!live);
                     lost.push(l);
                 }
             };

@@ -238,9 +238,10 @@ impl Core {
                 target,
                 body,
                 ack_required,
+                tally,
             } = msg
             {
-                self.deliver(&target, &body, ack_required);
+                self.deliver_counted(&target, &body, ack_required, tally.as_deref());
             }
         }
     }
@@ -254,8 +255,9 @@ impl Core {
                     target,
                     body,
                     ack_required,
+                    tally,
                 } => {
-                    self.deliver(&target, &body, ack_required);
+                    self.deliver_counted(&target, &body, ack_required, tally.as_deref());
                 }
                 CoreMsg::Op(op) => {
                     self.apply_op(op);

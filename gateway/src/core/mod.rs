@@ -11,6 +11,7 @@
 //! - `overload.rs`: queueing delay, priority admission and token buckets.
 
 pub mod connz;
+mod conn;
 mod deliver;
 pub mod expiry;
 mod lifecycle;
@@ -22,6 +23,9 @@ mod sweep;
 pub mod timers;
 pub mod wake;
 pub mod wheel;
+
+pub use conn::{Conn, Extra, Flags};
+pub use deliver::Tally;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -65,6 +69,8 @@ pub enum CoreMsg {
         target: Target,
         body: Bytes,
         ack_required: bool,
+        /// Ack-required user and room pushes: counted by every core.
+        tally: Option<Arc<Tally>>,
     },
     Op(SessionOp),
     Snapshot(flume::Sender<Snapshot>),
@@ -77,175 +83,6 @@ pub enum CoreMsg {
     Stop,
     /// Connection inspection (admin `/connz`): this core's matching connections.
     Connz(Arc<connz::ConnzQuery>, flume::Sender<connz::ConnzPart>),
-}
-
-/// One client connection's state: everything a connection costs besides
-/// its kernel socket and epoll registration. Served by the core's I/O loop
-/// (`conn::io`); there is no task per connection.
-pub struct Conn {
-    pub id: u64,
-    /// The socket; closed by `teardown`.
-    pub fd: i32,
-    /// I/O and session bits in one byte (see [`Flags`]).
-    pub flags: Flags,
-    /// WebSocket: 0 = not upgraded, 1 = open, 2 = open and a close frame
-    /// sent (one byte, so an idle WebSocket costs nothing more).
-    pub ws: u8,
-    /// Set once authenticated.
-    pub user: Option<Rc<str>>,
-    pub device: Option<Rc<str>>,
-    pub created: Tick,
-    /// Tick of the last inbound bytes (any frame counts as life).
-    pub last_in: Tick,
-    /// Tick of this connection's wheel entry (0 = none).
-    pub due: Tick,
-    pub heartbeat_ms: u32,
-    pub out: VecDeque<Out>,
-    /// Bytes of the front `out` item already written.
-    pub out_off: u32,
-    pub out_bytes: u32,
-    /// Bytes read from and written to the socket (saturating; for /connz).
-    pub bytes_in: u32,
-    pub bytes_out: u32,
-    pub window: Window,
-    /// Bytes of a frame not yet complete (empty, unallocated, when idle).
-    pub partial: Vec<u8>,
-    pub close: Option<CloseReason>,
-    /// Upstream requests of this connection awaiting the backend (at most
-    /// `upstream_inflight_per_conn_max`, ≤ 65,535).
-    pub inflight: u16,
-    /// The token's expiry, unix seconds; the session ends at this plus
-    /// `auth.leeway_s` unless refreshed. 0 = never (or not authenticated).
-    pub expires: u32,
-    /// Upstream frames allowed by `upstream_rate_per_conn_per_s` (8 bytes).
-    pub upstream_bucket: overload::Bucket,
-    /// What most connections never use, allocated on first use.
-    pub extra: Option<Box<Extra>>,
-}
-
-/// Bits of a connection's state, packed in one byte (the connection record
-/// is paid per connection): on the ready list, readable, write-blocked,
-/// token expiry noticed, first plaintext seen.
-#[derive(Clone, Copy, Default)]
-pub struct Flags(u8);
-
-impl Flags {
-    /// On the core's ready list.
-    const QUEUED: u8 = 1;
-    /// A read edge was seen and the socket is not known to be drained.
-    const READABLE: u8 = 2;
-    /// The last write hit EAGAIN: wait for the write edge.
-    const WRITE_BLOCKED: u8 = 4;
-    /// TokenExpiring was sent for the current token.
-    const EXPIRY_NOTICED: u8 = 8;
-    /// The connection's first plaintext (its own bytes, or the first out
-    /// of TLS) was seen: WebSocket or frames is decided (`conn/io.rs`).
-    const PLAIN_SEEN: u8 = 16;
-    /// A send of this connection is in flight on the ring (io_uring driver).
-    const SEND_INFLIGHT: u8 = 32;
-
-    fn get(self, bit: u8) -> bool {
-        self.0 & bit != 0
-    }
-    fn set(&mut self, bit: u8, on: bool) {
-        if on {
-            self.0 |= bit;
-        } else {
-            self.0 &= !bit;
-        }
-    }
-    pub fn queued(self) -> bool {
-        self.get(Self::QUEUED)
-    }
-    pub fn set_queued(&mut self, on: bool) {
-        self.set(Self::QUEUED, on)
-    }
-    pub fn readable(self) -> bool {
-        self.get(Self::READABLE)
-    }
-    pub fn set_readable(&mut self, on: bool) {
-        self.set(Self::READABLE, on)
-    }
-    pub fn write_blocked(self) -> bool {
-        self.get(Self::WRITE_BLOCKED)
-    }
-    pub fn set_write_blocked(&mut self, on: bool) {
-        self.set(Self::WRITE_BLOCKED, on)
-    }
-    pub fn send_inflight(self) -> bool {
-        self.get(Self::SEND_INFLIGHT)
-    }
-    pub fn set_send_inflight(&mut self, on: bool) {
-        self.set(Self::SEND_INFLIGHT, on)
-    }
-    pub fn expiry_noticed(self) -> bool {
-        self.get(Self::EXPIRY_NOTICED)
-    }
-    pub fn set_expiry_noticed(&mut self, on: bool) {
-        self.set(Self::EXPIRY_NOTICED, on)
-    }
-    pub fn plain_seen(self) -> bool {
-        self.get(Self::PLAIN_SEEN)
-    }
-    pub fn set_plain_seen(&mut self, on: bool) {
-        self.set(Self::PLAIN_SEEN, on)
-    }
-}
-
-/// The rarely used part of a connection's state.
-#[derive(Default)]
-pub struct Extra {
-    /// Rooms joined (sharing the room index's keys).
-    pub rooms: Vec<Rc<str>>,
-    /// Resume point from Auth, kept for inspection.
-    pub resume_seq: u64,
-    /// Client metadata from Auth (app version, OS, ...), freed on close.
-    pub metadata: HashMap<String, String>,
-    /// The TLS session, for a connection that opened with a TLS record.
-    pub tls: Option<crate::conn::Tls>,
-    /// The WebSocket state, for a connection that opened with `GET`.
-    pub ws: Option<crate::conn::ws::Ws>,
-    /// Pushes waiting for room in the unacked window or the outbound
-    /// queue (`push.rs`, `Backlog`); empty and unallocated almost always.
-    pub backlog: push::Backlog,
-}
-
-impl Conn {
-    /// Rooms this connection is in.
-    pub fn rooms(&self) -> &[Rc<str>] {
-        self.extra.as_ref().map_or(&[], |e| &e.rooms)
-    }
-    /// The rarely used state, allocated on first use.
-    pub fn extra_mut(&mut self) -> &mut Extra {
-        self.extra.get_or_insert_with(Default::default)
-    }
-    /// Frees the rarely used state once nothing in it is in use.
-    pub fn shrink_extra(&mut self) {
-        if self.extra.as_ref().is_some_and(|e| {
-            e.rooms.is_empty()
-                && e.resume_seq == 0
-                && e.metadata.is_empty()
-                && e.tls.is_none()
-                && e.ws.is_none()
-                && e.backlog.is_empty()
-        }) {
-            self.extra = None;
-        }
-    }
-}
-
-impl Conn {
-    pub fn authed(&self) -> bool {
-        self.user.is_some()
-    }
-    /// Pushes wait for room (the backlog is not empty).
-    pub fn backlogged(&self) -> bool {
-        self.extra.as_ref().is_some_and(|e| !e.backlog.is_empty())
-    }
-    /// Whether `len` more bytes fit in the outbound queue.
-    pub fn out_room(&self, len: usize, max: u32) -> bool {
-        (self.out_bytes as usize).saturating_add(len) <= max as usize
-    }
 }
 
 /// Mutable state of one core.
@@ -394,7 +231,7 @@ impl Core {
         entry.insert(Conn {
             id,
             fd,
-            flags: Flags(Flags::READABLE),
+            flags: Flags::new_readable(),
             ws: 0,
             user: None,
             device: None,

@@ -41,6 +41,21 @@ lim_now() { date +%s.%N; }
 # 10 ms ticks of /proc/PID/stat).
 cpu_ns() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f\n", b - a}'; }
+# cpu_jiffies: "busy total steal" of $SERVER_CPU, then of $LOAD_CPU, from
+# /proc/stat (busy: user, nice, system, irq, softirq): how busy the two
+# CPUs were over a window, so a run disturbed by other work shows.
+cpu_jiffies() {
+    awk -v s="cpu$SERVER_CPU" -v l="cpu$LOAD_CPU" '$1 == s || $1 == l {
+        j[$1] = ($2 + $3 + $4 + $7 + $8) " " ($2 + $3 + $4 + $5 + $6 + $7 + $8 + $9) " " $9 }
+        END {print j[s] " " j[l]}' /proc/stat
+}
+# box_json BEFORE AFTER (two cpu_jiffies lines): busy and steal % per CPU.
+box_json() {
+    jq -nc --arg a "$1" --arg b "$2" '($a | split(" ") | map(tonumber)) as $a | ($b | split(" ") | map(tonumber)) as $b |
+        def pct(i; k): if $b[i + 1] > $a[i + 1] then ($b[i + k] - $a[i + k]) * 100 / ($b[i + 1] - $a[i + 1]) else null end;
+        {server_cpu_busy_pct: pct(0; 0), server_cpu_steal_pct: pct(0; 2),
+         load_cpu_busy_pct: pct(3; 0), load_cpu_steal_pct: pct(3; 2)}'
+}
 
 # --- syscall counting: sc_open NAME (before the load), sc_on NAME,
 # sc_off NAME (around the window), sc_close NAME (writes $TMP/NAME.sc.json:
@@ -174,16 +189,18 @@ lim_flood_wait() { # RUN
 
 # setup_runs: CPU, then syscalls, over the ramp of $N connections.
 setup_runs() {
-    local c0 c1 t0 t1
+    local c0 c1 t0 t1 j0 j1
     c0=$(cpu_ns "$SERVER_PID")
     t0=$(lim_now)
+    j0=$(cpu_jiffies)
     lim_flood_start setup-cpu "$SETUP_HB_MS" 0 1
     lim_flood_ready setup-cpu
     c1=$(cpu_ns "$SERVER_PID")
     t1=$(lim_now)
+    j1=$(cpu_jiffies)
     lim_flood_wait setup-cpu
-    jq -n --arg c0 "$c0" --arg c1 "$c1" --arg w "$(fsub "$t0" "$t1")" \
-        '{cpu_ns: (($c1|tonumber) - ($c0|tonumber)), wall_s: ($w|tonumber)}' >"$TMP/setup-cpu.json"
+    jq -n --arg c0 "$c0" --arg c1 "$c1" --arg w "$(fsub "$t0" "$t1")" --argjson box "$(box_json "$j0" "$j1")" \
+        '{cpu_ns: (($c1|tonumber) - ($c0|tonumber)), wall_s: ($w|tonumber), box: $box}' >"$TMP/setup-cpu.json"
     sc_open setup-sys
     sc_on setup-sys
     lim_flood_start setup-sys "$SETUP_HB_MS" 0 1
@@ -196,18 +213,20 @@ setup_runs() {
 # each inside a hold at heartbeat HB (flood's window is 2 s longer, so the
 # closes at its end stay out of ours).
 rate_runs() {
-    local hb=$1 c0 c1 t0 t1
+    local hb=$1 c0 c1 t0 t1 j0 j1
     lim_flood_start "cpu-$hb" "$hb" "$LIMIT_SETTLE_S" $((CPU_WINDOW_S + 2))
     lim_flood_ready "cpu-$hb"
     sleep "$LIMIT_SETTLE_S"
     c0=$(cpu_ns "$SERVER_PID")
     t0=$(lim_now)
+    j0=$(cpu_jiffies)
     sleep "$CPU_WINDOW_S"
     c1=$(cpu_ns "$SERVER_PID")
     t1=$(lim_now)
+    j1=$(cpu_jiffies)
     lim_flood_wait "cpu-$hb"
-    jq -n --arg c0 "$c0" --arg c1 "$c1" --arg w "$(fsub "$t0" "$t1")" \
-        '{cpu_ns: (($c1|tonumber) - ($c0|tonumber)), window_s: ($w|tonumber)}' >"$TMP/cpu-$hb.json"
+    jq -n --arg c0 "$c0" --arg c1 "$c1" --arg w "$(fsub "$t0" "$t1")" --argjson box "$(box_json "$j0" "$j1")" \
+        '{cpu_ns: (($c1|tonumber) - ($c0|tonumber)), window_s: ($w|tonumber), box: $box}' >"$TMP/cpu-$hb.json"
     sc_open "sys-$hb"
     lim_flood_start "sys-$hb" "$hb" "$LIMIT_SETTLE_S" $((SYS_WINDOW_S + 2))
     lim_flood_ready "sys-$hb"
@@ -284,6 +303,8 @@ measure_limit() {
               us_per_ping: per($c.cpu_ns / 1000; $pings),
               cpu_pct_of_one_core: ($c.cpu_ns / 1e7 / $c.window_s),
               cpu_window_s: $c.window_s,
+              cpus_in_cpu_window: ($c.box + {others_on_server_cpu_pct:
+                  (if $c.box.server_cpu_busy_pct then $c.box.server_cpu_busy_pct - $c.cpu_ns / 1e7 / $c.window_s else null end)}),
               us_per_ping_flood_ticks: per($fc.window.server_cpu_pct * $fc.window.wall_s * 1e4; $fc.window.pongs),
               syscalls_per_ping: per($s.total; $spings),
               socket_syscalls_per_ping: per([$s.by_name | to_entries[] | select(.key | test("^(recv|send|epoll_)")) | .value] | add // 0; $spings),
@@ -312,12 +333,15 @@ measure_limit() {
          conn_setup: {conns: $est, conns_failed: ($fc.conns_failed.total + $fs.conns_failed.total),
                       ramp_s: $fc.ramp_s, connect_rate_per_s: $fc.connect_rate_per_s,
                       cpu_ns: $c.cpu_ns, measured_over_s: $c.wall_s,
+                      cpus_over_ramp: ($c.box + {others_on_server_cpu_pct:
+                          (if $c.box.server_cpu_busy_pct then $c.box.server_cpu_busy_pct - $c.cpu_ns / 1e7 / $c.wall_s else null end)}),
                       us_per_conn_flood_ticks: $fc.server_cpu_us_per_conn_setup,
                       syscall_window: $s, syscall_run_conns: $sest},
          rates: $r, server: $srv,
          server_log_tail: ($log | split("\n") | map(select(length > 0)) | .[-3:])}' >"$TMP/limit-$SYS.json"
     jq -r --arg s "$SYS" '"  \($s): setup \(.us_per_conn_setup * 10 | round / 10) us, \(.syscalls_per_conn_setup * 100 | round / 100) syscalls; " +
-        ([.rates | to_entries[] | "\(.key)/s: \(.value.us_per_ping * 10 | round / 10) us, \(.value.syscalls_per_ping * 100 | round / 100) syscalls (socket \(.value.socket_syscalls_per_ping * 100 | round / 100)) per ping"] | join("; "))' \
+        ([.rates | to_entries[] | "\(.key)/s: \(.value.us_per_ping * 10 | round / 10) us, \(.value.syscalls_per_ping * 100 | round / 100) syscalls (socket \(.value.socket_syscalls_per_ping * 100 | round / 100)) per ping"] | join("; ")) +
+        "; other work on the server CPU: \([.conn_setup.cpus_over_ramp, .rates[].cpus_in_cpu_window | .others_on_server_cpu_pct // 0 | round] | map("\(.)%") | join(", ")) (ramp, CPU windows)"' \
         "$TMP/limit-$SYS.json"
 }
 

@@ -78,6 +78,20 @@
 #             each after $WARMUP_S (600) s, so 30 min are judged: growth
 #             beyond noise or not; JSON and an SVG plot (bench/run_soak.sh,
 #             bench/soak_report.py).
+#   limit     the gateway against minimal C reference servers that speak
+#             its protocol (bench/ref: epoll_pong, uring_pong; built with
+#             gcc into target/ref) under the same `flood hold`: for each of
+#             $LIMIT_SYSTEMS [c-epoll c-uring gateway-epoll gateway-uring]
+#             (gateway-*: --demo --cores 1 --io-driver X; a gateway without
+#             --io-driver runs once, as "gateway"), one server pinned to
+#             $SERVER_CPU [0], flood pinned to $LOAD_CPU [1], $N connections:
+#             CPU and syscalls per connection set up (the ramp) and per ping
+#             at each heartbeat of $LIMIT_HB_MS [30000 1000] (500 and 15,000
+#             pings/s), CPU over $CPU_WINDOW_S [30] s and syscalls (perf stat
+#             on the syscall tracepoints, or strace -c: $SYSCALL_TOOL) over
+#             $SYS_WINDOW_S [10] s in separate holds; the gateway / c-uring
+#             and gateway / c-epoll ratios, against issue 14's targets
+#             (bench/run_limit.sh).
 #
 # Builds release binaries, starts what the scenario needs, stops everything
 # it started (also on error or Ctrl-C), prints a summary and writes JSON
@@ -124,7 +138,7 @@ case $SCENARIO in
     peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
-    soak | hostile) ;;
+    soak | hostile | limit) ;;
     *) usage ;;
 esac
 OUT=${OUT:-bench/results/$SCENARIO.json}
@@ -392,6 +406,9 @@ source bench/run_soak.sh
 
 # shellcheck source=bench/run_hostile.sh
 source bench/run_hostile.sh
+# The limit scenario: the gateway against the C reference servers.
+# shellcheck source=bench/run_limit.sh
+source bench/run_limit.sh
 
 case $SCENARIO in
 peers | baseline)
@@ -571,6 +588,9 @@ soak)
     ;;
 hostile)
     hostile_scenario
+    ;;
+limit)
+    limit_scenario
     ;;
 idle* | latency*)
     transports_scenario "$SCENARIO"

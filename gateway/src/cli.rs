@@ -388,7 +388,10 @@ mod tests {
     #[test]
     fn log_format_and_port_sharing_flags() {
         let io = parsed(&["--io-driver", "epoll", "--io-uring-buffers", "64"]).io;
-        assert_eq!((io.driver, io.uring_buffers), (crate::config::IoDriver::Epoll, 64));
+        assert_eq!(
+            (io.driver, io.uring_buffers),
+            (crate::config::IoDriver::Epoll, 64)
+        );
         let c = parsed(&["--log-format", "json", "--listen-shared"]);
         assert_eq!(c.log_format, crate::config::LogFormat::Json);
         assert!(c.listen_shared);

@@ -37,6 +37,28 @@ fn push(c: &mut Client, route: &str) -> pb::Push {
     })
 }
 
+/// Sends an upstream and reads until both its reply and a push on `route`
+/// came: a backend that publishes to a room the caller is in may have the
+/// push arrive before the reply (they are not ordered).
+fn call_and_push(
+    c: &mut Client,
+    corr: u64,
+    up_route: &str,
+    payload: &str,
+    route: &str,
+) -> (pb::UpstreamReply, pb::Push) {
+    c.upstream(corr, up_route, payload);
+    let (mut reply, mut push) = (None, None);
+    while reply.is_none() || push.is_none() {
+        match c.recv().unwrap() {
+            Body::UpstreamReply(r) if r.correlation_id == corr => reply = Some(r),
+            Body::Push(p) if p.route == route => push = Some(p),
+            _ => {}
+        }
+    }
+    (reply.unwrap(), push.unwrap())
+}
+
 /// Calls until the reply is not BACKEND_UNAVAILABLE (a backend has
 /// subscribed); returns the first other reply.
 fn call_until_served(
@@ -83,15 +105,15 @@ fn routes_of_the_reference_backend_over_nats() {
         assert_eq!(c.call(corr, "room.join", r#"{"room":"lobby"}"#).status, 0);
     }
     wait_for_interest(&Nats::connect(&nats.url()), "gw.room.lobby");
-    assert_eq!(
-        alice
-            .call(103, "room.send", r#"{"room":"lobby","text":"yo"}"#)
-            .status,
-        0
+    let (r, p) = call_and_push(
+        &mut alice,
+        103,
+        "room.send",
+        r#"{"room":"lobby","text":"yo"}"#,
+        "room.msg",
     );
-    for c in [&mut alice, &mut bob] {
-        assert_eq!(json(&push(c, "room.msg"))["text"], "yo");
-    }
+    assert_eq!((r.status, json(&p)["text"].as_str()), (0, Some("yo")));
+    assert_eq!(json(&push(&mut bob, "room.msg"))["text"], "yo");
     let r = alice.call(104, "no.such.route", "");
     assert_eq!(r.status, ErrorCode::UnknownRoute as u32);
     let r = alice.call(105, "chat.send", "not json");
@@ -446,14 +468,15 @@ fn two_nodes(urls: [&str; 3]) {
     wait_for_interest(&probe, "gw.room.both");
     let probe_b = Nats::connect(url_b);
     wait_for_interest(&probe_b, "gw.room.both");
-    assert_eq!(
-        bob.call(13, "room.send", r#"{"room":"both","text":"all"}"#)
-            .status,
-        0
+    let (r, p) = call_and_push(
+        &mut bob,
+        13,
+        "room.send",
+        r#"{"room":"both","text":"all"}"#,
+        "room.msg",
     );
-    for c in [&mut alice, &mut bob] {
-        assert_eq!(json(&push(c, "room.msg"))["text"], "all");
-    }
+    assert_eq!((r.status, json(&p)["text"].as_str()), (0, Some("all")));
+    assert_eq!(json(&push(&mut alice, "room.msg"))["text"], "all");
 
     // A kick for bob reaches node B only; alice stays.
     let (bob2, _) = Client::login(a.local_addr, "bob2");

@@ -735,3 +735,33 @@ fn a_key_update_in_tls12_is_refused_by_rustls() {
     });
     gw.shutdown(false);
 }
+
+/// An HTTP answer larger than one TLS record (the demo's client library,
+/// ~21 KB), then the close: every record and the close_notify arrive, in
+/// that order (the io_uring driver once sent only what was sealed first).
+#[test]
+fn an_answer_of_several_records_arrives_whole_before_the_close() {
+    let (cfg, ca) = common::tls::tls_config();
+    assert!(cfg.demo);
+    let (gw, _) = common::start(cfg);
+    let client = common::tls::tls_client_config(&ca, &[&rustls::version::TLS13]);
+    for _ in 0..5 {
+        let mut s = common::tls::tls_connect(gw.local_addr, client.clone());
+        s.write_all(b"GET /gateway-client.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        // A clean end (close_notify) reads as Ok(0); a cut stream as an error.
+        s.read_to_end(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(len > 16 * 1024, "{len}");
+        assert_eq!(body.len(), len);
+    }
+    gw.shutdown(false);
+}

@@ -157,10 +157,22 @@ mod tests {
     fn sizes_are_checked() {
         assert!(IoConfig::default().validate().is_ok());
         for bad in [
-            IoConfig { uring_entries: 1000, ..Default::default() },
-            IoConfig { uring_buffers: 0, ..Default::default() },
-            IoConfig { uring_buffers: 65_536, ..Default::default() },
-            IoConfig { uring_buffer_bytes: 100, ..Default::default() },
+            IoConfig {
+                uring_entries: 1000,
+                ..Default::default()
+            },
+            IoConfig {
+                uring_buffers: 0,
+                ..Default::default()
+            },
+            IoConfig {
+                uring_buffers: 65_536,
+                ..Default::default()
+            },
+            IoConfig {
+                uring_buffer_bytes: 100,
+                ..Default::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -168,7 +180,10 @@ mod tests {
 
     #[test]
     fn epoll_is_chosen_when_asked() {
-        let c = IoConfig { driver: IoDriver::Epoll, ..Default::default() };
+        let c = IoConfig {
+            driver: IoDriver::Epoll,
+            ..Default::default()
+        };
         assert_eq!(c.choose().map(|(d, _)| d), Ok(Chosen::Epoll));
     }
 }

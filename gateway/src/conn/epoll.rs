@@ -339,4 +339,3 @@ fn sendv(fd: i32, c: &Conn) -> io::Result<usize> {
     }
     Ok(n as usize)
 }
-

@@ -79,6 +79,12 @@ pub(super) fn unix_now() -> u64 {
 }
 
 fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
+    if core.draining.get() {
+        // Accepted just before (or, with io_uring's eager accept, while)
+        // the core began to drain: told where to go instead of a login.
+        core.close(idx, id, CloseReason::Drain, Some(core.drain_goaway()));
+        return;
+    }
     let fail = |code: ErrorCode, message: String| {
         CoreMetrics::inc(&core.metrics.auth_failures);
         tracing::debug!(conn_id = id, code = code.as_str_name(), %message, "auth failed");

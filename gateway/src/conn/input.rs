@@ -183,4 +183,3 @@ fn keep_partial(rest: &[u8], max: usize) -> Vec<u8> {
     v.extend_from_slice(rest);
     v
 }
-

@@ -413,12 +413,24 @@ pub fn flush(core: &Core, c: &mut Conn) -> io::Result<()> {
 
 /// io_uring driver: seals what is queued and hands over the ciphertext to
 /// write (owned, so the ring can keep it while the send is in flight).
-/// Empty when there is nothing to send.
-pub fn take_ciphertext(core: &Core, c: &mut Conn) -> io::Result<Vec<u8>> {
+/// Empty when there is nothing to send. With `last` (the send before a
+/// close) everything queued is sealed, behind any ciphertext not yet sent
+/// (a handshake's, say), and the close_notify after it.
+pub fn take_ciphertext(core: &Core, c: &mut Conn, last: bool) -> io::Result<Vec<u8>> {
     let Some(mut tls) = c.extra.as_mut().and_then(|e| e.tls.take()) else {
         return Ok(Vec::new());
     };
-    let result = if tls.unsent().is_empty() {
+    let result = if last {
+        // Each call seals up to SEAL_BATCH_BYTES more; the queue is bounded
+        // (`outbound_bytes_max`), so this ends.
+        loop {
+            let before = tls.unsent().len();
+            let r = seal(core, c, &mut tls);
+            if r.is_err() || tls.unsent().len() == before {
+                break r;
+            }
+        }
+    } else if tls.unsent().is_empty() {
         seal(core, c, &mut tls)
     } else {
         Ok(())
@@ -446,6 +458,7 @@ fn seal_session(
     out: &mut Vec<u8>,
     close_sent: &mut bool,
 ) -> io::Result<()> {
+    let start = out.len();
     if c.close == Some(CloseReason::TlsFailed) {
         // Only what rustls queued (its alert, if it chose one) goes out: no
         // more data, and no close_notify (after a fatal alert rustls sends
@@ -487,7 +500,7 @@ fn seal_session(
                 break;
             }
         }
-        if !tls.wants_write() || out.len() >= SEAL_BATCH_BYTES {
+        if !tls.wants_write() || out.len() >= start + SEAL_BATCH_BYTES {
             return Ok(());
         }
         tls.write_tls(out)?;
@@ -500,7 +513,8 @@ fn seal_records(
     rec: &mut Records,
     unsent: &mut Vec<u8>,
 ) -> io::Result<()> {
-    while unsent.len() < SEAL_BATCH_BYTES {
+    let limit = unsent.len() + SEAL_BATCH_BYTES;
+    while unsent.len() < limit {
         if rec.closed() {
             // Nothing may follow close_notify or a fatal alert.
             c.out = Default::default();

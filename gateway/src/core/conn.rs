@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use gw_proto::CloseReason;
 
-use super::push::{self, Out, Window};
 use super::overload;
+use super::push::{self, Out, Window};
 use super::wheel::Tick;
 
 /// One client connection's state: everything a connection costs besides

@@ -106,8 +106,8 @@ impl Core {
             Target::Conn(id) => vec![conn_id_core(*id)],
             Target::User(_) | Target::Room(_) => (0..self.mesh.len()).collect(),
         };
-        let tally = (ack_required && !matches!(target, Target::Conn(_)))
-            .then(|| Tally::new(cores.len()));
+        let tally =
+            (ack_required && !matches!(target, Target::Conn(_))).then(|| Tally::new(cores.len()));
         for core in cores {
             if core == self.index {
                 self.deliver_counted(&target, &body, ack_required, tally.as_deref());

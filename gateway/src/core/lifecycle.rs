@@ -129,15 +129,15 @@ impl Core {
         for (idx, id, authed, framed) in ids {
             if authed {
                 sessions.push((idx, id));
-            } else {
-                // Not a session yet: told at once where to go (when it
-                // would understand a frame), so a login racing the drain
-                // reconnects elsewhere instead of seeing a bare close.
-                let g = framed.then(|| {
-                    drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints)
-                });
-                self.close(idx, id, CloseReason::Drain, g);
+            } else if framed {
+                // Not a session yet but speaks frames: told at once where
+                // to go, so a login racing the drain reconnects elsewhere
+                // instead of seeing a bare close.
+                self.close(idx, id, CloseReason::Drain, Some(self.drain_goaway()));
             }
+            // A connection still in its TLS or WebSocket handshake, or that
+            // sent nothing yet, gets the same GoAway when its Auth arrives
+            // (`conn/frames.rs`), or is reaped at `auth_timeout_ms`.
         }
         let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
         tracing::info!(
@@ -167,6 +167,12 @@ impl Core {
         while self.state.borrow().upstream_inflight > 0 && Instant::now() < bound {
             self.sleep(DRAIN_POLL).await;
         }
+    }
+
+    /// The GoAway of a drain: `goaway_retry_after_ms` (no jitter) and the
+    /// `goaway_endpoints` to try.
+    pub fn drain_goaway(&self) -> Body {
+        drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints)
     }
 
     /// Sends each of `sessions` a GoAway with `reason`, the k-th of n at

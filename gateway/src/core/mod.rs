@@ -10,8 +10,8 @@
 //! - `connz.rs`: connection inspection for the admin `/connz`.
 //! - `overload.rs`: queueing delay, priority admission and token buckets.
 
-pub mod connz;
 mod conn;
+pub mod connz;
 mod deliver;
 pub mod expiry;
 mod lifecycle;

@@ -44,10 +44,13 @@ async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
             Ok(m) => m,
             Err(flume::TryRecvError::Disconnected) => return,
             Err(flume::TryRecvError::Empty) => {
-                let next = futures_lite::future::or(async { Some(crate::core::wake::recv(&rx).await) }, async {
-                    core.sleep(STOP_CHECK_INTERVAL).await;
-                    None
-                })
+                let next = futures_lite::future::or(
+                    async { Some(crate::core::wake::recv(&rx).await) },
+                    async {
+                        core.sleep(STOP_CHECK_INTERVAL).await;
+                        None
+                    },
+                )
                 .await;
                 match next {
                     None => continue,

@@ -33,9 +33,11 @@ impl BufRing {
                 "io_uring buffer count must be a power of two up to 32768",
             ));
         }
-        let layout =
-            std::alloc::Layout::from_size_align(count as usize * std::mem::size_of::<BufRingEntry>(), 4096)
-                .map_err(std::io::Error::other)?;
+        let layout = std::alloc::Layout::from_size_align(
+            count as usize * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .map_err(std::io::Error::other)?;
         // SAFETY: a non-zero layout; zeroed memory is a valid (empty) ring.
         let entries = unsafe { std::alloc::alloc_zeroed(layout) } as *mut BufRingEntry;
         if entries.is_null() {

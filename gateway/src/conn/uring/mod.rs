@@ -186,7 +186,11 @@ impl Loop {
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
                 Err(e) => {
                     tracing::warn!(core = self.core.index, error = %e, "io_uring_enter failed");
                     futures_lite::future::yield_now().await;
@@ -389,9 +393,10 @@ impl Loop {
         self.queue_closes();
         if !self.wake_armed {
             if let Some(fd) = self.wake.fd() {
-                let e = opcode::Read::new(types::Fd(fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
-                    .build()
-                    .user_data(user_data(Kind::Wake, 0));
+                let e =
+                    opcode::Read::new(types::Fd(fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
+                        .build()
+                        .user_data(user_data(Kind::Wake, 0));
                 self.push(e);
                 self.wake_armed = true;
             }
@@ -441,7 +446,16 @@ impl Loop {
                 continue;
             };
             if let Some(reason) = closing {
-                if !inflight && !self.core.held(id) {
+                if inflight {
+                    // A send still pending is one the socket had no room
+                    // for (io_uring tries a send at once): cancel it, and
+                    // close once its completion is in (it brings the
+                    // connection back here), so that what was queued before
+                    // the close goes out first.
+                    self.cancel_send(id);
+                    continue;
+                }
+                if !self.core.held(id) {
                     self.core.with_conn(idx, id, |c| {
                         if let Some(b) = super::ws::closing(c, reason) {
                             self.core.push_out_raw(c, crate::core::push::Out::frame(b));
@@ -463,11 +477,27 @@ impl Loop {
         any
     }
 
+    /// Cancels the send in flight for connection `id`, if any.
+    fn cancel_send(&mut self, id: u64) {
+        let Some(slot) = self
+            .sends
+            .iter()
+            .find(|(_, op)| op.conn_id == id)
+            .map(|(k, _)| k)
+        else {
+            return;
+        };
+        let e = opcode::AsyncCancel::new(user_data(Kind::Send, slot as u64))
+            .build()
+            .user_data(user_data(Kind::Cancel, 0));
+        self.push(e);
+    }
+
     /// Queues one send of what the connection has queued (TLS: sealed).
     fn send(&mut self, idx: u32, id: u64, fd: i32, last: bool) {
         let op = self.core.with_conn(idx, id, |c| {
             if super::tls::active(c) {
-                match super::tls::take_ciphertext(&self.core, c) {
+                match super::tls::take_ciphertext(&self.core, c, last) {
                     Ok(b) if b.is_empty() => None,
                     Ok(b) => Some(Ok(SendOp::owned(id, b))),
                     Err(e) => Some(Err(e)),
@@ -485,15 +515,23 @@ impl Loop {
                 return;
             }
         };
-        self.core.with_conn(idx, id, |c| c.flags.set_send_inflight(true));
+        self.core
+            .with_conn(idx, id, |c| c.flags.set_send_inflight(true));
         let msg = op.msg();
         let slot = self.sends.insert(op);
         let mut flags = squeue::Flags::empty();
+        // The last send before a close is one try (as much as the socket
+        // takes now): the shutdown and close linked behind it must not wait
+        // for a peer that does not read.
+        let mut msg_flags = libc::MSG_NOSIGNAL;
         if last {
             flags |= squeue::Flags::IO_HARDLINK;
+            msg_flags |= libc::MSG_DONTWAIT;
+        } else {
+            msg_flags |= libc::MSG_WAITALL;
         }
         let e = opcode::SendMsg::new(types::Fd(fd), msg)
-            .flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32)
+            .flags(msg_flags as u32)
             .build()
             .flags(flags)
             .user_data(user_data(Kind::Send, slot as u64));

@@ -116,6 +116,7 @@
 # FO_KILLS [2], FO_USERS [90], FO_RATE [2000], FO_BEFORE_S [3], FO_AFTER_S [8],
 # idle/latency: TRANSPORTS [tcp ws tls wss], N_IDLE [8000], IDLE_HOLD_S [5],
 # CONNS [1000], ECHO_RATE [2000], DURATION_S [20],
+# GW_IO_DRIVER [auto] (peers, baseline: the gateway's --io-driver),
 # GW_BIN_DIR [target/release] (gateway and chat-backend from elsewhere,
 # e.g. a clean checkout, while flood and natspub come from here),
 # SKIP_BUILD [0] (1: use the binaries as they are), GW_REV [git HEAD]
@@ -154,6 +155,7 @@ HB_WINDOW_S=${HB_WINDOW_S:-30}
 ROUNDS=${ROUNDS:-10}
 INTERVAL_MS=${INTERVAL_MS:-1000}
 GW_CORES=${GW_CORES:-2}
+GW_IO_DRIVER=${GW_IO_DRIVER:-auto}
 GW_ALLOW_THP=${GW_ALLOW_THP:-0}
 INFLIGHT=${INFLIGHT:-256}
 MQTT_INFLIGHT=${MQTT_INFLIGHT:-64}
@@ -257,13 +259,15 @@ SERVER_PID=""
 SERVER_INFO='{}'
 start_gateway() {
     MIMALLOC_ALLOW_THP=$GW_ALLOW_THP ./target/release/gateway --demo --cores "$GW_CORES" \
+        --io-driver "$GW_IO_DRIVER" \
         --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$TMP/gateway.log" 2>&1 &
     SERVER_PID=$!
     STARTED+=("$SERVER_PID")
     wait_health "$ADMIN_PORT" "$SERVER_PID" "$TMP/gateway.log"
     PORT=$GW_PORT PROTO=gw FLOOD_INFLIGHT=$INFLIGHT
-    SERVER_INFO=$(jq -nc --arg c "$GW_CORES" --arg thp "$GW_ALLOW_THP" \
-        '{processes: 1, cores: ($c|tonumber), mimalloc_allow_thp: ($thp|tonumber), flags: "--demo --cores \($c)"}')
+    SERVER_INFO=$(jq -nc --arg c "$GW_CORES" --arg thp "$GW_ALLOW_THP" --arg d "$GW_IO_DRIVER" \
+        --arg drv "$(sed -n 's/.*socket driver driver="\{0,1\}\([a-z]*\)"\{0,1\} why=\(.*\)/\1: \2/p' "$TMP/gateway.log" | head -1)" \
+        '{processes: 1, cores: ($c|tonumber), mimalloc_allow_thp: ($thp|tonumber), flags: "--demo --cores \($c) --io-driver \($d)", socket_driver: $drv}')
 }
 start_mosquitto() {
     chmod 1777 "$TMP" # mosquitto drops to its own user and logs here

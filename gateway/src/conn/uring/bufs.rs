@@ -51,6 +51,14 @@ impl BufRing {
             mem: vec![0u8; count as usize * size].into_boxed_slice(),
             size,
         };
+        // The kernel hands the buffers out in turn, so all of them are in
+        // use within the first `count` reads: fault them in now, so that
+        // they show as the fixed cost per core they are (`uring_buffers` ×
+        // `uring_buffer_bytes`), not as memory that grows with connections.
+        for page in b.mem.chunks_mut(4096) {
+            // SAFETY: a write to our own buffer, volatile so it is kept.
+            unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+        }
         // SAFETY: the entries stay allocated (and the ring registered) for
         // the lifetime of this BufRing, which outlives the ring's use.
         unsafe {

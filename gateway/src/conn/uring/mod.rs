@@ -229,7 +229,10 @@ impl Loop {
                 .enter::<libc::sigset_t>(n, 0, GETEVENTS, None)
         };
         if let Err(e) = r {
-            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+            ) {
                 tracing::warn!(core = self.core.index, error = %e, "io_uring_enter failed");
             }
         }

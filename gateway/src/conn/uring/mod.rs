@@ -191,7 +191,7 @@ impl Loop {
                 // are posted: an empty enter per iteration was a third
                 // io_uring_enter per ping.
                 busy += 1;
-                if !self.ring.submission().is_empty() || busy % GETEVENTS_EVERY_BUSY == 0 {
+                if !self.ring.submission().is_empty() || busy.is_multiple_of(GETEVENTS_EVERY_BUSY) {
                     self.enter_nowait();
                 }
                 futures_lite::future::yield_now().await;

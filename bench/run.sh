@@ -116,7 +116,7 @@
 # FO_KILLS [2], FO_USERS [90], FO_RATE [2000], FO_BEFORE_S [3], FO_AFTER_S [8],
 # idle/latency: TRANSPORTS [tcp ws tls wss], N_IDLE [8000], IDLE_HOLD_S [5],
 # CONNS [1000], ECHO_RATE [2000], DURATION_S [20],
-# GW_IO_DRIVER [auto] (peers, baseline: the gateway's --io-driver),
+# GW_IO_DRIVER [auto] (peers, baseline, million: the gateway's --io-driver),
 # GW_BIN_DIR [target/release] (gateway and chat-backend from elsewhere,
 # e.g. a clean checkout, while flood and natspub come from here),
 # SKIP_BUILD [0] (1: use the binaries as they are), GW_REV [git HEAD]
@@ -470,7 +470,7 @@ million)
     for i in $(seq 0 $((GW_PROCS - 1))); do
         # shellcheck disable=SC2046 # the flag or nothing
         MIMALLOC_ALLOW_THP=$GW_ALLOW_THP ./target/release/gateway --demo --cores 1 \
-            $(shared_flag ./target/release/gateway) \
+            --io-driver "$GW_IO_DRIVER" $(shared_flag ./target/release/gateway) \
             --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
             --node-id "gw-$i" >"$TMP/gw-$i.log" 2>&1 &
         GW_PIDS+=("$!")
@@ -533,8 +533,10 @@ million)
         fi
     done
     COND=$(conditions "$(jq -nc --arg gp "$GW_PROCS" --arg fp "$FLOOD_PROCS" --arg hb "$HEARTBEAT_MS" \
-        --arg inf "$M_INFLIGHT" --arg retries "$RETRIES" --arg thp "$GW_ALLOW_THP" '{
+        --arg inf "$M_INFLIGHT" --arg retries "$RETRIES" --arg thp "$GW_ALLOW_THP" \
+        --arg drv "$(sed -n 's/.*socket driver driver="\{0,1\}\([a-z]*\)"\{0,1\} why=.*/\1/p' "$TMP/gw-0.log" | head -1)" '{
           gateway_processes: ($gp|tonumber), gateway_cores_per_process: 1, flood_processes: ($fp|tonumber),
+          gateway_socket_driver: $drv,
           source_addresses: ($fp|tonumber), heartbeat_ms: ($hb|tonumber), flood_inflight: ($inf|tonumber),
           flood_retries: ($retries|tonumber), gateway_mimalloc_allow_thp: ($thp|tonumber),
           tuning: "tuning/apply.sh"}')")

@@ -92,6 +92,10 @@
 #             $SYS_WINDOW_S [10] s in separate holds; the gateway / c-uring
 #             and gateway / c-epoll ratios, against issue 14's targets
 #             (bench/run_limit.sh).
+#   slab      kernel slab (and its unreclaimable part) per connection pair
+#             on each socket driver: $SLAB_RUNS (3) alternating rounds of
+#             one gateway (--cores 1) per driver of $SLAB_DRIVERS [uring
+#             epoll] holding $N connections; the uring / epoll ratio.
 #
 # Builds release binaries, starts what the scenario needs, stops everything
 # it started (also on error or Ctrl-C), prints a summary and writes JSON
@@ -139,7 +143,7 @@ case $SCENARIO in
     peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
-    soak | hostile | limit) ;;
+    soak | hostile | limit | slab) ;;
     *) usage ;;
 esac
 OUT=${OUT:-bench/results/$SCENARIO.json}
@@ -542,8 +546,10 @@ million)
           tuning: "tuning/apply.sh"}')")
     jq -n --slurpfile f "$STEM-flood.json" --slurpfile pp "$TMP/per_process.json" --argjson cond "$COND" \
         --arg n "$N" --arg gp "$GW_PROCS" '($f[0]) as $f | ($pp[0]) as $pp |
-        ($f.rss.at_full.rss_bytes // 0) as $full | ($f.rss.at_start.rss_bytes // 0) as $idle |
-        ($f.conns_established) as $est |
+        # A ramp that did not finish has no at_full sample: judge at the end.
+        ($f.rss.at_full // $f.rss.at_end) as $fs | ($fs.rss_bytes // 0) as $full |
+        ($f.rss.at_start.rss_bytes // 0) as $idle | ($f.conns_established) as $est | ($fs.open // $est) as $held |
+        ($f.kernel_slab_delta_bytes // (($fs.slab_bytes // 0) - ($f.rss.at_start.slab_bytes // 0))) as $slab |
         def spread(k): [$pp.rows[] | .[k] | select(. != null)] | if length == 0 then null
             else {min: min, max: max, mean: (add / length), sum: add, answered: length} end;
         {
@@ -559,12 +565,13 @@ million)
           gateway_processes: ($gp|tonumber),
           gateway_rss_bytes: $full,
           gateway_rss_idle_bytes: $idle,
-          gateway_bytes_per_conn: (if $est > 0 then ($full - $idle) / $est else null end),
+          connections_measured: $held,
+          gateway_bytes_per_conn: (if $held > 0 then ($full - $idle) / $held else null end),
           gateway_bytes_per_conn_is: "(sum of RSS with the connections - sum of idle RSS) / connections: the per-process average",
           per_process: {sessions: spread("sessions"), connections: spread("connections"),
                         rss_bytes: spread("rss_bytes"), stats_query_s: $pp.query_s, rows: $pp.rows},
-          kernel_slab_delta_bytes: $f.kernel_slab_delta_bytes,
-          kernel_slab_bytes_per_conn_pair: (if $est > 0 then $f.kernel_slab_delta_bytes / $est else null end),
+          kernel_slab_delta_bytes: $slab,
+          kernel_slab_bytes_per_conn_pair: (if $held > 0 then $slab / $held else null end),
           connect_rate_per_s: $f.connect_rate_per_s,
           gateway_cpu_us_per_conn_setup: $f.server_cpu_us_per_conn_setup,
           ramp_s: $f.ramp_s,
@@ -597,6 +604,9 @@ hostile)
     ;;
 limit)
     limit_scenario
+    ;;
+slab)
+    slab_scenario
     ;;
 idle* | latency*)
     transports_scenario "$SCENARIO"

@@ -427,3 +427,47 @@ limit_scenario() {
          ([.value.syscalls_per_ping | to_entries[] | "\(f(.value; 100))x syscalls at \(.key)/s"] | join(", "))),
         (.targets[] | "target \(.system) \(.figure)\(if .vs then " / " + .vs else "" end): \(f(.ratio // .value; 100)) (limit \(.limit)): \(if .met then "met" else "MISSED" end)")' "$OUT"
 }
+
+# The slab scenario: kernel memory per connection on each socket driver.
+# For each of $SLAB_RUNS (3) rounds, for each driver of $SLAB_DRIVERS
+# [uring epoll] (alternating, so drift on the box hits both): drop the
+# page cache and reclaimable slab, settle $SLAB_SETTLE_S (8) s, start one
+# gateway (--demo --cores 1 --io-driver D), hold $N connections from one
+# flood process, and read the kernel slab and its unreclaimable part
+# (/proc/meminfo) before the ramp and at full. Per connection pair
+# (the client socket is in the figure too, the same for both drivers).
+slab_scenario() {
+    [[ $(id -u) -eq 0 ]] || { echo "slab: run as root (drops the page cache between runs)" >&2; exit 1; }
+    local runs=${SLAB_RUNS:-3} drivers=${SLAB_DRIVERS:-uring epoll} settle=${SLAB_SETTLE_S:-8} r d gw rows=()
+    for r in $(seq "$runs"); do
+        for d in $drivers; do
+            sync; echo 2 >/proc/sys/vm/drop_caches; sleep "$settle"
+            ./target/release/gateway --demo --cores 1 --io-driver "$d" --listen "127.0.0.1:$GW_PORT" \
+                --admin-listen "127.0.0.1:$ADMIN_PORT" >"$TMP/slab-gw-$d-$r.log" 2>&1 &
+            gw=$!
+            STARTED+=("$gw")
+            wait_health "$ADMIN_PORT" "$gw" "$TMP/slab-gw-$d-$r.log"
+            "$FLOOD" hold --target "127.0.0.1:$GW_PORT" --conns "$N" --procs 1 --rate "$RATE" \
+                --settle-s 5 --hold-s 5 --pid "$gw" --json "$STEM-$d-$r.json" >"$TMP/slab-flood-$d-$r.log" 2>&1 ||
+                { tail "$TMP/slab-flood-$d-$r.log" >&2; exit 1; }
+            stop_pid "$gw"; forget "$gw"
+            rows+=("$(jq -c --arg d "$d" --arg r "$r" '{driver: $d, run: ($r|tonumber), established: .conns_established,
+                slab_bytes_per_pair: (.kernel_slab_delta_bytes / .conns_established),
+                sunreclaim_bytes_per_pair: ((.rss.at_full.sunreclaim_bytes - .rss.at_start.sunreclaim_bytes) / .conns_established),
+                gateway_rss_bytes_per_conn: (.server_rss_delta_bytes / .conns_established)}' "$STEM-$d-$r.json")")
+            echo "  ${rows[-1]}"
+        done
+    done
+    printf '%s\n' "${rows[@]}" | jq -s --argjson cond "$(conditions '{"gateway": "1 process, --demo --cores 1", "flood_processes": 1}')" '
+        def mean(k): map(.[k]) | add / length;
+        (group_by(.driver) | map({key: .[0].driver, value: {slab_bytes_per_pair: mean("slab_bytes_per_pair"),
+            sunreclaim_bytes_per_pair: mean("sunreclaim_bytes_per_pair"),
+            gateway_rss_bytes_per_conn: mean("gateway_rss_bytes_per_conn"), runs: length}}) | from_entries) as $m |
+        {scenario: "slab", runs: ., mean: $m,
+         uring_over_epoll: (if $m.uring and $m.epoll then {slab: ($m.uring.slab_bytes_per_pair / $m.epoll.slab_bytes_per_pair),
+             sunreclaim: ($m.uring.sunreclaim_bytes_per_pair / $m.epoll.sunreclaim_bytes_per_pair)} else null end),
+         conditions: $cond}' >"$OUT"
+    echo "== result ($OUT)"
+    jq -r '.mean | to_entries[] | "\(.key): slab \(.value.slab_bytes_per_pair|floor) B per connection pair (unreclaimable \(.value.sunreclaim_bytes_per_pair|floor)), gateway RSS \(.value.gateway_rss_bytes_per_conn|floor) B/conn"' "$OUT"
+    jq -r '.uring_over_epoll // empty | "uring / epoll: slab \(.slab * 1000 | floor / 1000)x, unreclaimable \(.sunreclaim * 1000 | floor / 1000)x (issue 14 target: at most 1.05x)"' "$OUT"
+}

@@ -21,7 +21,8 @@ use gw_proto::CloseReason;
 use futures_lite::AsyncRead;
 
 use super::poller::{Event, LISTENER_KEY};
-use crate::core::{conn_id_idx, Conn, Core};
+use crate::core::ByKey;
+use crate::core::{Conn, ConnKey, Core};
 
 /// Reads of one connection per visit before it yields to the others.
 const READS_PER_VISIT: usize = 4;
@@ -74,11 +75,7 @@ impl IoLoop {
                 continue;
             }
             let mut st = self.core.state.borrow_mut();
-            let Some(c) = st
-                .conns
-                .get_mut(conn_id_idx(ev.key) as usize)
-                .filter(|c| c.id == ev.key)
-            else {
+            let Some(c) = st.conns.by_key(ConnKey::from_id(ev.key)) else {
                 continue; // closed since: the key names an old connection
             };
             if ev.readable() {
@@ -180,11 +177,11 @@ impl Future for IoLoop {
 /// end of stream (or an error) shows.
 fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
     let hangup = !hangups.is_empty() && hangups.contains(&id);
-    let idx = conn_id_idx(id);
+    let key = ConnKey::from_id(id);
     let mut reads = 0;
     loop {
         let Some((closing, readable, fd)) =
-            core.with_conn(idx, id, |c| (c.close, c.flags.readable(), c.fd))
+            core.with_conn(key, |c| (c.close, c.flags.readable(), c.fd))
         else {
             if hangup {
                 hangups.remove(&id);
@@ -192,13 +189,13 @@ fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
             return;
         };
         if let Some(reason) = closing {
-            core.with_conn(idx, id, |c| {
+            core.with_conn(key, |c| {
                 if let Some(b) = super::ws::closing(c, reason) {
                     core.push_out_raw(c, crate::core::push::Out::frame(b));
                 }
             });
-            let _ = flush(core, idx, id); // one best-effort flush of a final frame
-            core.teardown(idx, id);
+            let _ = flush(core, key); // one best-effort flush of a final frame
+            core.teardown(key);
             if hangup {
                 hangups.remove(&id);
             }
@@ -206,16 +203,16 @@ fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
         }
         if readable && reads < READS_PER_VISIT {
             reads += 1;
-            read_once(core, idx, id, fd, hangup);
+            read_once(core, key, fd, hangup);
             continue;
         }
-        if let Err(e) = flush(core, idx, id) {
+        if let Err(e) = flush(core, key) {
             tracing::debug!(conn_id = id, error = %e, "write failed");
-            core.close(idx, id, CloseReason::IoError, None);
+            core.close(key, CloseReason::IoError, None);
             continue;
         }
         // Done, or more to read later: back of the list, or off it.
-        core.with_conn(idx, id, |c| {
+        core.with_conn(key, |c| {
             if c.flags.readable() {
                 core.requeue(c);
             } else {
@@ -232,7 +229,8 @@ fn serve(core: &Rc<Core>, id: u64, hangups: &mut HashSet<u64>) {
 /// One `recv` into the core's scratch buffer, and the frames it completes.
 /// After a hang-up event a short read does not mean drained: the end of
 /// stream is still to be read.
-fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
+fn read_once(core: &Rc<Core>, key: ConnKey, fd: i32, hangup: bool) {
+    let id = key.id();
     let mut scratch = core.scratch.borrow_mut();
     // SAFETY: recv into our buffer, non-blocking, on the connection's open socket.
     let n = unsafe {
@@ -247,26 +245,26 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => {
-                core.with_conn(idx, id, |c| c.flags.set_readable(false));
+                core.with_conn(key, |c| c.flags.set_readable(false));
             }
             io::ErrorKind::Interrupted => {}
             _ => {
                 tracing::debug!(conn_id = id, error = %e, "read failed");
-                core.close(idx, id, CloseReason::IoError, None);
+                core.close(key, CloseReason::IoError, None);
             }
         }
         return;
     }
     if n == 0 {
-        core.close(idx, id, CloseReason::ClientClosed, None);
+        core.close(key, CloseReason::ClientClosed, None);
         return;
     }
     let n = n as usize;
     if n < scratch.len() && !hangup {
         // Drained: with edge-triggered epoll, new data brings a new event.
-        core.with_conn(idx, id, |c| c.flags.set_readable(false));
+        core.with_conn(key, |c| c.flags.set_readable(false));
     }
-    super::input::received(core, idx, id, &scratch[..n]);
+    super::input::received(core, key, &scratch[..n]);
 }
 
 /// Writes queued output until done or the socket is full (then the
@@ -274,14 +272,15 @@ fn read_once(core: &Rc<Core>, idx: u32, id: u64, fd: i32, hangup: bool) {
 /// in the backlog follow in the same visit. A connection whose AuthOk
 /// waits for its subscription to be confirmed writes nothing yet
 /// ([`Core::held`]).
-fn flush(core: &Core, idx: u32, id: u64) -> io::Result<()> {
+fn flush(core: &Core, key: ConnKey) -> io::Result<()> {
+    let id = key.id();
     if core.held(id) {
         return Ok(());
     }
     let now = core.now();
     let mut st = core.state.borrow_mut();
     let crate::core::State { conns, wheel, .. } = &mut *st;
-    let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+    let Some(c) = conns.by_key(key) else {
         return Ok(());
     };
     loop {

@@ -10,6 +10,8 @@ use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
 
 use crate::auth::JwtError;
 use crate::backend::{BackendReply, SessionOp, UpstreamRequest};
+use crate::core::ByKey;
+use crate::core::ConnKey;
 use crate::core::Core;
 use crate::metrics::{CoreMetrics, Reject};
 
@@ -21,28 +23,28 @@ pub const DEVICE_BYTES_MAX: usize = 128;
 pub const METADATA_ENTRIES_MAX: usize = 16;
 pub const METADATA_BYTES_MAX: usize = 1024;
 
-pub fn on_frame(core: &Rc<Core>, idx: u32, id: u64, frame: Frame) {
-    let Some(authed) = core.with_conn(idx, id, |c| c.authed()) else {
+pub fn on_frame(core: &Rc<Core>, key: ConnKey, frame: Frame) {
+    let Some(authed) = core.with_conn(key, |c| c.authed()) else {
         return;
     };
     let Some(body) = frame.body else { return };
     match (authed, body) {
-        (false, Body::Auth(a)) => auth(core, idx, id, a),
+        (false, Body::Auth(a)) => auth(core, key, a),
         (false, _) => {
             CoreMetrics::inc(&core.metrics.auth_failures);
             let err = auth_error(
                 ErrorCode::AuthRequired,
                 "the first frame must be Auth".into(),
             );
-            core.close(idx, id, CloseReason::ProtocolViolation, Some(err));
+            core.close(key, CloseReason::ProtocolViolation, Some(err));
         }
-        (true, Body::Ping(p)) => ping(core, idx, id, p),
-        (true, Body::Upstream(u)) => upstream(core, idx, id, u),
-        (true, Body::Ack(a)) => core.ack(idx, id, a.seq),
-        (true, Body::Refresh(r)) => refresh(core, idx, id, r),
+        (true, Body::Ping(p)) => ping(core, key, p),
+        (true, Body::Upstream(u)) => upstream(core, key, u),
+        (true, Body::Ack(a)) => core.ack(key, a.seq),
+        (true, Body::Refresh(r)) => refresh(core, key, r),
         (true, Body::Auth(_)) => {
             let err = Core::error_body(ErrorCode::UnexpectedFrame, "already authenticated", 0);
-            core.send_frame(idx, id, err);
+            core.send_frame(key, err);
         }
         (true, _) => {
             let err = Core::error_body(
@@ -50,7 +52,7 @@ pub fn on_frame(core: &Rc<Core>, idx: u32, id: u64, frame: Frame) {
                 "a server-to-client frame was sent by the client",
                 0,
             );
-            core.close(idx, id, CloseReason::ProtocolViolation, Some(err));
+            core.close(key, CloseReason::ProtocolViolation, Some(err));
         }
     }
 }
@@ -78,19 +80,19 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
+fn auth(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
+    let id = key.id();
     if core.draining.get() {
         // Accepted just before (or, with io_uring's eager accept, while)
         // the core began to drain: told where to go instead of a login.
-        core.close(idx, id, CloseReason::Drain, Some(core.drain_goaway()));
+        core.close(key, CloseReason::Drain, Some(core.drain_goaway()));
         return;
     }
     let fail = |code: ErrorCode, message: String| {
         CoreMetrics::inc(&core.metrics.auth_failures);
         tracing::debug!(conn_id = id, code = code.as_str_name(), %message, "auth failed");
         core.close(
-            idx,
-            id,
+            key,
             CloseReason::AuthFailed,
             Some(auth_error(code, message)),
         );
@@ -135,13 +137,13 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
             ErrorCode::BackendUnavailable,
             "this gateway cannot reach NATS: reconnect (to another node) after a short wait".into(),
         );
-        core.close(idx, id, CloseReason::NodeUnavailable, Some(err));
+        core.close(key, CloseReason::NodeUnavailable, Some(err));
         return;
     }
-    let (user, device, ticket) = core.bind_session(idx, id, &claims.sub, &device, heartbeat_ms);
+    let (user, device, ticket) = core.bind_session(key, &claims.sub, &device, heartbeat_ms);
     let metadata = a.metadata;
     let expires = core.session_expiry(claims.exp);
-    core.with_conn(idx, id, |c| {
+    core.with_conn(key, |c| {
         if a.resume_seq != 0 || !metadata.is_empty() {
             let extra = c.extra_mut();
             extra.resume_seq = a.resume_seq;
@@ -149,11 +151,10 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
         }
         core.set_expiry(c, expires);
     });
-    core.schedule_expiry(idx, id);
+    core.schedule_expiry(key);
     CoreMetrics::inc(&core.metrics.auth_ok);
     core.send_frame(
-        idx,
-        id,
+        key,
         Body::AuthOk(pb::AuthOk {
             protocol_version: PROTOCOL_VERSION,
             conn_id: id,
@@ -171,14 +172,15 @@ fn auth(core: &Rc<Core>, idx: u32, id: u64, a: pb::Auth) {
     // and the backend hears of the session then (`core/reach.rs`).
     match ticket {
         Some(t) if !core.reach.is_confirmed(t) => core.hold(id, t),
-        _ => core.online(idx, id, false),
+        _ => core.online(key, false),
     }
 }
 
 /// A fresh token for a session: verified like Auth, for the same user (and
 /// device, when the token names one). Moves the session's end to the new
 /// token's expiry; a refusal leaves the old one and the connection.
-fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
+fn refresh(core: &Rc<Core>, key: ConnKey, r: pb::Refresh) {
+    let id = key.id();
     let answer = |code: ErrorCode, message: String, expires: u64| {
         Body::RefreshReply(pb::RefreshReply {
             code: code as i32,
@@ -190,7 +192,7 @@ fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
         Err(e) => Err((jwt_code(&e), e.to_string())),
         Ok(claims) => {
             let expires = core.session_expiry(claims.exp);
-            core.with_conn(idx, id, |c| {
+            core.with_conn(key, |c| {
                 if c.user.as_deref() != Some(claims.sub.as_str()) {
                     return Err((
                         ErrorCode::TokenInvalid,
@@ -213,7 +215,7 @@ fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
     let body = match reply {
         Ok(expires) => {
             CoreMetrics::inc(&core.metrics.refreshes);
-            core.schedule_expiry(idx, id);
+            core.schedule_expiry(key);
             answer(ErrorCode::Unspecified, String::new(), expires.into())
         }
         Err((code, message)) => {
@@ -222,12 +224,12 @@ fn refresh(core: &Rc<Core>, idx: u32, id: u64, r: pb::Refresh) {
             answer(code, message, 0)
         }
     };
-    core.send_frame(idx, id, body);
+    core.send_frame(key, body);
 }
 
-fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
+fn ping(core: &Rc<Core>, key: ConnKey, p: pb::Ping) {
     CoreMetrics::inc(&core.metrics.heartbeats);
-    let hb = core.with_conn(idx, id, |c| {
+    let hb = core.with_conn(key, |c| {
         if p.heartbeat_interval_ms != 0 {
             c.heartbeat_ms = core.cfg.clamp_heartbeat(p.heartbeat_interval_ms);
         }
@@ -235,10 +237,9 @@ fn ping(core: &Rc<Core>, idx: u32, id: u64, p: pb::Ping) {
     });
     if let Some((hb, last_in)) = hb {
         // A shorter interval brings the idle deadline forward.
-        core.schedule(idx, id, last_in + core.ticks(core.cfg.idle_timeout_ms(hb)));
+        core.schedule(key, last_in + core.ticks(core.cfg.idle_timeout_ms(hb)));
         core.send_frame(
-            idx,
-            id,
+            key,
             Body::Pong(pb::Pong {
                 heartbeat_interval_ms: hb,
             }),
@@ -263,17 +264,18 @@ fn reply_body(correlation_id: u64, r: &BackendReply) -> Body {
     })
 }
 
-fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
+fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
+    let id = key.id();
     let corr = u.correlation_id;
     if !valid_route(&u.route) {
         let r = BackendReply::error(
             ErrorCode::BadRequest,
             &format!("route must be 1..={ROUTE_BYTES_MAX} bytes of [A-Za-z0-9._-]"),
         );
-        core.send_frame(idx, id, reply_body(corr, &r));
+        core.send_frame(key, reply_body(corr, &r));
         return;
     }
-    let (user, device) = match admit(core, idx, id, &u.route) {
+    let (user, device) = match admit(core, key, &u.route) {
         Ok(Some(who)) => who,
         Ok(None) => return, // closed meanwhile
         Err((reason, retry_after_ms)) => {
@@ -285,7 +287,7 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
                 _ => "too many requests in flight; retry later",
             };
             let r = BackendReply::retry(ErrorCode::Busy, why, retry_after_ms);
-            core.send_frame(idx, id, reply_body(corr, &r));
+            core.send_frame(key, reply_body(corr, &r));
             return;
         }
     };
@@ -299,7 +301,7 @@ fn upstream(core: &Rc<Core>, idx: u32, id: u64, u: pb::Upstream) {
         payload: u.payload,
     };
     let core = core.clone();
-    crate::core::wake::spawn(async move { run_upstream(core, idx, id, corr, req).await }).detach();
+    crate::core::wake::spawn(async move { run_upstream(core, key, corr, req).await }).detach();
 }
 
 /// The user and device of an admitted upstream frame.
@@ -311,12 +313,12 @@ type Who = (Rc<str>, Rc<str>);
 /// by priority), the core's in-flight cap. On
 /// success the in-flight slots are taken; on refusal: the reason and the
 /// retry_after_ms for the BUSY reply. None: no such session any more.
-fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Reject, u32)> {
+fn admit(core: &Core, key: ConnKey, route: &str) -> Result<Option<Who>, (Reject, u32)> {
     let now = core.now();
     let busy_ms = core.cfg.busy_retry_after_ms;
     let mut st = core.state.borrow_mut();
     let core_full = st.upstream_inflight >= core.cfg.upstream_inflight_per_core_max;
-    let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+    let Some(c) = st.conns.by_key(key) else {
         return Ok(None);
     };
     let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
@@ -346,7 +348,8 @@ fn admit(core: &Core, idx: u32, id: u64, route: &str) -> Result<Option<Who>, (Re
 /// Envelope bytes around a reply payload (prefix, tags, ids), at most.
 const REPLY_OVERHEAD_BYTES: usize = 64;
 
-async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: UpstreamRequest) {
+async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequest) {
+    let id = key.id();
     let route = req.route.clone();
     let fut = core.backend.upstream(req);
     let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
@@ -388,11 +391,11 @@ async fn run_upstream(core: Rc<Core>, idx: u32, id: u64, corr: u64, req: Upstrea
             tracing::debug!(conn_id = id, %route, "room subscription not confirmed within upstream_timeout_ms; replying anyway");
         }
     }
-    core.send_frame(idx, id, reply_body(corr, &reply));
+    core.send_frame(key, reply_body(corr, &reply));
     core.execute(pushes, kicks).await;
     let mut st = core.state.borrow_mut();
     st.upstream_inflight = st.upstream_inflight.saturating_sub(1);
-    if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
+    if let Some(c) = st.conns.by_key(key) {
         c.inflight = c.inflight.saturating_sub(1);
     }
 }

@@ -8,15 +8,16 @@ use std::rc::Rc;
 
 use gw_proto::{CloseReason, Decoded, ErrorCode};
 
-use crate::core::{Conn, Core};
+use crate::core::{Conn, ConnKey, Core};
 use crate::metrics::CoreMetrics;
 
 /// Bytes read from a connection's socket: through the layers to frames.
 /// Counts them, and keeps the core's pre-auth budget (`preauth.rs`) up to
 /// date with what an unauthenticated connection now buffers.
-pub fn received(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+pub fn received(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
+    let id = key.id();
     CoreMetrics::add(&core.metrics.bytes_in, data.len() as u64);
-    let Some((layer, before)) = core.with_conn(idx, id, |c| {
+    let Some((layer, before)) = core.with_conn(key, |c| {
         // Nothing was read before: these are the connection's first bytes.
         let first = c.bytes_in == 0;
         c.bytes_in = c.bytes_in.saturating_add(data.len() as u32);
@@ -26,12 +27,12 @@ pub fn received(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
         return;
     };
     match layer {
-        Layer::Tls => super::tls::input(core, idx, id, data),
-        Layer::Ws => super::ws::input(core, idx, id, data),
-        Layer::Frames => on_bytes(core, idx, id, data),
+        Layer::Tls => super::tls::input(core, key, data),
+        Layer::Ws => super::ws::input(core, key, data),
+        Layer::Frames => on_bytes(core, key, data),
     }
     let after = core
-        .with_conn(idx, id, |c| super::preauth::bytes(c))
+        .with_conn(key, |c| super::preauth::bytes(c))
         .unwrap_or(0);
     if before != after {
         core.preauth_changed(id, before, after);
@@ -71,10 +72,10 @@ fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Lay
 }
 
 /// Plaintext out of TLS: WebSocket or frames.
-pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    match core.with_conn(idx, id, |c| layer(core, c, data, None)) {
-        Some(Layer::Ws) => super::ws::input(core, idx, id, data),
-        Some(_) => on_bytes(core, idx, id, data),
+pub(super) fn plain_input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
+    match core.with_conn(key, |c| layer(core, c, data, None)) {
+        Some(Layer::Ws) => super::ws::input(core, key, data),
+        Some(_) => on_bytes(core, key, data),
         None => {}
     }
 }
@@ -82,10 +83,11 @@ pub(super) fn plain_input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
 /// Decodes and handles every whole frame in `data` (plus any partial);
 /// `data` is plaintext (after TLS and WebSocket, when the connection uses
 /// them).
-pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
+pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
+    let id = key.id();
     let now = core.now();
     let Some((mut partial, mut authed)) =
-        core.with_conn(idx, id, |c| (std::mem::take(&mut c.partial), c.authed()))
+        core.with_conn(key, |c| (std::mem::take(&mut c.partial), c.authed()))
     else {
         return;
     };
@@ -115,12 +117,12 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                 pos += used;
                 CoreMetrics::inc(&core.metrics.frames_in);
                 // A whole frame is a sign of life; stray bytes are not.
-                let state = core.with_conn(idx, id, |c| {
+                let state = core.with_conn(key, |c| {
                     c.last_in = now;
                     c.authed()
                 });
-                super::frames::on_frame(core, idx, id, frame);
-                let after = core.with_conn(idx, id, |c| (c.close.is_some(), c.authed()));
+                super::frames::on_frame(core, key, frame);
+                let after = core.with_conn(key, |c| (c.close.is_some(), c.authed()));
                 closing = after.is_none_or(|(closing, _)| closing);
                 if state == Some(false) && after.is_some_and(|(_, a)| a) {
                     authed = true;
@@ -138,12 +140,7 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
                     }
                 };
                 tracing::debug!(conn_id = id, error = %e, authed, "bad frame");
-                core.close(
-                    idx,
-                    id,
-                    reason,
-                    Some(Core::error_body(code, e.to_string(), 0)),
-                );
+                core.close(key, reason, Some(Core::error_body(code, e.to_string(), 0)));
                 closing = true;
             }
         }
@@ -159,7 +156,7 @@ pub(super) fn on_bytes(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     } else {
         keep_partial(&buf[pos..], max)
     };
-    core.with_conn(idx, id, |c| c.partial = keep);
+    core.with_conn(key, |c| c.partial = keep);
 }
 
 /// Bytes of the frame at the start of `rest` (prefix included), when its

@@ -42,7 +42,7 @@ impl Core {
                 let live = self.conn_count();
                 if order.len() > 2 * live + 1024 {
                     order.retain(|&id| {
-                        self.with_conn(crate::core::conn_id_idx(id), id, |c| bytes(c) > 0)
+                        self.with_conn(crate::core::ConnKey::from_id(id), |c| bytes(c) > 0)
                             .unwrap_or(false)
                     });
                 }
@@ -65,11 +65,11 @@ impl Core {
             let Some(id) = self.preauth.order.borrow_mut().pop_front() else {
                 return;
             };
-            let idx = crate::core::conn_id_idx(id);
+            let key = crate::core::ConnKey::from_id(id);
             // Gone, authenticated, or already closing: not counted any more
             // (or released at its teardown).
             let Some(charge) = self
-                .with_conn(idx, id, |c| (c.close.is_none()).then(|| bytes(c)))
+                .with_conn(key, |c| (c.close.is_none()).then(|| bytes(c)))
                 .flatten()
                 .filter(|&b| b > 0)
             else {
@@ -89,9 +89,9 @@ impl Core {
                 self.cfg.busy_retry_after_ms,
             );
             let framed = self
-                .with_conn(idx, id, |c| super::speaks_frames(c))
+                .with_conn(key, |c| super::speaks_frames(c))
                 .unwrap_or(false);
-            self.close(idx, id, CloseReason::PreauthLimit, framed.then_some(busy));
+            self.close(key, CloseReason::PreauthLimit, framed.then_some(busy));
             over = over.saturating_sub(charge);
         }
     }

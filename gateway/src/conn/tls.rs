@@ -22,7 +22,7 @@ use gw_proto::CloseReason;
 
 use super::records::keys::{Derived, Suite};
 use super::records::{RecordError, Records, APPLICATION_DATA, HEADER_BYTES, PLAINTEXT_BYTES_MAX};
-use crate::core::{Conn, Core};
+use crate::core::{Conn, ConnKey, Core};
 use crate::metrics::CoreMetrics;
 use crate::tls::{take_traffic_secrets, TrafficSecrets, TLS_HANDSHAKE_BYTE};
 
@@ -132,11 +132,9 @@ struct Input {
 
 /// Feeds received TLS bytes to the connection's TLS state and the
 /// plaintext they carry to the next layer.
-pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    let Some(tls) = core
-        .with_conn(idx, id, |c| c.extra_mut().tls.take())
-        .flatten()
-    else {
+pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
+    let id = key.id();
+    let Some(tls) = core.with_conn(key, |c| c.extra_mut().tls.take()).flatten() else {
         return;
     };
     let mut got = Input::default();
@@ -185,7 +183,7 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
             }
         }
     }
-    core.with_conn(idx, id, |c| {
+    core.with_conn(key, |c| {
         if tls.is_none() {
             // The keys could not be taken: nothing more may be written.
             c.out = Default::default();
@@ -197,14 +195,14 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
     if let Some(why) = got.failed {
         CoreMetrics::inc(&core.metrics.tls_failures);
         tracing::debug!(conn_id = id, %why, "TLS failed");
-        core.close(idx, id, CloseReason::TlsFailed, None);
+        core.close(key, CloseReason::TlsFailed, None);
         return;
     }
     if !got.plain.is_empty() {
-        super::input::plain_input(core, idx, id, &got.plain);
+        super::input::plain_input(core, key, &got.plain);
     }
     if got.peer_closed {
-        core.close(idx, id, CloseReason::ClientClosed, None);
+        core.close(key, CloseReason::ClientClosed, None);
     }
 }
 

@@ -15,7 +15,7 @@ use gw_proto::{CloseReason, LEN_PREFIX_BYTES};
 
 use super::http::Request;
 use crate::core::push::Out;
-use crate::core::{Conn, Core};
+use crate::core::{Conn, ConnKey, Core, WsPhase};
 use crate::metrics::CoreMetrics;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -38,9 +38,6 @@ pub enum Ws {
     Fragments(Vec<u8>),
 }
 
-const OPEN: u8 = 1;
-const CLOSE_SENT: u8 = 2;
-
 /// The Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
     let digest = ring::digest::digest(
@@ -61,12 +58,12 @@ pub fn buffered(c: &Conn) -> usize {
 
 /// Whether the connection is a WebSocket (upgraded or upgrading).
 pub fn active(c: &Conn) -> bool {
-    c.ws != 0 || c.extra.as_ref().is_some_and(|e| e.ws.is_some())
+    c.ws != WsPhase::None || c.extra.as_ref().is_some_and(|e| e.ws.is_some())
 }
 
 /// Whether queued frames must be wrapped as WebSocket messages.
 pub fn open(c: &Conn) -> bool {
-    c.ws != 0
+    c.ws != WsPhase::None
 }
 
 /// Whether this first plaintext of a connection starts a WebSocket upgrade
@@ -145,8 +142,9 @@ fn send_raw(core: &Core, c: &mut Conn, bytes: Bytes) {
 
 /// Feeds plaintext to the WebSocket layer; whole binary messages go to the
 /// frame decoder. A partial WebSocket frame waits in `Conn::partial`.
-pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
-    let Some((state, partial)) = core.with_conn(idx, id, |c| {
+pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
+    let id = key.id();
+    let Some((state, partial)) = core.with_conn(key, |c| {
         let state = c.extra.as_mut().and_then(|e| e.ws.take());
         (state, std::mem::take(&mut c.partial))
     }) else {
@@ -157,33 +155,30 @@ pub fn input(core: &Rc<Core>, idx: u32, id: u64, data: &[u8]) {
             // Look for the blank line only in what is new (and 3 bytes back).
             let from = buf.len().saturating_sub(3);
             buf.extend_from_slice(data);
-            handshake(core, idx, id, buf, from)
+            handshake(core, key, buf, from)
         }
-        Some(Ws::Fragments(message)) => frames(core, idx, id, partial, Some(message), data),
-        None => frames(core, idx, id, partial, None, data),
+        Some(Ws::Fragments(message)) => frames(core, key, partial, Some(message), data),
+        None => frames(core, key, partial, None, data),
     };
     let (messages, failed) = result;
     for m in messages {
         // Nothing more once the connection is closing (a bad frame, a
         // slow consumer, the client's close).
-        if core
-            .with_conn(idx, id, |c| c.close.is_some())
-            .unwrap_or(true)
-        {
+        if core.with_conn(key, |c| c.close.is_some()).unwrap_or(true) {
             break;
         }
-        super::input::on_bytes(core, idx, id, &m);
+        super::input::on_bytes(core, key, &m);
     }
     if let Some((reason, why)) = failed {
         if reason != CloseReason::HttpAnswered {
             CoreMetrics::inc(&core.metrics.ws_rejected);
         }
         tracing::debug!(conn_id = id, %why, "WebSocket closed");
-        core.close(idx, id, reason, None);
+        core.close(key, reason, None);
     }
     // After the decoder, which uses `partial` for frames of its own (none:
     // it gets whole messages).
-    core.with_conn(idx, id, |c| {
+    core.with_conn(key, |c| {
         c.partial = rest;
         c.extra_mut().ws = state;
         c.shrink_extra();
@@ -201,7 +196,7 @@ fn closing_step(reason: CloseReason, why: impl Into<String>) -> Step {
     (None, Vec::new(), (Vec::new(), Some((reason, why.into()))))
 }
 
-fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> Step {
+fn handshake(core: &Rc<Core>, key: ConnKey, buf: Vec<u8>, from: usize) -> Step {
     let max = core.cfg.ws.handshake_bytes_max as usize;
     let Some(end) = buf[from..]
         .windows(4)
@@ -209,19 +204,19 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
         .map(|p| p + from)
     else {
         if buf.len() > max {
-            reject(core, idx, id, "431 Request Header Fields Too Large");
+            reject(core, key, "431 Request Header Fields Too Large");
             return closing_step(CloseReason::ProtocolViolation, "handshake too large");
         }
         return (Some(Ws::Handshake(buf)), Vec::new(), (Vec::new(), None));
     };
     if end + 4 > max {
-        reject(core, idx, id, "431 Request Header Fields Too Large");
+        reject(core, key, "431 Request Header Fields Too Large");
         return closing_step(CloseReason::ProtocolViolation, "handshake too large");
     }
     let req = match Request::parse(&buf[..end]) {
         Ok(req) => req,
         Err(why) => {
-            reject(core, idx, id, "400 Bad Request");
+            reject(core, key, "400 Bad Request");
             return closing_step(CloseReason::ProtocolViolation, why);
         }
     };
@@ -231,32 +226,32 @@ fn handshake(core: &Rc<Core>, idx: u32, id: u64, buf: Vec<u8>, from: usize) -> S
         .then(|| super::web::answer(&req, super::frames::unix_now()))
         .flatten()
     {
-        core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
+        core.with_conn(key, |c| send_raw(core, c, Bytes::from(resp)));
         let why = format!("answered HTTP {} {}", req.method, req.path);
         return closing_step(CloseReason::HttpAnswered, why);
     }
     match check(&core.cfg.ws, &req) {
-        Ok(key) => {
-            let accept = accept_key(key);
+        Ok(client_key) => {
+            let accept = accept_key(client_key);
             let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            core.with_conn(idx, id, |c| {
+            core.with_conn(key, |c| {
                 send_raw(core, c, Bytes::from(resp));
-                c.ws = OPEN;
+                c.ws = WsPhase::Open;
             });
             CoreMetrics::inc(&core.metrics.ws_upgrades);
             // Bytes after the request are the first WebSocket frames.
-            frames(core, idx, id, Vec::new(), None, &buf[end + 4..])
+            frames(core, key, Vec::new(), None, &buf[end + 4..])
         }
         Err((status, why)) => {
-            reject(core, idx, id, status);
+            reject(core, key, status);
             closing_step(CloseReason::ProtocolViolation, why)
         }
     }
 }
 
-fn reject(core: &Core, idx: u32, id: u64, status: &str) {
+fn reject(core: &Core, key: ConnKey, status: &str) {
     let resp = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    core.with_conn(idx, id, |c| send_raw(core, c, Bytes::from(resp)));
+    core.with_conn(key, |c| send_raw(core, c, Bytes::from(resp)));
 }
 
 /// Checks an upgrade request; returns its Sec-WebSocket-Key. Pure, so the
@@ -308,15 +303,14 @@ pub fn check<'a>(
 /// Parses client frames and acts on them; returns whole binary messages.
 fn frames(
     core: &Rc<Core>,
-    idx: u32,
-    id: u64,
+    key: ConnKey,
     mut partial: Vec<u8>,
     mut message: Option<Vec<u8>>,
     data: &[u8],
 ) -> Step {
     partial.extend_from_slice(data);
     // Before Auth is accepted, messages are held to the pre-auth limit.
-    let authed = core.with_conn(idx, id, |c| c.authed()).unwrap_or(false);
+    let authed = core.with_conn(key, |c| c.authed()).unwrap_or(false);
     let max = if authed {
         core.cfg.frame_bytes_max
     } else {
@@ -325,7 +319,7 @@ fn frames(
     let parsed = parse_frames(&partial, max, &mut message);
     if parsed.frames > 0 {
         // Any whole WebSocket frame is a sign of life (ping and pong too).
-        core.with_conn(idx, id, |c| c.last_in = core.now());
+        core.with_conn(key, |c| c.last_in = core.now());
     }
     let mut out = Vec::new();
     // `Conn::ws` stays open on a failure, so the close frame with the
@@ -339,7 +333,7 @@ fn frames(
                 // client that pings without reading is a slow consumer.
                 let limit = core.cfg.outbound_bytes_max as usize;
                 let queued = core
-                    .with_conn(idx, id, |c| {
+                    .with_conn(key, |c| {
                         let fits = c.out_bytes as usize + payload.len() + 4 <= limit;
                         if fits {
                             send_raw(core, c, frame(OP_PONG, &payload));
@@ -357,9 +351,9 @@ fn frames(
             }
             Event::Pong => {}
             Event::Close(echo) => {
-                core.with_conn(idx, id, |c| send_raw(core, c, frame(OP_CLOSE, &echo)));
-                core.with_conn(idx, id, |c| c.ws = CLOSE_SENT);
-                core.close(idx, id, CloseReason::ClientClosed, None);
+                core.with_conn(key, |c| send_raw(core, c, frame(OP_CLOSE, &echo)));
+                core.with_conn(key, |c| c.ws = WsPhase::CloseSent);
+                core.close(key, CloseReason::ClientClosed, None);
                 return (None, Vec::new(), (out, None));
             }
         }
@@ -526,9 +520,9 @@ pub fn parse_frames(buf: &[u8], max: usize, message: &mut Option<Vec<u8>>) -> Pa
 /// Before a WebSocket connection is torn down: the close frame with the
 /// gateway's reason, unless one went out already.
 pub fn closing(c: &mut Conn, reason: CloseReason) -> Option<Bytes> {
-    if c.ws != OPEN {
+    if c.ws != WsPhase::Open {
         return None;
     }
-    c.ws = CLOSE_SENT;
+    c.ws = WsPhase::CloseSent;
     Some(close_frame(reason))
 }

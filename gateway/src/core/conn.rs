@@ -11,6 +11,48 @@ use super::overload;
 use super::push::{self, Out, Window};
 use super::wheel::Tick;
 
+/// A connection's key on its core: its id, which packs the core (8 bits),
+/// a generation (24 bits) and the slab index (32 bits) (`super::conn_id`).
+/// The slab slot is `idx()`; the generation tells a reused slot from the
+/// connection a caller meant, so a stale key finds nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ConnKey(u64);
+
+impl ConnKey {
+    /// The key of connection id `id` (as events and the backend name it).
+    pub fn from_id(id: u64) -> ConnKey {
+        ConnKey(id)
+    }
+    /// The connection id (wire, events, `/connz`).
+    pub fn id(self) -> u64 {
+        self.0
+    }
+    /// The slab slot.
+    pub fn idx(self) -> u32 {
+        super::conn_id_idx(self.0)
+    }
+}
+
+/// The slab of a core's connections, looked up by key: a slot reused by a
+/// newer connection is not the connection the key names.
+pub trait ByKey {
+    /// The connection `key` names, if it is still open.
+    fn by_key(&mut self, key: ConnKey) -> Option<&mut Conn>;
+    /// Whether the connection `key` names is still open.
+    fn holds(&self, key: ConnKey) -> bool;
+}
+
+impl ByKey for slab::Slab<Conn> {
+    fn by_key(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        self.get_mut(key.idx() as usize)
+            .filter(|c| c.id == key.id())
+    }
+    fn holds(&self, key: ConnKey) -> bool {
+        self.get(key.idx() as usize)
+            .is_some_and(|c| c.id == key.id())
+    }
+}
+
 /// One client connection's state: everything a connection costs besides
 /// its kernel socket and epoll registration. Served by the core's I/O loop
 /// (`conn::epoll` or `conn::uring`); there is no task per connection.
@@ -20,9 +62,9 @@ pub struct Conn {
     pub fd: i32,
     /// I/O and session bits in one byte (see [`Flags`]).
     pub flags: Flags,
-    /// WebSocket: 0 = not upgraded, 1 = open, 2 = open and a close frame
-    /// sent (one byte, so an idle WebSocket costs nothing more).
-    pub ws: u8,
+    /// Where the connection is in the WebSocket protocol (one byte, so an
+    /// idle WebSocket costs nothing more).
+    pub ws: WsPhase,
     /// Set once authenticated.
     pub user: Option<Rc<str>>,
     pub device: Option<Rc<str>>,
@@ -53,6 +95,20 @@ pub struct Conn {
     pub upstream_bucket: overload::Bucket,
     /// What most connections never use, allocated on first use.
     pub extra: Option<Box<Extra>>,
+}
+
+/// A connection's WebSocket phase after the upgrade (the upgrade itself
+/// and message fragments live in `Extra::ws`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[repr(u8)]
+pub enum WsPhase {
+    /// Not a WebSocket (or not upgraded yet).
+    #[default]
+    None,
+    /// Upgraded: frames go out wrapped as binary messages.
+    Open,
+    /// Upgraded, and the gateway's close frame went out.
+    CloseSent,
 }
 
 /// Bits of a connection's state, packed in one byte (the connection record
@@ -171,6 +227,10 @@ impl Conn {
 }
 
 impl Conn {
+    /// This connection's key.
+    pub fn key(&self) -> ConnKey {
+        ConnKey(self.id)
+    }
     pub fn authed(&self) -> bool {
         self.user.is_some()
     }

@@ -17,7 +17,8 @@ use gw_proto::CloseReason;
 
 use super::push::{self, Out};
 use super::wheel::{Entry, Tick, Wheel};
-use super::{conn_id_core, conn_id_idx, Conn, Core, CoreMsg, Members, State};
+use super::ByKey;
+use super::{conn_id_core, Conn, ConnKey, Core, CoreMsg, Members, State};
 use crate::backend::{
     Interest, PushOrder, SessionEvent, SessionOp, Target, UndeliveredPush, UndeliveredReason,
 };
@@ -204,8 +205,8 @@ impl Core {
                 }
             };
             match target {
-                Target::Conn(id) => match conns.get_mut(conn_id_idx(*id) as usize) {
-                    Some(c) if c.id == *id => one(c),
+                Target::Conn(id) => match conns.by_key(ConnKey::from_id(*id)) {
+                    Some(c) => one(c),
                     _ if ack_required => {
                         lost.push(lost_push(target, body, UndeliveredReason::NoConnection))
                     }
@@ -330,11 +331,11 @@ impl Core {
     }
 
     /// A cumulative Ack: trims the window, then lets waiting pushes out.
-    pub fn ack(&self, idx: u32, id: u64, seq: u64) {
+    pub fn ack(&self, key: ConnKey, seq: u64) {
         let now = self.now();
         let mut st = self.state.borrow_mut();
         let State { conns, wheel, .. } = &mut *st;
-        let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+        let Some(c) = conns.by_key(key) else {
             return;
         };
         let n = c.window.ack(seq);
@@ -417,24 +418,18 @@ impl Core {
             endpoints: vec![],
             message,
         });
-        self.close(
-            conn_id_idx(conn_id),
-            conn_id,
-            CloseReason::Kicked,
-            Some(goaway),
-        );
+        self.close(ConnKey::from_id(conn_id), CloseReason::Kicked, Some(goaway));
     }
 
     /// Joins a room; the ticket of its subscription (new or pending).
     fn join(&self, conn_id: u64, room: &str) -> Option<u64> {
-        let idx = conn_id_idx(conn_id);
+        let key = ConnKey::from_id(conn_id);
+        let idx = key.idx();
         let mut ticket = None;
         let refused = {
             let mut st = self.state.borrow_mut();
             let State { conns, rooms, .. } = &mut *st;
-            let c = conns
-                .get_mut(idx as usize)
-                .filter(|c| c.id == conn_id && c.authed())?;
+            let c = conns.by_key(key).filter(|c| c.authed())?;
             if c.rooms().iter().any(|r| &**r == room) {
                 return self.backend.ticket(Interest::Room(room));
             }
@@ -465,16 +460,17 @@ impl Core {
                 self.cfg.rooms_per_conn_max
             );
             let err = Core::error_body(gw_proto::ErrorCode::BadRequest, msg, 0);
-            self.send_frame(idx, conn_id, err);
+            self.send_frame(ConnKey::from_id(conn_id), err);
         }
         ticket
     }
 
     fn leave(&self, conn_id: u64, room: &str) {
-        let idx = conn_id_idx(conn_id);
+        let key = ConnKey::from_id(conn_id);
+        let idx = key.idx();
         let mut st = self.state.borrow_mut();
         let State { conns, rooms, .. } = &mut *st;
-        let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == conn_id) else {
+        let Some(c) = conns.by_key(key) else {
             return;
         };
         if let Some(p) = c.rooms().iter().position(|r| &**r == room) {
@@ -488,10 +484,7 @@ impl Core {
 
 /// The wheel entry of a connection.
 fn entry(c: &Conn) -> Entry {
-    Entry {
-        idx: conn_id_idx(c.id),
-        conn_id: c.id,
-    }
+    c.key()
 }
 
 /// Removes `idx` from the member list under `key`, and the key when empty;

@@ -12,7 +12,7 @@ use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
 use super::wheel::Tick;
-use super::{Conn, Core};
+use super::{Conn, ConnKey, Core};
 use crate::metrics::CoreMetrics;
 
 /// Seconds since the Unix epoch now.
@@ -65,9 +65,9 @@ impl Core {
 
     /// Schedules the connection's next expiry check (after Auth and
     /// Refresh); the sweep sends the notice, after what is queued now.
-    pub fn schedule_expiry(&self, idx: u32, id: u64) {
+    pub fn schedule_expiry(&self, key: ConnKey) {
         let next = self
-            .with_conn(idx, id, |c| {
+            .with_conn(key, |c| {
                 if c.expires == 0 {
                     return None;
                 }
@@ -82,7 +82,7 @@ impl Core {
             })
             .flatten();
         if let Some(due) = next {
-            self.schedule(idx, id, due);
+            self.schedule(key, due);
         }
     }
 
@@ -116,13 +116,13 @@ impl Core {
     }
 
     /// Ends a session whose token expired: GoAway{TOKEN_EXPIRED}, then close.
-    pub(super) fn token_expired(&self, idx: u32, id: u64) {
+    pub(super) fn token_expired(&self, key: ConnKey) {
         let goaway = Body::GoAway(pb::GoAway {
             reason: CloseReason::TokenExpired as i32,
             retry_after_ms: 0,
             endpoints: Vec::new(),
             message: "the session's token expired: reconnect with a fresh token (or send Refresh before it expires)".into(),
         });
-        self.close(idx, id, CloseReason::TokenExpired, Some(goaway));
+        self.close(key, CloseReason::TokenExpired, Some(goaway));
     }
 }

@@ -9,7 +9,8 @@ use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
 use super::deliver::remove_member;
-use super::{Core, CoreMsg};
+use super::ByKey;
+use super::{ConnKey, Core, CoreMsg};
 use crate::backend::{Interest, SessionEvent, UndeliveredReason};
 
 /// How often a draining core checks whether its clients have left.
@@ -19,10 +20,12 @@ const TASKS_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Closes a connection's socket, removes it and reports it. Idempotent.
-    pub fn teardown(&self, idx: u32, id: u64) {
+    pub fn teardown(&self, key: ConnKey) {
+        let idx = key.idx();
+        let id = key.id();
         let conn = {
             let mut st = self.state.borrow_mut();
-            if st.conns.get(idx as usize).is_none_or(|c| c.id != id) {
+            if !st.conns.holds(key) {
                 return;
             }
             let c = st.conns.remove(idx as usize);
@@ -87,18 +90,18 @@ impl Core {
 
     /// Closes every connection now with `reason` and reports them.
     pub fn close_all(&self, reason: CloseReason) {
-        let ids: Vec<(u32, u64)> = {
+        let keys: Vec<ConnKey> = {
             let mut st = self.state.borrow_mut();
             st.conns
                 .iter_mut()
-                .map(|(i, c)| {
+                .map(|(_, c)| {
                     c.close.get_or_insert(reason);
-                    (i as u32, c.id)
+                    c.key()
                 })
                 .collect()
         };
-        for (idx, id) in ids {
-            self.teardown(idx, id);
+        for key in keys {
+            self.teardown(key);
         }
     }
 
@@ -118,22 +121,22 @@ impl Core {
     pub async fn drain(&self) {
         self.stop_accepting();
         let started = Instant::now();
-        let ids: Vec<(u32, u64, bool, bool)> = {
+        let ids: Vec<(ConnKey, bool, bool)> = {
             let st = self.state.borrow();
             st.conns
                 .iter()
-                .map(|(i, c)| (i as u32, c.id, c.authed(), crate::conn::speaks_frames(c)))
+                .map(|(_, c)| (c.key(), c.authed(), crate::conn::speaks_frames(c)))
                 .collect()
         };
         let mut sessions = Vec::with_capacity(ids.len());
-        for (idx, id, authed, framed) in ids {
+        for (key, authed, framed) in ids {
             if authed {
-                sessions.push((idx, id));
+                sessions.push(key);
             } else if framed {
                 // Not a session yet but speaks frames: told at once where
                 // to go, so a login racing the drain reconnects elsewhere
                 // instead of seeing a bare close.
-                self.close(idx, id, CloseReason::Drain, Some(self.drain_goaway()));
+                self.close(key, CloseReason::Drain, Some(self.drain_goaway()));
             }
             // A connection still in its TLS or WebSocket handshake, or that
             // sent nothing yet, gets the same GoAway when its Auth arrives
@@ -182,7 +185,7 @@ impl Core {
     /// once. Returns when all are sent, or early once `go_on` says no.
     pub(super) async fn spread_goaways(
         &self,
-        sessions: &[(u32, u64)],
+        sessions: &[ConnKey],
         reason: CloseReason,
         started: Instant,
         go_on: &dyn Fn() -> bool,
@@ -202,13 +205,13 @@ impl Core {
                 let frac = started.elapsed().as_secs_f64() / spread.as_secs_f64();
                 ((frac * n as f64).floor() as usize + 1).min(n)
             };
-            for &(idx, id) in &sessions[sent..due] {
+            for &key in &sessions[sent..due] {
                 let retry = self
                     .cfg
                     .goaway_retry_after_ms
                     .saturating_add(rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
                 let g = goaway_to(reason, retry, &self.cfg.goaway_endpoints);
-                self.send_frame(idx, id, g);
+                self.send_frame(key, g);
             }
             sent = due;
             if sent < n {

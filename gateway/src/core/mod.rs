@@ -24,7 +24,7 @@ pub mod timers;
 pub mod wake;
 pub mod wheel;
 
-pub use conn::{Conn, Extra, Flags};
+pub use conn::{ByKey, Conn, ConnKey, Extra, Flags, WsPhase};
 pub use deliver::Tally;
 
 use std::cell::{Cell, RefCell};
@@ -45,7 +45,7 @@ use crate::metrics::{CoreMetrics, Snapshot};
 use push::{Out, Window};
 pub use session::Members;
 pub use wake::{CoreTx, Wake, WakeTx};
-use wheel::{Entry, Tick, Wheel};
+use wheel::{Tick, Wheel};
 
 /// Bits of a connection id: core (8) | generation (24) | slab index (32).
 pub fn conn_id(core: usize, gen: u32, idx: u32) -> u64 {
@@ -232,7 +232,7 @@ impl Core {
             id,
             fd,
             flags: Flags::new_readable(),
-            ws: 0,
+            ws: WsPhase::None,
             user: None,
             device: None,
             created: now,
@@ -253,7 +253,7 @@ impl Core {
             extra: None,
         });
         let due = now + self.ticks(self.cfg.auth_timeout_ms);
-        let at = st.wheel.schedule(Entry { idx, conn_id: id }, due, 0);
+        let at = st.wheel.schedule(ConnKey::from_id(id), due, 0);
         if let Err(e) = self.io.register(fd, id) {
             st.conns.remove(idx as usize);
             return Err(e);
@@ -342,22 +342,19 @@ impl Core {
     }
 
     /// Runs `f` on the connection if it still is `id`.
-    pub fn with_conn<R>(&self, idx: u32, id: u64, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+    pub fn with_conn<R>(&self, key: ConnKey, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
         let mut st = self.state.borrow_mut();
-        match st.conns.get_mut(idx as usize) {
-            Some(c) if c.id == id => Some(f(c)),
-            _ => None,
-        }
+        st.conns.by_key(key).map(f)
     }
 
     /// Queues a frame for a connection. Over `outbound_bytes_max` the
     /// connection is closed as a slow consumer and false is returned.
-    pub fn send_frame(&self, idx: u32, id: u64, body: Body) -> bool {
+    pub fn send_frame(&self, key: ConnKey, body: Body) -> bool {
         let bytes = gw_proto::encode(&Frame { body: Some(body) });
         let mut st = self.state.borrow_mut();
-        match st.conns.get_mut(idx as usize) {
-            Some(c) if c.id == id => self.enqueue(c, Out::frame(bytes)),
-            _ => false,
+        match st.conns.by_key(key) {
+            Some(c) => self.enqueue(c, Out::frame(bytes)),
+            None => false,
         }
     }
 
@@ -404,9 +401,9 @@ impl Core {
     /// frame (GoAway, AuthError, Error) may be queued first with `last`.
     /// The final frame is queued past `outbound_bytes_max` (it is small and
     /// the connection ends anyway), so the close keeps its own reason.
-    pub fn close(&self, idx: u32, id: u64, reason: CloseReason, last: Option<Body>) {
+    pub fn close(&self, key: ConnKey, reason: CloseReason, last: Option<Body>) {
         let last = last.map(|body| gw_proto::encode(&Frame { body: Some(body) }));
-        self.with_conn(idx, id, |c| {
+        self.with_conn(key, |c| {
             if c.close.is_some() {
                 return;
             }
@@ -432,11 +429,11 @@ impl Core {
     }
 
     /// Schedules the connection's next wheel check at `due` (keeps an earlier one).
-    pub fn schedule(&self, idx: u32, id: u64, due: Tick) {
+    pub fn schedule(&self, key: ConnKey, due: Tick) {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        if let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) {
-            c.due = st.wheel.schedule(Entry { idx, conn_id: id }, due, c.due);
+        if let Some(c) = st.conns.by_key(key) {
+            c.due = st.wheel.schedule(key, due, c.due);
         }
     }
 

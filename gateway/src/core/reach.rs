@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::{CloseReason, ErrorCode};
 
-use super::{conn_id_idx, Core};
+use super::{ConnKey, Core};
 use crate::backend::SessionEvent;
 use crate::metrics::CoreMetrics;
 
@@ -131,13 +131,13 @@ impl Core {
         let now = self.now();
         for id in released {
             self.reach.fresh.borrow_mut().push(id);
-            self.with_conn(conn_id_idx(id), id, |c| {
+            self.with_conn(ConnKey::from_id(id), |c| {
                 // Nothing was written while held: acks were not possible,
                 // so the window's clocks start now.
                 c.window.restart_clock(now);
                 self.ready(c);
             });
-            self.online(conn_id_idx(id), id, false);
+            self.online(ConnKey::from_id(id), false);
         }
         let ready: Vec<Waker> = {
             let mut w = self.reach.waiters.borrow_mut();
@@ -172,8 +172,9 @@ impl Core {
 
     /// Reports a session online to the backend (at login, or again with
     /// `resync` after the subscriptions were restored).
-    pub fn online(&self, idx: u32, id: u64, resync: bool) {
-        let ev = self.with_conn(idx, id, |c| {
+    pub fn online(&self, key: ConnKey, resync: bool) {
+        let id = key.id();
+        let ev = self.with_conn(key, |c| {
             let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
                 return None;
             };
@@ -198,11 +199,12 @@ impl Core {
     /// Refuses a login: its subscription cannot be confirmed (the node is
     /// out, or the auth deadline passed while waiting). Whatever was queued
     /// behind the held AuthOk goes; the client sees only the AuthError.
-    pub fn refuse_login(&self, idx: u32, id: u64) {
+    pub fn refuse_login(&self, key: ConnKey) {
+        let id = key.id();
         if let Some(t) = self.reach.held.borrow_mut().get_mut(&id) {
             *t = REFUSED;
         }
-        self.with_conn(idx, id, |c| {
+        self.with_conn(key, |c| {
             debug_assert!(c.out_off == 0, "a held connection wrote nothing");
             c.out = Default::default();
             c.out_bytes = 0;
@@ -214,7 +216,7 @@ impl Core {
                       reconnect (to another node) after a short wait"
                 .into(),
         });
-        self.close(idx, id, CloseReason::NodeUnavailable, Some(err));
+        self.close(key, CloseReason::NodeUnavailable, Some(err));
     }
 
     /// The core's subscriptions are gone (NATS connection lost).
@@ -242,13 +244,13 @@ impl Core {
         if !was_down {
             return;
         }
-        let sessions: Vec<(u32, u64)> = {
+        let sessions: Vec<ConnKey> = {
             let st = self.state.borrow();
             st.conns
                 .iter()
                 .filter(|(_, c)| c.authed() && c.close.is_none())
-                .map(|(i, c)| (i as u32, c.id))
-                .filter(|&(_, id)| !fresh.contains(&id) && !self.held(id))
+                .map(|(_, c)| c.key())
+                .filter(|k| !fresh.contains(&k.id()) && !self.held(k.id()))
                 .collect()
         };
         if sessions.is_empty() {
@@ -259,8 +261,8 @@ impl Core {
             sessions = sessions.len(),
             "NATS subscriptions restored: online events sent again (resync) so backends replay what may have been missed"
         );
-        for (k, &(idx, id)) in sessions.iter().enumerate() {
-            self.online(idx, id, true);
+        for (k, &key) in sessions.iter().enumerate() {
+            self.online(key, true);
             CoreMetrics::inc(&self.metrics.resyncs);
             if k % RESYNC_BATCH == RESYNC_BATCH - 1 {
                 glommio::yield_if_needed().await;
@@ -298,7 +300,7 @@ impl Core {
             .map(|(&id, _)| id)
             .collect();
         for id in held {
-            self.refuse_login(conn_id_idx(id), id);
+            self.refuse_login(ConnKey::from_id(id));
         }
         let sessions = self.session_ids();
         tracing::warn!(
@@ -320,18 +322,18 @@ impl Core {
         if !still_out() {
             return;
         }
-        for (idx, id) in self.session_ids() {
-            self.close(idx, id, CloseReason::NodeUnavailable, None);
+        for key in self.session_ids() {
+            self.close(key, CloseReason::NodeUnavailable, None);
         }
     }
 
-    /// Slab index and id of every open session.
-    pub(super) fn session_ids(&self) -> Vec<(u32, u64)> {
+    /// The key of every open session.
+    pub(super) fn session_ids(&self) -> Vec<ConnKey> {
         let st = self.state.borrow();
         st.conns
             .iter()
             .filter(|(_, c)| c.authed() && c.close.is_none())
-            .map(|(i, c)| (i as u32, c.id))
+            .map(|(_, c)| c.key())
             .collect()
     }
 }

@@ -3,8 +3,8 @@
 
 use std::rc::Rc;
 
-use super::wheel::Entry;
-use super::Core;
+use super::ByKey;
+use super::{ConnKey, Core};
 use crate::backend::Interest;
 
 /// The member list of a user or room on this core (no allocation for one).
@@ -52,12 +52,12 @@ impl Core {
     /// the ticket to wait for before the user is reachable (NATS).
     pub fn bind_session(
         &self,
-        idx: u32,
-        id: u64,
+        key: ConnKey,
         user: &str,
         device: &str,
         heartbeat_ms: u32,
     ) -> (Rc<str>, Rc<str>, Option<u64>) {
+        let idx = key.idx();
         let now = self.now();
         let idle = self.ticks(self.cfg.idle_timeout_ms(heartbeat_ms));
         let mut st = self.state.borrow_mut();
@@ -67,16 +67,14 @@ impl Core {
             None => Rc::from(user),
         };
         let device: Rc<str> = Rc::from(device);
-        let Some(c) = st.conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+        let Some(c) = st.conns.by_key(key) else {
             return (user, device, None);
         };
         c.user = Some(user.clone());
         c.device = Some(device.clone());
         c.heartbeat_ms = heartbeat_ms;
         c.last_in = now;
-        c.due = st
-            .wheel
-            .schedule(Entry { idx, conn_id: id }, now + idle, c.due);
+        c.due = st.wheel.schedule(key, now + idle, c.due);
         let ticket = match st.users.get_mut(&*user) {
             Some(m) => {
                 m.add(idx);

@@ -59,12 +59,12 @@ impl Core {
                             self.cfg.auth_timeout_ms
                         ),
                     });
-                    self.close(e.idx, e.conn_id, CloseReason::AuthTimeout, Some(err));
+                    self.close(e, CloseReason::AuthTimeout, Some(err));
                 }
-                After::Unreachable => self.refuse_login(e.idx, e.conn_id),
-                After::TokenExpired => self.token_expired(e.idx, e.conn_id),
+                After::Unreachable => self.refuse_login(e),
+                After::TokenExpired => self.token_expired(e),
                 After::Expired(user, device, items) => self.report_undelivered(
-                    e.conn_id,
+                    e.id(),
                     user,
                     device,
                     items,
@@ -77,10 +77,10 @@ impl Core {
     fn check(&self, tick: Tick, e: Entry, now: Tick) -> After {
         let mut st = self.state.borrow_mut();
         let State { conns, wheel, .. } = &mut *st;
-        let Some(c) = conns.get_mut(e.idx as usize) else {
+        let Some(c) = conns.get_mut(e.idx() as usize) else {
             return After::Nothing;
         };
-        if c.id != e.conn_id || c.due != tick {
+        if c.id != e.id() || c.due != tick {
             return After::Nothing; // stale entry: the connection is due elsewhere
         }
         c.due = 0;

@@ -11,15 +11,12 @@
 /// Tick count since the core started (resolution `tick_ms`).
 pub type Tick = u32;
 
-/// An entry: slab index and the connection id it was scheduled for, so a
-/// slot reused by a newer connection is recognised as stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    pub idx: u32,
-    pub conn_id: u64,
-}
+/// An entry: the key of the connection it was scheduled for (its slab
+/// slot and generation), so a slot reused by a newer connection is
+/// recognised as stale.
+pub type Entry = super::ConnKey;
 
-/// Entries of room a fired slot always keeps (16 bytes each).
+/// Entries of room a fired slot always keeps (8 bytes each).
 const SLOT_KEEP_MIN_ENTRIES: usize = 16;
 
 /// The emptied vector of a fired slot that held `held` entries, with room
@@ -98,10 +95,7 @@ mod tests {
     use super::*;
 
     fn e(idx: u32) -> Entry {
-        Entry {
-            idx,
-            conn_id: idx as u64,
-        }
+        Entry::from_id(idx as u64)
     }
 
     #[test]
@@ -112,7 +106,7 @@ mod tests {
         assert_eq!(w.schedule(e(3), 0, 0), 1); // past -> next tick
         let mut fired = vec![];
         w.take_due(8, &mut fired);
-        let got: Vec<_> = fired.iter().map(|(t, en)| (*t, en.idx)).collect();
+        let got: Vec<_> = fired.iter().map(|(t, en)| (*t, en.idx())).collect();
         assert_eq!(got, vec![(1, 3), (3, 1), (8, 2)]);
     }
 
@@ -180,7 +174,7 @@ mod tests {
         );
         let mut fired = vec![];
         w.take_due(10, &mut fired);
-        let got: Vec<_> = fired.iter().map(|(t, en)| (*t, en.idx)).collect();
+        let got: Vec<_> = fired.iter().map(|(t, en)| (*t, en.idx())).collect();
         assert_eq!(
             got,
             vec![(2, 1), (5, 1)],

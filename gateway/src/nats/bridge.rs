@@ -417,7 +417,6 @@ async fn publish_remote(requests: &Requests, ctx: &Arc<Ctx>, remote: Remote) {
             client
                 .publish_with_headers(ctx.subjects.user(&user), h, Bytes::new())
                 .await
-                .map_err(|e| e.to_string())
         }
         Remote::Node { node, cmd } => command_node(requests, ctx, node, cmd).await,
     };
@@ -436,13 +435,12 @@ async fn push(
     subject: String,
     order: crate::backend::PushOrder,
     headers: impl Fn(&crate::backend::PushOrder) -> HeaderMap,
-) -> Result<(), String> {
+) -> Result<(), async_nats::PublishError> {
     if !order.ack_required {
         return requests
             .current()
             .publish_with_headers(subject, headers(&order), order.payload)
-            .await
-            .map_err(|e| e.to_string());
+            .await;
     }
     let req = Request::new()
         .headers(headers(&order))
@@ -460,15 +458,11 @@ async fn command_node(
     ctx: &Arc<Ctx>,
     node: String,
     cmd: pb::NodeCommand,
-) -> Result<(), String> {
+) -> Result<(), async_nats::PublishError> {
     let subject = ctx.subjects.node(&node);
     let payload = Bytes::from(cmd.encode_to_vec());
     if !cmd.pushes.iter().any(|p| p.ack_required) {
-        return requests
-            .current()
-            .publish(subject, payload)
-            .await
-            .map_err(|e| e.to_string());
+        return requests.current().publish(subject, payload).await;
     }
     let req = Request::new()
         .payload(payload)

@@ -99,28 +99,41 @@ pub struct PushHeaders {
     pub priority: Priority,
 }
 
+/// Why a push's headers were refused (the message says what to send).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeaderError {
+    #[error("missing the Gw-Route header")]
+    MissingRoute,
+    #[error("Gw-Route must be 1 to 64 bytes")]
+    RouteLength,
+    #[error("Gw-Ack {0:?}: use 1 or 0")]
+    Ack(String),
+    #[error("Gw-Priority {0:?}: use low, normal or high")]
+    Priority(String),
+}
+
 /// Reads Gw-Route (required), Gw-Ack and Gw-Priority.
-pub fn push_headers(headers: &[(String, String)]) -> Result<PushHeaders, String> {
+pub fn push_headers(headers: &[(String, String)]) -> Result<PushHeaders, HeaderError> {
     let get = |k: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(k))
             .map(|(_, v)| v.trim())
     };
-    let route = get(H_ROUTE).ok_or("missing the Gw-Route header")?;
+    let route = get(H_ROUTE).ok_or(HeaderError::MissingRoute)?;
     if route.is_empty() || route.len() > 64 {
-        return Err("Gw-Route must be 1..=64 bytes".into());
+        return Err(HeaderError::RouteLength);
     }
     let ack_required = match get(H_ACK).unwrap_or("0") {
         "1" | "true" | "yes" => true,
         "0" | "false" | "no" | "" => false,
-        other => return Err(format!("Gw-Ack {other:?}: use 1 or 0")),
+        other => return Err(HeaderError::Ack(other.to_string())),
     };
     let priority = match get(H_PRIORITY).unwrap_or("normal") {
         "normal" | "" => Priority::Normal,
         "high" => Priority::High,
         "low" => Priority::Low,
-        other => return Err(format!("Gw-Priority {other:?}: use low, normal or high")),
+        other => return Err(HeaderError::Priority(other.to_string())),
     };
     Ok(PushHeaders {
         route: route.to_string(),

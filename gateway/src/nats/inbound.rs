@@ -82,7 +82,21 @@ async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
     }
 }
 
-async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), String> {
+/// Why a message from NATS was refused (logged with its subject).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("unexpected subject {0:?}")]
+    Subject(String),
+    #[error("{subject}: {why}")]
+    Headers {
+        subject: String,
+        why: contract::HeaderError,
+    },
+    #[error("node command is not a NodeCommand protobuf: {0}")]
+    NodeCommand(#[from] prost::DecodeError),
+}
+
+async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Refused> {
     let target = match ctx.subjects.parse(&m.subject) {
         Some(Addressed::User(u)) => Target::User(u.to_string()),
         Some(Addressed::Room(r)) => Target::Room(r.to_string()),
@@ -94,7 +108,7 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Str
             }
             return Ok(());
         }
-        None => return Err(format!("unexpected subject {:?}", m.subject)),
+        None => return Err(Refused::Subject(m.subject)),
     };
     if let (Target::User(user), Some(message)) =
         (&target, contract::header(&m.headers, contract::H_KICK))
@@ -106,7 +120,10 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Str
         });
         return Ok(());
     }
-    let h = contract::push_headers(&m.headers).map_err(|e| format!("{}: {e}", m.subject))?;
+    let h = contract::push_headers(&m.headers).map_err(|why| Refused::Headers {
+        subject: m.subject.clone(),
+        why,
+    })?;
     let order = PushOrder {
         target,
         route: h.route,
@@ -128,9 +145,8 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Str
     Ok(())
 }
 
-async fn node_command(core: &Rc<Core>, payload: Bytes) -> Result<(), String> {
-    let cmd = pb::NodeCommand::decode(payload)
-        .map_err(|e| format!("node command is not a NodeCommand protobuf: {e}"))?;
+async fn node_command(core: &Rc<Core>, payload: Bytes) -> Result<(), Refused> {
+    let cmd = pb::NodeCommand::decode(payload)?;
     let orders = contract::split(cmd.pushes, cmd.ops, &core.cfg.node_id, false);
     for why in &orders.refused {
         tracing::warn!(%why, "node command: order refused");

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use gw_proto::CloseReason;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::core::{conn_id, conn_id_idx, wake, Core, Wake};
+use crate::core::{conn_id, wake, ConnKey, Core, Wake};
 use crate::metrics::{CoreMetrics, LogLimit};
 use bufs::BufRing;
 use sends::SendOp;
@@ -316,16 +316,16 @@ impl Loop {
 
     fn received(&mut self, value: u64, res: i32, flags: u32) {
         let id = self.conn(value);
-        let idx = conn_id_idx(id);
-        let fd = self.core.with_conn(idx, id, |c| (c.fd, c.close.is_some()));
+        let key = ConnKey::from_id(id);
+        let fd = self.core.with_conn(key, |c| (c.fd, c.close.is_some()));
         if res > 0 {
             if let Some(bid) = cqueue::buffer_select(flags) {
                 if let Some((_, false)) = fd {
                     let data = self.bufs.data(bid, res as usize);
-                    super::input::received(&self.core, idx, id, data);
+                    super::input::received(&self.core, key, data);
                     // What the input queued (replies, a handshake's
                     // answer, TLS records) goes out this iteration.
-                    self.core.with_conn(idx, id, |c| {
+                    self.core.with_conn(key, |c| {
                         if !c.out.is_empty() || c.close.is_some() || super::tls::active(c) {
                             self.core.ready(c);
                         }
@@ -344,11 +344,11 @@ impl Loop {
             // Out of buffers (the ring was empty for a moment) or the
             // kernel ended the multishot: arm it again.
             r if r > 0 || r == -libc::ENOBUFS => self.rearm.push((fd, id)),
-            0 => self.core.close(idx, id, CloseReason::ClientClosed, None),
+            0 => self.core.close(key, CloseReason::ClientClosed, None),
             r if r == -libc::ECANCELED => {}
             r => {
                 tracing::debug!(conn_id = id, error = %std::io::Error::from_raw_os_error(-r), "read failed");
-                self.core.close(idx, id, CloseReason::IoError, None);
+                self.core.close(key, CloseReason::IoError, None);
             }
         }
     }
@@ -357,18 +357,17 @@ impl Loop {
         let Some(op) = self.sends.try_remove(slot) else {
             return;
         };
-        let id = op.conn_id;
-        let idx = conn_id_idx(id);
+        let key = ConnKey::from_id(op.conn_id);
         let now = self.core.now();
         let mut st = self.core.state.borrow_mut();
         let crate::core::State { conns, wheel, .. } = &mut *st;
-        let Some(c) = conns.get_mut(idx as usize).filter(|c| c.id == id) else {
+        let Some(c) = conns.get_mut(key.idx() as usize).filter(|c| c.key() == key) else {
             return; // closed meanwhile: the op (and what it held) goes
         };
         c.flags.set_send_inflight(false);
         if res < 0 {
             if c.close.is_none() && res != -libc::ECANCELED {
-                tracing::debug!(conn_id = id, error = %std::io::Error::from_raw_os_error(-res), "write failed");
+                tracing::debug!(conn_id = key.id(), error = %std::io::Error::from_raw_os_error(-res), "write failed");
                 c.close = Some(CloseReason::IoError);
             }
             self.core.ready(c);
@@ -477,8 +476,8 @@ impl Loop {
         let mut any = false;
         while let Some(id) = self.core.next_ready() {
             any = true;
-            let idx = conn_id_idx(id);
-            let Some((closing, inflight, fd)) = self.core.with_conn(idx, id, |c| {
+            let key = ConnKey::from_id(id);
+            let Some((closing, inflight, fd)) = self.core.with_conn(key, |c| {
                 c.flags.set_queued(false);
                 (c.close, c.flags.send_inflight(), c.fd)
             }) else {
@@ -495,23 +494,23 @@ impl Loop {
                     continue;
                 }
                 if !self.core.held(id) {
-                    self.core.with_conn(idx, id, |c| {
+                    self.core.with_conn(key, |c| {
                         if let Some(b) = super::ws::closing(c, reason) {
                             self.core.push_out_raw(c, crate::core::push::Out::frame(b));
                         }
                     });
                     // The final frame, hard-linked to the shutdown and close
                     // that teardown queues next: it goes out first.
-                    self.send(idx, id, fd, true);
+                    self.send(key, fd, true);
                 }
-                self.core.teardown(idx, id);
+                self.core.teardown(key);
                 self.queue_closes();
                 continue;
             }
             if inflight || self.core.held(id) {
                 continue; // its completion (or the release) brings it back
             }
-            self.send(idx, id, fd, false);
+            self.send(key, fd, false);
         }
         any
     }
@@ -533,8 +532,9 @@ impl Loop {
     }
 
     /// Queues one send of what the connection has queued (TLS: sealed).
-    fn send(&mut self, idx: u32, id: u64, fd: i32, last: bool) {
-        let op = self.core.with_conn(idx, id, |c| {
+    fn send(&mut self, key: ConnKey, fd: i32, last: bool) {
+        let id = key.id();
+        let op = self.core.with_conn(key, |c| {
             if super::tls::active(c) {
                 match super::tls::take_ciphertext(&self.core, c, last) {
                     Ok(b) if b.is_empty() => None,
@@ -550,12 +550,12 @@ impl Loop {
             Some(Ok(op)) => op,
             Some(Err(e)) => {
                 tracing::debug!(conn_id = id, error = %e, "TLS write failed");
-                self.core.close(idx, id, CloseReason::IoError, None);
+                self.core.close(key, CloseReason::IoError, None);
                 return;
             }
         };
         self.core
-            .with_conn(idx, id, |c| c.flags.set_send_inflight(true));
+            .with_conn(key, |c| c.flags.set_send_inflight(true));
         let msg = op.msg();
         let slot = self.sends.insert(op);
         let mut flags = squeue::Flags::empty();

@@ -62,9 +62,26 @@ fn push_headers_parse_and_refuse() {
     );
     let p = push_headers(&h(&[("Gw-Route", "x")])).unwrap();
     assert_eq!((p.ack_required, p.priority), (false, Priority::Normal));
-    assert!(push_headers(&h(&[])).unwrap_err().contains("Gw-Route"));
-    assert!(push_headers(&h(&[("Gw-Route", "x"), ("Gw-Ack", "maybe")])).is_err());
-    assert!(push_headers(&h(&[("Gw-Route", "x"), ("Gw-Priority", "urgent")])).is_err());
+    assert_eq!(
+        push_headers(&h(&[])).unwrap_err(),
+        HeaderError::MissingRoute
+    );
+    assert!(push_headers(&h(&[]))
+        .unwrap_err()
+        .to_string()
+        .contains("Gw-Route"));
+    assert_eq!(
+        push_headers(&h(&[("Gw-Route", "x"), ("Gw-Ack", "maybe")])).unwrap_err(),
+        HeaderError::Ack("maybe".into())
+    );
+    assert_eq!(
+        push_headers(&h(&[("Gw-Route", "x"), ("Gw-Priority", "urgent")])).unwrap_err(),
+        HeaderError::Priority("urgent".into())
+    );
+    assert_eq!(
+        push_headers(&h(&[("Gw-Route", &"r".repeat(65))])).unwrap_err(),
+        HeaderError::RouteLength
+    );
 }
 
 #[test]

@@ -52,7 +52,7 @@ impl Task {
         let mut rbuf = BytesMut::with_capacity(4096);
         let mut info = match read_op(&mut tcp, &mut rbuf, PAYLOAD_BYTES_MAX_DEFAULT).await? {
             Op::Info(json) => {
-                ServerInfo::parse(&json).map_err(|e| ConnErr::new(e, HINT_PROTOCOL))?
+                ServerInfo::parse(&json).map_err(|e| ConnErr::new(e.to_string(), HINT_PROTOCOL))?
             }
             other => {
                 return Err(ConnErr::new(

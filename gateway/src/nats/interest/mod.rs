@@ -47,7 +47,7 @@ mod nkey;
 mod task;
 mod tls;
 mod url;
-mod wire;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

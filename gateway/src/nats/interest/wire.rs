@@ -9,13 +9,14 @@ use bytes::Bytes;
 use super::{Cmd, Inbound};
 
 /// Longest control line accepted (INFO of a big cluster can be long).
-pub(super) const CONTROL_LINE_BYTES_MAX: usize = 1 << 20;
+pub const CONTROL_LINE_BYTES_MAX: usize = 1 << 20;
 /// Ceiling on the server's advertised max_payload (nats-server allows 64 MiB).
 const PAYLOAD_BYTES_CEILING: usize = 64 << 20;
 pub(super) const PAYLOAD_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
-#[derive(Debug)]
-pub(super) enum Op {
+/// One operation from the server.
+#[derive(Debug, PartialEq)]
+pub enum Op {
     Msg(Inbound),
     Ping,
     Pong,
@@ -38,9 +39,44 @@ pub(super) struct ServerInfo {
     pub(super) connect_urls: Vec<String>,
 }
 
+/// A protocol error in what the server sent; the connection is dropped
+/// and made again. Lines are shown cut to 120 characters, controls as `?`.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("control line too long")]
+    LineTooLong,
+    #[error("bad length {0:?}")]
+    Length(String),
+    #[error("too many arguments in {0:?}")]
+    TooManyArgs(String),
+    #[error("malformed {0:?}")]
+    Malformed(String),
+    #[error("header length above total in {0:?}")]
+    HeaderLength(String),
+    #[error("message larger than the server's max_payload ({max_payload}): {line:?}")]
+    TooLarge { max_payload: usize, line: String },
+    #[error("message body not followed by CRLF: {0:?}")]
+    NoCrlf(String),
+    #[error("headers do not start with NATS/1.0: {0:?}")]
+    HeaderBlock(String),
+    #[error("unexpected from server: {0:?}")]
+    Unexpected(String),
+    #[error("bad INFO from server: {0}")]
+    Info(#[from] serde_json::Error),
+}
+
+/// Headers that cannot be sent as given.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderEncodeError {
+    #[error("invalid header name {0:?}")]
+    Name(String),
+    #[error("header {0:?} has a line break in its value")]
+    LineBreak(String),
+}
+
 impl ServerInfo {
-    pub(super) fn parse(json: &[u8]) -> Result<ServerInfo, String> {
-        serde_json::from_slice(json).map_err(|e| format!("bad INFO from server: {e}"))
+    pub(super) fn parse(json: &[u8]) -> Result<ServerInfo, WireError> {
+        Ok(serde_json::from_slice(json)?)
     }
 
     pub(super) fn max_payload(&self) -> usize {
@@ -66,41 +102,41 @@ fn to_string(bytes: &[u8]) -> String {
     }
 }
 
-fn parse_len(b: &[u8]) -> Result<usize, String> {
+fn parse_len(b: &[u8]) -> Result<usize, WireError> {
     if b.is_empty() || b.len() > 12 || !b.iter().all(u8::is_ascii_digit) {
-        return Err(format!("bad length {:?}", shown(b)));
+        return Err(WireError::Length(shown(b)));
     }
     Ok(b.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
 }
 
-/// Splits protocol arguments on spaces/tabs into `out`; errors if more than fit.
-fn split_args<'a>(args: &'a [u8], out: &mut [&'a [u8]; 5]) -> Result<usize, String> {
+/// Splits protocol arguments on spaces/tabs into `out`; None if more than fit.
+fn split_args<'a>(args: &'a [u8], out: &mut [&'a [u8]; 5]) -> Option<usize> {
     let mut n = 0;
     for a in args
         .split(|&b| b == b' ' || b == b'\t')
         .filter(|a| !a.is_empty())
     {
         if n == out.len() {
-            return Err("too many arguments".into());
+            return None;
         }
         out[n] = a;
         n += 1;
     }
-    Ok(n)
+    Some(n)
 }
 
 /// Parses one protocol operation from the front of `buf`. `Ok(None)` = need
 /// more bytes; `Err` = protocol error (the caller reconnects). Returns the
 /// operation and how many bytes it used.
-pub(super) fn parse_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op, usize)>, String> {
+pub fn parse_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op, usize)>, WireError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > CONTROL_LINE_BYTES_MAX {
-            return Err("control line too long".into());
+            return Err(WireError::LineTooLong);
         }
         return Ok(None);
     };
     if nl > CONTROL_LINE_BYTES_MAX {
-        return Err("control line too long".into());
+        return Err(WireError::LineTooLong);
     }
     let line = &buf[..nl];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -113,32 +149,29 @@ pub(super) fn parse_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op, usi
     if is(b"MSG") || is(b"HMSG") {
         let with_headers = is(b"HMSG");
         let mut a: [&[u8]; 5] = [&[]; 5];
-        let n = split_args(args, &mut a).map_err(|e| format!("{e} in {:?}", shown(line)))?;
+        let n = split_args(args, &mut a).ok_or_else(|| WireError::TooManyArgs(shown(line)))?;
         let (subject, reply, hdr_len, total_len) = match (with_headers, n) {
             (false, 3) => (a[0], None, 0, parse_len(a[2])?),
             (false, 4) => (a[0], Some(a[2]), 0, parse_len(a[3])?),
             (true, 4) => (a[0], None, parse_len(a[2])?, parse_len(a[3])?),
             (true, 5) => (a[0], Some(a[2]), parse_len(a[3])?, parse_len(a[4])?),
-            _ => return Err(format!("malformed {:?}", shown(line))),
+            _ => return Err(WireError::Malformed(shown(line))),
         };
         if hdr_len > total_len {
-            return Err(format!("header length above total in {:?}", shown(line)));
+            return Err(WireError::HeaderLength(shown(line)));
         }
         if hdr_len > max_payload || total_len - hdr_len > max_payload {
-            return Err(format!(
-                "message larger than the server's max_payload ({max_payload}): {:?}",
-                shown(line)
-            ));
+            return Err(WireError::TooLarge {
+                max_payload,
+                line: shown(line),
+            });
         }
         let end = body_at + total_len;
         if buf.len() < end + 2 {
             return Ok(None);
         }
         if &buf[end..end + 2] != b"\r\n" {
-            return Err(format!(
-                "message body not followed by CRLF: {:?}",
-                shown(line)
-            ));
+            return Err(WireError::NoCrlf(shown(line)));
         }
         let headers = if with_headers {
             parse_headers(&buf[body_at..body_at + hdr_len])?
@@ -170,21 +203,18 @@ pub(super) fn parse_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op, usi
     } else if is(b"INFO") {
         Op::Info(args.to_vec())
     } else {
-        return Err(format!("unexpected from server: {:?}", shown(line)));
+        return Err(WireError::Unexpected(shown(line)));
     };
     Ok(Some((op, body_at)))
 }
 
 /// `NATS/1.0[ status]\r\nKey: Value\r\n...\r\n\r\n` → fields in order.
-pub(super) fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, String> {
+pub fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, WireError> {
     let text = String::from_utf8_lossy(block);
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or("");
     if !first.starts_with("NATS/") {
-        return Err(format!(
-            "headers do not start with NATS/1.0: {:?}",
-            shown(block)
-        ));
+        return Err(WireError::HeaderBlock(shown(block)));
     }
     let mut out = Vec::new();
     for line in lines {
@@ -198,7 +228,7 @@ pub(super) fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Strin
     Ok(out)
 }
 
-pub(super) fn encode_headers(headers: &[(&str, &str)]) -> Result<Box<[u8]>, String> {
+pub(super) fn encode_headers(headers: &[(&str, &str)]) -> Result<Box<[u8]>, HeaderEncodeError> {
     let mut out = Vec::with_capacity(
         12 + headers
             .iter()
@@ -208,10 +238,10 @@ pub(super) fn encode_headers(headers: &[(&str, &str)]) -> Result<Box<[u8]>, Stri
     out.extend_from_slice(b"NATS/1.0\r\n");
     for (k, v) in headers {
         if k.is_empty() || !k.bytes().all(|b| b > b' ' && b < 0x7f && b != b':') {
-            return Err(format!("invalid header name {k:?}"));
+            return Err(HeaderEncodeError::Name(k.to_string()));
         }
         if v.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return Err(format!("header {k:?} has a line break in its value"));
+            return Err(HeaderEncodeError::LineBreak(k.to_string()));
         }
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(b": ");

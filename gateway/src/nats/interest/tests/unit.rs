@@ -12,7 +12,7 @@ use super::super::wire::{
     encode_headers, parse_headers, parse_op, Op, ServerInfo, CONTROL_LINE_BYTES_MAX,
 };
 
-fn parse_all(input: &[u8], max: usize) -> Result<Vec<Op>, String> {
+fn parse_all(input: &[u8], max: usize) -> Result<Vec<Op>, super::super::wire::WireError> {
     let mut ops = Vec::new();
     let mut at = 0;
     while let Some((op, used)) = parse_op(&input[at..], max)? {

@@ -138,7 +138,7 @@ pub fn start(
         %local_addr, cores, conns_per_core_max = conns_max, rlimit_nofile = nofile,
         fd_reserve = cfg.fd_reserve, "connection cap per core (config and RLIMIT_NOFILE)"
     );
-    let (driver, why) = cfg.io.choose().map_err(anyhow::Error::msg)?;
+    let (driver, why) = crate::conn::driver::choose(&cfg.io).map_err(anyhow::Error::msg)?;
     tracing::info!(driver = driver.name(), why = %why, "socket driver");
     let cfg = Arc::new(cfg);
     // Each core's cross-thread wake-up: an eventfd its io_uring loop reads,
@@ -266,7 +266,7 @@ fn spawn_cores(
                         }
                     },
                 };
-                let uring = cfg.io.uring();
+                let uring = crate::conn::driver::uring_settings(&cfg.io);
                 let mut core = Core::new(i, cfg, verifier, backend, mesh, conns_max, io);
                 core.tls = std::cell::RefCell::new(tls);
                 let core = Rc::new(core);

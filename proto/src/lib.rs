@@ -19,3 +19,14 @@ pub use pb::{CloseReason, ErrorCode, Frame};
 
 /// Protocol version described by PROTOCOL.md.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest route name, bytes.
+pub const ROUTE_BYTES_MAX: usize = 64;
+
+/// A route name: 1..=`ROUTE_BYTES_MAX` bytes of `[A-Za-z0-9._-]`.
+pub fn valid_route(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= ROUTE_BYTES_MAX
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}

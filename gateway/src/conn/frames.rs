@@ -15,8 +15,7 @@ use crate::core::ConnKey;
 use crate::core::Core;
 use crate::metrics::{CoreMetrics, Reject};
 
-/// Longest route name, bytes.
-pub const ROUTE_BYTES_MAX: usize = 64;
+pub use gw_proto::{valid_route, ROUTE_BYTES_MAX};
 /// Longest device id, bytes.
 pub const DEVICE_BYTES_MAX: usize = 128;
 /// Client metadata kept with a session: entries and bytes (keys + values).
@@ -245,14 +244,6 @@ fn ping(core: &Rc<Core>, key: ConnKey, p: pb::Ping) {
             }),
         );
     }
-}
-
-/// A route name: 1..=`ROUTE_BYTES_MAX` bytes of `[A-Za-z0-9._-]`.
-pub fn valid_route(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= ROUTE_BYTES_MAX
-        && r.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 fn reply_body(correlation_id: u64, r: &BackendReply) -> Body {

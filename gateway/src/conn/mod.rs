@@ -6,7 +6,7 @@
 //! `frames.rs`) and send what `output.rs` gathers; `web.rs` answers the
 //! demo-mode HTTP requests.
 
-mod driver;
+pub mod driver;
 mod epoll;
 mod frames;
 pub mod http;

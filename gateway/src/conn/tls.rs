@@ -143,7 +143,7 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         Tls::Session(mut s) => {
             rest = feed_session(&mut s, rest, &mut got);
             if got.failed.is_none() && tls13_done(&s.conn) {
-                match hand_over(*s, core.cfg.tls.records_per_key()) {
+                match hand_over(*s, crate::tls::records_per_key(&core.cfg.tls)) {
                     Ok(records) => {
                         CoreMetrics::inc(&core.metrics.tls_handovers);
                         Some(records)

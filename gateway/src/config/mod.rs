@@ -8,9 +8,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeySpec, VerifyOptions};
-pub use crate::conn::{IoConfig, IoDriver};
-pub use crate::core::overload::{OverloadConfig, RoutePriority};
+pub mod io;
+pub mod overload;
+pub mod tls;
+
 use crate::nats::NatsConfig;
+pub use io::{IoConfig, IoDriver};
+pub use overload::{OverloadConfig, RoutePriority};
 
 /// Secret of the demo key used by `--demo`. Public on purpose: demo only.
 pub const DEMO_SECRET: &str = "demo-secret-not-for-production-0123456789";
@@ -126,7 +130,7 @@ pub struct Config {
     /// NATS: where business backends live; no URLs = the embedded demo backend.
     pub nats: NatsConfig,
     /// TLS on the client port (detected per connection by its first byte).
-    pub tls: crate::tls::TlsConfig,
+    pub tls: tls::TlsConfig,
     /// WebSocket on the client port (detected by `GET`, after TLS if any).
     pub ws: WsConfig,
     /// Demo mode: adds the public demo HS256 key (kid "demo"). Never in production.

@@ -70,7 +70,8 @@
 #             clients run again: gateway RSS growth at the peak, honest
 #             connect+auth and echo p99 quiet against under attack, closes
 #             and pre-auth evictions. Targets: RSS growth <= 64 MiB, honest
-#             p99 within 2x (bench/run_hostile.sh).
+#             p99 within 2x, judged on the median over $H_ROUNDS (3) rounds
+#             of each p99 (bench/run_hostile.sh).
 #   soak      one gateway for $SOAK_S (2,400) s under steady echo traffic
 #             ($SOAK_CONNS 4,000 connections at $SOAK_RATE 1,000/s) and TLS
 #             churn (flood storm rounds of $CHURN_CONNS 1,000 back to back);

@@ -11,15 +11,25 @@ fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# honest NAME FILE: $H_CONNS honest clients connect (TLS) and echo at
-# $H_RATE/s for $H_DURATION_S s against the running gateway; JSON to FILE.
+# honest NAME FILE: first $H_PROBE_N sequential TLS handshakes
+# (bench/tls_probe.py: one at a time, so no client-side queueing: what the
+# gateway and the kernel take), then $H_CONNS honest clients connect (TLS)
+# and echo at $H_RATE/s for $H_DURATION_S s (flood) against the running
+# gateway; JSON to FILE. The probe goes first: under attack, the hostile
+# connections the budget did not evict are closed at auth_timeout_ms (10 s)
+# after they connected, so the attack is whole only in its first seconds.
 honest() {
+    local probe='null'
+    if (( H_PROBE_N > 0 )); then
+        probe=$(python3 bench/tls_probe.py "$TGW_CA" "$GW_PORT" "$H_PROBE_N" --json)
+    fi
     flood_run "$1" echo --target "127.0.0.1:$GW_PORT" --conns "$H_CONNS" --msgs-per-s "$H_RATE" \
         --duration-s "$H_DURATION_S" --rate "$H_CONNECT_RATE" --inflight 64 --tls --ca "$TGW_CA" \
         --first-id 900000 --json "$STEM-$1.json"
-    jq '{conns_established, conns_failed: .conns_failed.total,
+    jq --argjson probe "$probe" '{conns_established, conns_failed: .conns_failed.total,
          connect_auth_ms: {p50: .connect_auth_latency.p50_ms, p99: .connect_auth_latency.p99_ms},
-         echo_ms: {p50: .echo.rtt.p50_ms, p99: .echo.rtt.p99_ms}, replies: .echo.replies}' "$STEM-$1.json" >"$2"
+         echo_ms: {p50: .echo.rtt.p50_ms, p99: .echo.rtt.p99_ms}, replies: .echo.replies,
+         tls_probe: $probe}' "$STEM-$1.json" >"$2"
 }
 
 # hostile_one KIND FILE: a fresh gateway; honest clients on a quiet node;
@@ -82,6 +92,7 @@ hostile_scenario() {
     H_DURATION_S=${H_DURATION_S:-10}
     H_KINDS=${H_KINDS:-partial-frame partial-tls tls-handshake partial-ws}
     H_ROUNDS=${H_ROUNDS:-3}
+    H_PROBE_N=${H_PROBE_N:-1000}
     local kind r all='[]'
     # Rounds alternate the kinds, so drift on the box spreads over all of them.
     for r in $(seq "$H_ROUNDS"); do
@@ -108,11 +119,13 @@ hostile_scenario() {
          kinds: ($runs | group_by(.kind) | map({kind: .[0].kind, rounds: length,
              rss_growth_mib_max: (map(.rss_growth_mib) | max),
              connect_auth_p99_ms: {quiet: map(.honest_quiet.connect_auth_ms.p99), attack: map(.honest_attack.connect_auth_ms.p99)},
-             echo_p99_ms: {quiet: map(.honest_quiet.echo_ms.p99), attack: map(.honest_attack.echo_ms.p99)}}
+             echo_p99_ms: {quiet: map(.honest_quiet.echo_ms.p99), attack: map(.honest_attack.echo_ms.p99)},
+             tls_probe_p99_ms: {quiet: map(.honest_quiet.tls_probe.p99_ms // empty), attack: map(.honest_attack.tls_probe.p99_ms // empty)}}
              | .connect_p99_ratio = ratio(.connect_auth_p99_ms.attack | median; .connect_auth_p99_ms.quiet | median)
-             | .echo_p99_ratio = ratio(.echo_p99_ms.attack | median; .echo_p99_ms.quiet | median))),
+             | .echo_p99_ratio = ratio(.echo_p99_ms.attack | median; .echo_p99_ms.quiet | median)
+             | .tls_probe_p99_ratio = ratio(.tls_probe_p99_ms.attack | median; .tls_probe_p99_ms.quiet | median))),
          targets: {rss_growth_mib_max: 64, honest_p99_ratio_max: 2},
          conditions: $cond}' >"$OUT"
     echo "== result ($OUT)"
-    jq -r '.kinds[] | "  \(.kind): RSS growth at most \(.rss_growth_mib_max | floor) MiB; honest connect+auth p99 median \(.connect_auth_p99_ms.quiet | sort | .[(length - 1) / 2 | floor]) -> \(.connect_auth_p99_ms.attack | sort | .[(length - 1) / 2 | floor]) ms (\(.connect_p99_ratio * 100 | floor / 100)x), echo p99 \(.echo_p99_ratio * 100 | floor / 100)x"' "$OUT"
+    jq -r '.kinds[] | "  \(.kind): RSS growth at most \(.rss_growth_mib_max | floor) MiB; honest connect+auth p99 median \(.connect_auth_p99_ms.quiet | sort | .[(length - 1) / 2 | floor]) -> \(.connect_auth_p99_ms.attack | sort | .[(length - 1) / 2 | floor]) ms (\(.connect_p99_ratio * 100 | floor / 100)x), echo p99 \(.echo_p99_ratio * 100 | floor / 100)x, sequential TLS handshake p99 \(.tls_probe_p99_ratio // 0 | . * 100 | floor / 100)x"' "$OUT"
 }

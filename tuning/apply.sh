@@ -24,6 +24,10 @@ while IFS='=' read -r key value; do
     echo "keep  $key = $current"
     continue
   fi
+  # Reserved ports add to what the host already reserves.
+  if [ "$key" = net.ipv4.ip_local_reserved_ports ] && [ -n "$current" ]; then
+    value="$current,$value"
+  fi
   if sysctl -q -w "$key=$value" >/dev/null 2>&1; then
     echo "set   $key = $value (was $current)"
   else

@@ -8,12 +8,25 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 # True when CURRENT satisfies WANTED. Most values are floors (each number
 # >= wanted); timeouts and keepalive counts are ceilings; tcp_tw_reuse is
-# exact; the port range's span must be at least as wide.
+# exact; the port range's span must be at least as wide; reserved ports
+# must all be reserved (others may be too).
 satisfies() {
   local key="$1" cur=($2) want=($3)
   case "$key" in
     net.ipv4.ip_local_port_range)
       [ $(( ${cur[1]} - ${cur[0]} )) -ge $(( ${want[1]} - ${want[0]} )) ]
+      return ;;
+    net.ipv4.ip_local_reserved_ports)
+      # Every wanted port inside one of the reserved ports or ranges.
+      local p r lo hi ok
+      for p in ${3//,/ }; do
+        ok=1
+        for r in ${2//,/ }; do
+          lo=${r%-*}; hi=${r#*-}
+          if [ "$p" -ge "$lo" ] && [ "$p" -le "$hi" ]; then ok=0; break; fi
+        done
+        [ $ok -eq 0 ] || return 1
+      done
       return ;;
     net.ipv4.tcp_tw_reuse)
       [ "${cur[0]}" -eq "${want[0]}" ]

@@ -41,6 +41,22 @@ pub fn bind_all(cfg: &Config, cores: usize) -> io::Result<(Vec<Socket>, SocketAd
 /// without this check a second gateway would join the first one's
 /// SO_REUSEPORT group and silently take half the connections. Port 0 is
 /// always free.
+/// How long the port guard waits for a listener to answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Where to connect to reach a listener bound to `addr` (a wildcard
+/// address is reached on loopback).
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
 pub fn ensure_free(addr: SocketAddr, key: &str) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
@@ -49,14 +65,28 @@ pub fn ensure_free(addr: SocketAddr, key: &str) -> io::Result<()> {
     // SO_REUSEADDR: connections of an earlier process in TIME_WAIT do not count.
     s.set_reuse_address(true)?;
     match s.bind(&addr.into()) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
-            e.kind(),
-            format!(
-                "{key} {addr}: another process listens on this port. Stop it or choose another \
-                 port; if sharing it is intended (several gateway processes on one box, or a \
-                 binary upgrade), start with --listen-shared (listen_shared = true)"
-            ),
-        )),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // A listener answers a connect; a port held only by a connection
+            // (an outbound one that took it as its local port, or one in
+            // TIME_WAIT) does not.
+            let listener =
+                std::net::TcpStream::connect_timeout(&connect_addr(addr), PROBE_TIMEOUT).is_ok();
+            let why = if listener {
+                format!(
+                    "{key} {addr}: another process listens on this port. Stop it or choose \
+                     another port; if sharing it is intended (several gateway processes on one \
+                     box, or a binary upgrade), start with --listen-shared (listen_shared = true)"
+                )
+            } else {
+                format!(
+                    "{key} {addr}: the port is held by a connection, not a listener (an outbound \
+                     connection took it as its local port, or one in TIME_WAIT). Keep the \
+                     gateway's ports out of the ephemeral range: net.ipv4.ip_local_reserved_ports \
+                     (tuning/gateway-sysctl.conf), or wait for it to go"
+                )
+            };
+            Err(io::Error::new(e.kind(), why))
+        }
         _ => Ok(()), // other errors show up in the real bind, with its context
     }
 }

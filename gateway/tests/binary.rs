@@ -82,6 +82,40 @@ fn a_second_gateway_on_a_taken_port_refuses_to_start() {
     assert_eq!(c.call(1, "echo", "x").status, 0);
 }
 
+/// A port held by a connection (here one in TIME_WAIT whose local port it
+/// is), not a listener: the gateway cannot bind it, and says what holds
+/// it and how to keep its ports out of the ephemeral range.
+#[test]
+fn a_port_held_by_a_connection_is_named_as_such() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    // A client socket with `port` as its local port, closed first by the
+    // client: its side stays in TIME_WAIT, holding the port.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.connect(&target.local_addr().unwrap().into()).unwrap();
+    let (server_side, _) = target.accept().unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(server_side);
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--demo", "--cores", "1", "--node-id", "gw-tw"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("gateway binary runs");
+    assert!(
+        !out.status.success(),
+        "started on a port a connection holds"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("held by a connection") && err.contains("ip_local_reserved_ports"),
+        "{err}"
+    );
+}
+
 /// With NATS unreachable, the log says so once (per core, per outage) and
 /// says what to check, instead of a line per reconnection attempt; in JSON
 /// when asked; never with ANSI colours when the output is not a terminal.

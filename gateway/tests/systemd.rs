@@ -8,23 +8,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_get, Client, WAIT};
+use common::{free_port, http_get, Client, WAIT};
 use gw_proto::pb::frame::Body;
 use gw_proto::CloseReason;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The socket systemd would listen on, and what arrived on it.
 struct FakeSystemd {

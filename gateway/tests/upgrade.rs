@@ -10,23 +10,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, Client, WAIT};
+use common::{free_port, http_get, Client, WAIT};
 use gw_proto::pb::frame::Body;
 use gw_proto::CloseReason;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn spawn(node: &str, port: u16, admin: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gateway"))

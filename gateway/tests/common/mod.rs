@@ -378,3 +378,12 @@ pub fn closes(gw: &GatewayHandle, reason: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["closes"][reason].as_u64().unwrap_or(0)
 }
+
+/// A port nothing listens on right now (the OS picks it; another process
+/// could take it before the caller binds it, which tests accept).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -3,7 +3,7 @@
 //! wrapper around async-nats for publishing and watching subjects.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,7 @@ pub fn nats_server_bin() -> String {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use super::free_port;
 
 fn wait_listening(port: u16) {
     let t = Instant::now();

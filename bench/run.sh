@@ -71,7 +71,9 @@
 #             connect+auth and echo p99 quiet against under attack, closes
 #             and pre-auth evictions. Targets: RSS growth <= 64 MiB, honest
 #             p99 within 2x, judged on the median over $H_ROUNDS (3) rounds
-#             of each p99 (bench/run_hostile.sh).
+#             of each p99; before each honest run $H_PROBE_N (1,000)
+#             sequential TLS handshakes (bench/tls_probe.py) time the
+#             gateway's share alone (bench/run_hostile.sh).
 #   soak      one gateway for $SOAK_S (2,400) s under steady echo traffic
 #             ($SOAK_CONNS 4,000 connections at $SOAK_RATE 1,000/s) and TLS
 #             churn (flood storm rounds of $CHURN_CONNS 1,000 back to back);

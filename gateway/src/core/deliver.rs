@@ -15,8 +15,9 @@ use bytes::Bytes;
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
-use super::push::{self, Out};
-use super::wheel::{Entry, Tick, Wheel};
+use super::delivery::{self, Link, Placed};
+use super::push::{self, Backlog, Out, Window};
+use super::wheel::{Tick, Wheel};
 use super::ByKey;
 use super::{conn_id_core, Conn, ConnKey, Core, CoreMsg, Members, State};
 use crate::backend::{
@@ -225,10 +226,10 @@ impl Core {
         placed
     }
 
-    /// Places one push on a connection: sent at once when there is room,
-    /// else into the connection's backlog (behind anything already
-    /// waiting, so pushes keep their order). Returns the push when it will
-    /// not reach this connection and must be reported.
+    /// Places one push on a connection (`delivery::offer`): sent at once
+    /// when there is room, else into the connection's backlog (behind
+    /// anything already waiting, so pushes keep their order). Returns the
+    /// push when it will not reach this connection and must be reported.
     fn deliver_one(
         &self,
         c: &mut Conn,
@@ -243,91 +244,40 @@ impl Core {
             return ack_required.then(|| lost_on(c, body, reason));
         }
         CoreMetrics::inc(&self.metrics.pushes);
-        if !c.backlogged() && self.has_room(c, body, ack_required) {
-            self.send_push(c, body.clone(), ack_required, now, wheel);
-            return None;
-        }
-        CoreMetrics::inc(&self.metrics.pushes_waited);
-        let first = !c.backlogged();
-        let w = push::Waiting {
-            body: body.clone(),
+        let placed = delivery::offer(
+            &mut Wired::new(self, c),
+            &self.delivery,
+            body.clone(),
             ack_required,
+            now,
+        );
+        let due = match placed {
+            Placed::Sent { due } => due,
+            Placed::Waiting { due } => {
+                CoreMetrics::inc(&self.metrics.pushes_waited);
+                due
+            }
+            Placed::Overflow(w) => {
+                CoreMetrics::inc(&self.metrics.pushes_waited);
+                CoreMetrics::inc(&self.metrics.slow_consumers);
+                tracing::debug!(
+                    conn_id = c.id,
+                    "slow consumer: push_queue_bytes_max reached"
+                );
+                c.close = Some(CloseReason::SlowConsumer);
+                self.ready(c);
+                let reason = UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer);
+                return w.ack_required.then(|| lost_on(c, &w.body, reason));
+            }
         };
-        if let Err(w) = c
-            .extra_mut()
-            .backlog
-            .push(w, now, self.cfg.push_queue_bytes_max)
-        {
-            c.shrink_extra();
-            CoreMetrics::inc(&self.metrics.slow_consumers);
-            tracing::debug!(
-                conn_id = c.id,
-                "slow consumer: push_queue_bytes_max reached"
-            );
-            c.close = Some(CloseReason::SlowConsumer);
-            self.ready(c);
-            let reason = UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer);
-            return w.ack_required.then(|| lost_on(c, &w.body, reason));
-        }
-        if first {
-            // The stall deadline: the backlog must move before it.
-            let due = now + self.ticks(self.cfg.push_stall_timeout_ms);
-            c.due = wheel.schedule(entry(c), due, c.due);
-        }
+        schedule(c, due, wheel);
         None
-    }
-
-    /// Whether a push can go out now: room in the outbound queue and, when
-    /// it needs an ack, in the window.
-    fn has_room(&self, c: &Conn, body: &Bytes, ack_required: bool) -> bool {
-        (!ack_required || c.window.len() < self.cfg.unacked_pushes_max as usize)
-            && c.out_room(
-                body.len() + push::HEAD_BYTES_MAX,
-                self.cfg.outbound_bytes_max,
-            )
-    }
-
-    /// Queues a push for writing; an ack-required one takes the next seq
-    /// and an ack deadline.
-    fn send_push(
-        &self,
-        c: &mut Conn,
-        body: Bytes,
-        ack_required: bool,
-        now: Tick,
-        wheel: &mut Wheel,
-    ) {
-        if !ack_required {
-            let head = push::head(0, false, body.len());
-            self.enqueue(c, Out { head, body });
-            return;
-        }
-        debug_assert!(c.window.len() < self.cfg.unacked_pushes_max as usize);
-        let seq = c.window.add(body.clone(), now);
-        // Room was checked; should the outbound bytes overflow anyway, the
-        // connection closes as a slow consumer and this push, already in
-        // the window, is reported at teardown.
-        let head = push::head(seq, false, body.len());
-        self.enqueue(c, Out { head, body });
-        let due = now + self.ticks(self.cfg.ack_timeout_ms);
-        c.due = wheel.schedule(entry(c), due, c.due);
     }
 
     /// Sends what waits in the backlog while there is room, in order.
     pub fn pump(&self, c: &mut Conn, now: Tick, wheel: &mut Wheel) {
-        if c.close.is_some() {
-            return;
-        }
-        while let Some(front) = c.extra.as_ref().and_then(|e| e.backlog.front()) {
-            if !self.has_room(c, &front.body, front.ack_required) {
-                break;
-            }
-            let Some(w) = c.extra.as_mut().and_then(|e| e.backlog.pop(now)) else {
-                break;
-            };
-            self.send_push(c, w.body, w.ack_required, now, wheel);
-        }
-        c.shrink_extra();
+        let due = delivery::pump(&mut Wired::new(self, c), &self.delivery, now);
+        schedule(c, due, wheel);
     }
 
     /// A cumulative Ack: trims the window, then lets waiting pushes out.
@@ -338,11 +288,9 @@ impl Core {
         let Some(c) = conns.by_key(key) else {
             return;
         };
-        let n = c.window.ack(seq);
+        let (n, due) = delivery::ack(&mut Wired::new(self, c), &self.delivery, seq, now);
         CoreMetrics::add(&self.metrics.pushes_acked, n as u64);
-        if n > 0 && c.backlogged() {
-            self.pump(c, now, wheel);
-        }
+        schedule(c, due, wheel);
     }
 
     /// Reports pushes that could not be placed to the backend.
@@ -482,9 +430,52 @@ impl Core {
     }
 }
 
-/// The wheel entry of a connection.
-fn entry(c: &Conn) -> Entry {
-    c.key()
+/// Moves a connection's wheel entry earlier when `due` is.
+pub(super) fn schedule(c: &mut Conn, due: Option<Tick>, wheel: &mut Wheel) {
+    if let Some(due) = due {
+        c.due = wheel.schedule(c.key(), due, c.due);
+    }
+}
+
+/// A connection of this core as the delivery machine sees it: frames go
+/// through the core's outbound queue (WebSocket wrapping, slow-consumer
+/// check, ready list).
+pub(super) struct Wired<'a> {
+    core: &'a Core,
+    c: &'a mut Conn,
+}
+
+impl<'a> Wired<'a> {
+    pub(super) fn new(core: &'a Core, c: &'a mut Conn) -> Wired<'a> {
+        Wired { core, c }
+    }
+}
+
+impl Link for Wired<'_> {
+    fn window(&self) -> &Window {
+        &self.c.window
+    }
+    fn window_mut(&mut self) -> &mut Window {
+        &mut self.c.window
+    }
+    fn backlog(&self) -> Option<&Backlog> {
+        self.c.extra.as_ref().map(|e| &e.backlog)
+    }
+    fn backlog_mut(&mut self) -> &mut Backlog {
+        &mut self.c.extra_mut().backlog
+    }
+    fn backlog_done(&mut self) {
+        self.c.shrink_extra();
+    }
+    fn queued_bytes(&self) -> u32 {
+        self.c.out_bytes
+    }
+    fn closing(&self) -> bool {
+        self.c.close.is_some()
+    }
+    fn send(&mut self, out: Out) {
+        self.core.enqueue(self.c, out);
+    }
 }
 
 /// Removes `idx` from the member list under `key`, and the key when empty;

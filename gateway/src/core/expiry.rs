@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
+use super::liveness::{self, Token, TokenTimes};
 use super::wheel::Tick;
 use super::{Conn, ConnKey, Core};
 use crate::metrics::CoreMetrics;
@@ -68,15 +69,17 @@ impl Core {
     pub fn schedule_expiry(&self, key: ConnKey) {
         let next = self
             .with_conn(key, |c| {
-                if c.expires == 0 {
-                    return None;
-                }
                 let now_unix = unix_now();
-                let exp = u64::from(c.expires);
-                let at = if c.flags.expiry_noticed() {
-                    exp.saturating_add(self.cfg.auth.leeway_s) + 1
-                } else {
-                    exp.saturating_sub(self.cfg.auth.refresh_ahead_s)
+                let at = match liveness::token(
+                    c.expires,
+                    c.flags.expiry_noticed(),
+                    self.token_times(),
+                    now_unix,
+                ) {
+                    Token::Endless => return None,
+                    // Due now: the sweep sends the notice or ends the session.
+                    Token::Ended | Token::Notice(_) => now_unix,
+                    Token::At(t) => t,
                 };
                 Some(self.tick_of_unix(at, now_unix))
             })
@@ -89,30 +92,37 @@ impl Core {
     /// Sends the TokenExpiring notice when it is due, and says what comes
     /// next. Called with the state borrowed (from the sweep).
     pub(super) fn expiry_check(&self, c: &mut Conn, now_unix: u64) -> Expiry {
-        if c.expires == 0 || !c.authed() {
+        if !c.authed() {
             return Expiry::Next(None);
         }
-        let exp = u64::from(c.expires);
-        let end = exp.saturating_add(self.cfg.auth.leeway_s);
-        if now_unix > end {
-            return Expiry::Ended;
-        }
-        let notice_at = exp.saturating_sub(self.cfg.auth.refresh_ahead_s);
-        if !c.flags.expiry_noticed() && now_unix >= notice_at {
-            c.flags.set_expiry_noticed(true);
-            CoreMetrics::inc(&self.metrics.expiry_notices);
-            let notice = Body::TokenExpiring(pb::TokenExpiring {
-                expires_at_unix_s: exp,
-            });
-            let bytes = gw_proto::encode(&pb::Frame { body: Some(notice) });
-            self.enqueue(c, super::push::Out::frame(bytes));
-        }
-        let next = if c.flags.expiry_noticed() {
-            end + 1
-        } else {
-            notice_at
+        let next = match liveness::token(
+            c.expires,
+            c.flags.expiry_noticed(),
+            self.token_times(),
+            now_unix,
+        ) {
+            Token::Endless => return Expiry::Next(None),
+            Token::Ended => return Expiry::Ended,
+            Token::At(t) => t,
+            Token::Notice(t) => {
+                c.flags.set_expiry_noticed(true);
+                CoreMetrics::inc(&self.metrics.expiry_notices);
+                let notice = Body::TokenExpiring(pb::TokenExpiring {
+                    expires_at_unix_s: u64::from(c.expires),
+                });
+                let bytes = gw_proto::encode(&pb::Frame { body: Some(notice) });
+                self.enqueue(c, super::push::Out::frame(bytes));
+                t
+            }
         };
         Expiry::Next(Some(self.tick_of_unix(next, now_unix)))
+    }
+
+    fn token_times(&self) -> TokenTimes {
+        TokenTimes {
+            leeway_s: self.cfg.auth.leeway_s,
+            refresh_ahead_s: self.cfg.auth.refresh_ahead_s,
+        }
     }
 
     /// Ends a session whose token expired: GoAway{TOKEN_EXPIRED}, then close.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::CloseReason;
 
-use super::deliver::remove_member;
+use super::deliver::{remove_member, Wired};
+use super::delivery;
 use super::ByKey;
 use super::{ConnKey, Core, CoreMsg};
 use crate::backend::{Interest, SessionEvent, UndeliveredReason};
@@ -53,22 +54,8 @@ impl Core {
         // about the session, only the pushes it had taken.
         let was_online = self.unhold(id);
         if let (Some(user), Some(device)) = (conn.user.clone(), conn.device.clone()) {
-            let mut unacked = conn.window.take_all();
-            // Then what waited for the window, in order, without a seq.
-            if let Some(e) = conn.extra.as_mut() {
-                unacked.extend(
-                    e.backlog
-                        .take_all()
-                        .into_iter()
-                        .filter(|w| w.ack_required)
-                        .map(|w| super::push::Unacked {
-                            seq: 0,
-                            body: w.body,
-                            sent: 0,
-                            retries: 0,
-                        }),
-                );
-            }
+            // The window in seq order, then what waited for it (seq 0).
+            let unacked = delivery::hand_back(&mut Wired::new(self, &mut conn));
             self.report_undelivered(
                 id,
                 user.clone(),

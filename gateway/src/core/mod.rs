@@ -4,6 +4,8 @@
 //! plane reach it through its inbox ([`CoreMsg`]).
 //!
 //! - `deliver.rs`: pushes and session operations, local and across cores.
+//! - `delivery.rs`: reliable push on one connection, without I/O.
+//! - `liveness.rs`: auth, idle and token deadlines, without I/O.
 //! - `sweep.rs`: the per-tick pass over due connections (auth deadline,
 //!   idle reaping, ack retransmit).
 //! - `lifecycle.rs`: teardown of a connection, drain and stop of the core.
@@ -13,8 +15,10 @@
 mod conn;
 pub mod connz;
 mod deliver;
+pub mod delivery;
 pub mod expiry;
 mod lifecycle;
+pub mod liveness;
 pub mod overload;
 pub mod push;
 mod reach;
@@ -140,6 +144,8 @@ pub struct Core {
     /// What unauthenticated connections buffer (`conn/preauth.rs`).
     pub preauth: crate::conn::preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
+    /// The reliable-push limits, in ticks (`delivery.rs`).
+    pub delivery: delivery::Limits,
     start: Instant,
 }
 
@@ -158,6 +164,15 @@ impl Core {
     ) -> Core {
         let load = overload::Overload::new(&cfg, index);
         let reach = reach::Reach::new(cfg.nats.enabled());
+        let ticks = |ms: u32| ms.div_ceil(cfg.tick_ms);
+        let delivery = delivery::Limits {
+            unacked_pushes_max: cfg.unacked_pushes_max as usize,
+            push_queue_bytes_max: cfg.push_queue_bytes_max,
+            outbound_bytes_max: cfg.outbound_bytes_max,
+            ack_ticks: ticks(cfg.ack_timeout_ms),
+            ack_retries_max: cfg.ack_retries_max,
+            stall_ticks: ticks(cfg.push_stall_timeout_ms),
+        };
         Core {
             index,
             cfg,
@@ -195,6 +210,7 @@ impl Core {
             timers: Default::default(),
             preauth: Default::default(),
             preauth_log: Default::default(),
+            delivery,
             start: Instant::now(),
         }
     }

@@ -9,7 +9,10 @@ use std::time::Instant;
 use gw_proto::pb::{self, frame::Body};
 use gw_proto::{CloseReason, ErrorCode};
 
-use super::push::{self, Out, Unacked};
+use super::deliver::Wired;
+use super::delivery;
+use super::liveness::{self, Due, Phase};
+use super::push::{self, Unacked};
 use super::wheel::{Entry, Tick};
 use super::{Core, State};
 use crate::backend::{SessionEvent, UndeliveredPush, UndeliveredReason};
@@ -87,93 +90,61 @@ impl Core {
         if c.close.is_some() {
             return After::Nothing;
         }
-        let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
-            let deadline = c.created + self.ticks(self.cfg.auth_timeout_ms);
-            if now >= deadline {
-                return After::AuthTimeout;
-            }
-            c.due = wheel.schedule(e, deadline, 0);
-            return After::Nothing;
-        };
-        if self.held(c.id) {
+        let phase = if !c.authed() {
+            Phase::Unauthenticated
+        } else if self.held(c.id) {
             // Nothing is written before AuthOk: no idle or ack checks yet.
-            let deadline = c.created + self.ticks(self.cfg.auth_timeout_ms);
-            if now >= deadline {
-                return After::Unreachable;
-            }
-            c.due = wheel.schedule(e, deadline, 0);
-            return After::Nothing;
-        }
-        let idle_deadline = c.last_in + self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
-        if now >= idle_deadline {
-            c.close = Some(CloseReason::StaleHeartbeat);
-            self.ready(c);
-            return After::Nothing;
-        }
+            Phase::Held
+        } else {
+            Phase::Live
+        };
+        let idle_ticks = self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
+        let auth_ticks = self.ticks(self.cfg.auth_timeout_ms);
+        let idle_deadline =
+            match liveness::due(phase, c.created, c.last_in, auth_ticks, idle_ticks, now) {
+                Due::At(t) => {
+                    c.due = wheel.schedule(e, t, 0);
+                    return After::Nothing;
+                }
+                Due::AuthTimeout => return After::AuthTimeout,
+                Due::Unreachable => return After::Unreachable,
+                Due::Stale => {
+                    c.close = Some(CloseReason::StaleHeartbeat);
+                    self.ready(c);
+                    return After::Nothing;
+                }
+                Due::Live(t) => t,
+            };
+        let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
+            return After::Nothing; // Live means authenticated
+        };
         let expiry = match self.expiry_check(c, super::expiry::unix_now()) {
             super::expiry::Expiry::Ended => return After::TokenExpired,
             super::expiry::Expiry::Next(t) => t,
         };
-        let ack_ticks = self.ticks(self.cfg.ack_timeout_ms);
-        let (mut resend, mut expired) = (Vec::new(), Vec::new());
-        c.window.expire(
-            now,
-            ack_ticks,
-            self.cfg.ack_retries_max,
-            &mut resend,
-            &mut expired,
-        );
-        for (seq, body) in resend {
-            CoreMetrics::inc(&self.metrics.retransmits);
-            self.enqueue(
-                c,
-                Out {
-                    head: push::head(seq, true, body.len()),
-                    body,
-                },
+        let checked = delivery::check(&mut Wired::new(self, c), &self.delivery, now);
+        CoreMetrics::add(&self.metrics.retransmits, checked.retransmits as u64);
+        let after = if checked.expired.is_empty() {
+            After::Nothing
+        } else {
+            After::Expired(user, device, checked.expired)
+        };
+        if checked.stalled {
+            CoreMetrics::inc(&self.metrics.slow_consumers);
+            tracing::debug!(
+                conn_id = c.id,
+                "slow consumer: the backlog did not move for push_stall_timeout_ms"
             );
+            c.close = Some(CloseReason::SlowConsumer);
+            self.ready(c);
+            return after;
         }
-        // Pushes that left the window make room for those waiting.
-        if !expired.is_empty() && c.backlogged() {
-            self.pump(c, now, wheel);
-        }
-        let mut next = c
-            .window
-            .next_due(ack_ticks)
-            .map_or(idle_deadline, |d| d.min(idle_deadline));
+        let mut next = checked.next.map_or(idle_deadline, |d| d.min(idle_deadline));
         if let Some(t) = expiry {
             next = next.min(t);
         }
-        if let Some(b) = c
-            .extra
-            .as_ref()
-            .map(|e| &e.backlog)
-            .filter(|b| !b.is_empty())
-        {
-            let stall = self.ticks(self.cfg.push_stall_timeout_ms);
-            if b.stalled(now, stall) {
-                CoreMetrics::inc(&self.metrics.slow_consumers);
-                tracing::debug!(
-                    conn_id = c.id,
-                    waiting = b.len(),
-                    "slow consumer: the backlog did not move for push_stall_timeout_ms"
-                );
-                c.close = Some(CloseReason::SlowConsumer);
-                self.ready(c);
-                return if expired.is_empty() {
-                    After::Nothing
-                } else {
-                    After::Expired(user, device, expired)
-                };
-            }
-            next = next.min(b.moved().saturating_add(stall));
-        }
         c.due = wheel.schedule(e, next, 0);
-        if expired.is_empty() {
-            After::Nothing
-        } else {
-            After::Expired(user, device, expired)
-        }
+        after
     }
 
     /// Hands pushes that were never acknowledged back to the backend.

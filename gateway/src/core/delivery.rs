@@ -1,0 +1,224 @@
+//! Reliable push on one connection, as a state machine without I/O: pushes
+//! and acks and the clock come in, frames to queue and pushes to hand back
+//! come out. The core runs it on its connections (`deliver.rs`,
+//! `sweep.rs`, `lifecycle.rs`); the simulation (`tests/sim.rs`) and the
+//! `delivery` fuzz target run the same code on connections of their own.
+//!
+//! The rules (PROTOCOL.md §7.3): an ack-required push takes the next `seq`
+//! when there is room in the window (`unacked_pushes_max`) and in the
+//! outbound queue (`outbound_bytes_max`); otherwise it waits in the
+//! backlog, in order, within `push_queue_bytes_max`. A cumulative Ack
+//! trims the window and lets waiting pushes out. A push unacknowledged for
+//! `ack_timeout_ms` is sent again (same seq, `retransmit`) up to
+//! `ack_retries_max` times, then handed back. A backlog that does not move
+//! for `push_stall_timeout_ms`, or overflows, makes the connection a slow
+//! consumer. Nothing leaves except acknowledged or handed back.
+
+use bytes::Bytes;
+
+use super::push::{self, Backlog, Out, Unacked, Waiting, Window};
+use super::wheel::Tick;
+
+/// The limits the machine keeps, in ticks and bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Ack-required pushes in flight (`unacked_pushes_max`).
+    pub unacked_pushes_max: usize,
+    /// Bytes waiting in the backlog (`push_queue_bytes_max`).
+    pub push_queue_bytes_max: u32,
+    /// Bytes queued for writing (`outbound_bytes_max`).
+    pub outbound_bytes_max: u32,
+    /// `ack_timeout_ms` in ticks.
+    pub ack_ticks: Tick,
+    pub ack_retries_max: u32,
+    /// `push_stall_timeout_ms` in ticks.
+    pub stall_ticks: Tick,
+}
+
+/// A connection as the machine sees it.
+pub trait Link {
+    fn window(&self) -> &Window;
+    fn window_mut(&mut self) -> &mut Window;
+    /// The backlog, when something waits (None or empty otherwise).
+    fn backlog(&self) -> Option<&Backlog>;
+    /// The backlog, allocated on first use.
+    fn backlog_mut(&mut self) -> &mut Backlog;
+    /// Frees an empty backlog (an idle connection holds none).
+    fn backlog_done(&mut self);
+    /// Bytes queued for writing.
+    fn queued_bytes(&self) -> u32;
+    /// Whether the connection is closing (nothing more is sent).
+    fn closing(&self) -> bool;
+    /// Queues one frame. Room was checked against `outbound_bytes_max`; a
+    /// link that overflows anyway closes as a slow consumer.
+    fn send(&mut self, out: Out);
+}
+
+/// Where an offered push went.
+pub enum Placed {
+    /// Queued for writing. `due`: its ack deadline (ack-required only).
+    Sent { due: Option<Tick> },
+    /// Into the backlog. `due`: the stall deadline, when the backlog was
+    /// empty before (it starts now).
+    Waiting { due: Option<Tick> },
+    /// The backlog is full (`push_queue_bytes_max`): the connection is a
+    /// slow consumer, and this push comes back to be reported.
+    Overflow(Waiting),
+}
+
+/// What a check of the clock found.
+#[derive(Default)]
+pub struct Checked {
+    /// Pushes sent again.
+    pub retransmits: usize,
+    /// Pushes out of retries, out of the window: hand them back.
+    pub expired: Vec<Unacked>,
+    /// The backlog did not move for `stall_ticks`: a slow consumer.
+    pub stalled: bool,
+    /// The next tick this connection's delivery needs the clock (None:
+    /// nothing in flight or waiting).
+    pub next: Option<Tick>,
+}
+
+fn has_room(l: &impl Link, lim: &Limits, body: &Bytes, ack_required: bool) -> bool {
+    (!ack_required || l.window().len() < lim.unacked_pushes_max)
+        && (l.queued_bytes() as usize).saturating_add(body.len() + push::HEAD_BYTES_MAX)
+            <= lim.outbound_bytes_max as usize
+}
+
+/// Queues a push for writing; an ack-required one takes the next seq.
+/// Returns its ack deadline.
+fn send(
+    l: &mut impl Link,
+    lim: &Limits,
+    body: Bytes,
+    ack_required: bool,
+    now: Tick,
+) -> Option<Tick> {
+    if !ack_required {
+        let head = push::head(0, false, body.len());
+        l.send(Out { head, body });
+        return None;
+    }
+    debug_assert!(l.window().len() < lim.unacked_pushes_max);
+    let seq = l.window_mut().add(body.clone(), now);
+    let head = push::head(seq, false, body.len());
+    l.send(Out { head, body });
+    Some(now.saturating_add(lim.ack_ticks))
+}
+
+/// Offers a push to an open connection: sent when there is room and
+/// nothing waits before it, else into the backlog.
+pub fn offer(
+    l: &mut impl Link,
+    lim: &Limits,
+    body: Bytes,
+    ack_required: bool,
+    now: Tick,
+) -> Placed {
+    let waiting = l.backlog().is_some_and(|b| !b.is_empty());
+    if !waiting && has_room(l, lim, &body, ack_required) {
+        let due = send(l, lim, body, ack_required, now);
+        return Placed::Sent { due };
+    }
+    let w = Waiting { body, ack_required };
+    match l.backlog_mut().push(w, now, lim.push_queue_bytes_max) {
+        Ok(()) => Placed::Waiting {
+            due: (!waiting).then(|| now.saturating_add(lim.stall_ticks)),
+        },
+        Err(w) => {
+            l.backlog_done();
+            Placed::Overflow(w)
+        }
+    }
+}
+
+/// Sends what waits in the backlog while there is room, in order. Returns
+/// the earliest ack deadline of what it sent.
+pub fn pump(l: &mut impl Link, lim: &Limits, now: Tick) -> Option<Tick> {
+    let mut due = None;
+    if l.closing() {
+        return due;
+    }
+    while let Some(front) = l.backlog().and_then(|b| b.front()) {
+        if !has_room(l, lim, &front.body, front.ack_required) {
+            break;
+        }
+        let Some(w) = l.backlog_mut().pop(now) else {
+            break;
+        };
+        let d = send(l, lim, w.body, w.ack_required, now);
+        due = due.or(d);
+    }
+    l.backlog_done();
+    due
+}
+
+/// A cumulative Ack: trims the window, then lets waiting pushes out.
+/// Returns how many pushes it acknowledged, and the earliest ack deadline
+/// of the pushes it let out.
+pub fn ack(l: &mut impl Link, lim: &Limits, seq: u64, now: Tick) -> (usize, Option<Tick>) {
+    let n = l.window_mut().ack(seq);
+    let waiting = l.backlog().is_some_and(|b| !b.is_empty());
+    let due = if n > 0 && waiting {
+        pump(l, lim, now)
+    } else {
+        None
+    };
+    (n, due)
+}
+
+/// The clock: retransmits what timed out, hands back what is out of
+/// retries, lets waiting pushes into the room that made, and checks the
+/// backlog for a stall.
+pub fn check(l: &mut impl Link, lim: &Limits, now: Tick) -> Checked {
+    let mut out = Checked::default();
+    let mut resend = Vec::new();
+    l.window_mut().expire(
+        now,
+        lim.ack_ticks,
+        lim.ack_retries_max,
+        &mut resend,
+        &mut out.expired,
+    );
+    out.retransmits = resend.len();
+    for (seq, body) in resend {
+        let head = push::head(seq, true, body.len());
+        l.send(Out { head, body });
+    }
+    if !out.expired.is_empty() {
+        pump(l, lim, now);
+    }
+    out.next = l.window().next_due(lim.ack_ticks);
+    if let Some(b) = l.backlog().filter(|b| !b.is_empty()) {
+        if b.stalled(now, lim.stall_ticks) {
+            out.stalled = true;
+            return out;
+        }
+        let stall = b.moved().saturating_add(lim.stall_ticks);
+        out.next = Some(out.next.map_or(stall, |t| t.min(stall)));
+    }
+    out
+}
+
+/// Everything not acknowledged, for the report at close: the window in
+/// seq order, then the ack-required pushes that waited (seq 0, never sent).
+pub fn hand_back(l: &mut impl Link) -> Vec<Unacked> {
+    let mut items = l.window_mut().take_all();
+    if l.backlog().is_some() {
+        let waited = l.backlog_mut().take_all();
+        items.extend(
+            waited
+                .into_iter()
+                .filter(|w| w.ack_required)
+                .map(|w| Unacked {
+                    seq: 0,
+                    body: w.body,
+                    sent: 0,
+                    retries: 0,
+                }),
+        );
+        l.backlog_done();
+    }
+    items
+}

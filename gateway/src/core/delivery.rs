@@ -222,3 +222,100 @@ pub fn hand_back(l: &mut impl Link) -> Vec<Unacked> {
     }
     items
 }
+
+/// A connection in memory: the outbound queue is a `VecDeque` its owner
+/// drains with [`Memory::write`]. The simulation and the fuzz target run
+/// the machine on it; it keeps the core's rule that a frame over
+/// `outbound_bytes_max` is not queued and makes the link a slow consumer.
+#[derive(Default)]
+pub struct Memory {
+    pub window: Window,
+    pub backlog: Option<Box<Backlog>>,
+    pub out: std::collections::VecDeque<Out>,
+    /// Bytes of the front item already written.
+    pub out_off: usize,
+    pub out_bytes: u32,
+    pub outbound_bytes_max: u32,
+    /// Set when the link closes as a slow consumer (or by its owner).
+    pub slow_consumer: bool,
+    pub closed: bool,
+    /// Every frame handed to `send`, queued or not, for the owner to check.
+    pub log: Vec<(push::Head, Bytes)>,
+}
+
+impl Memory {
+    pub fn new(outbound_bytes_max: u32) -> Memory {
+        Memory {
+            outbound_bytes_max,
+            ..Default::default()
+        }
+    }
+
+    /// Writes up to `budget` bytes of the outbound queue into `to`; true
+    /// when anything was written.
+    pub fn write(&mut self, mut budget: usize, to: &mut Vec<u8>) -> bool {
+        let mut wrote = false;
+        while budget > 0 {
+            let Some(front) = self.out.front() else {
+                break;
+            };
+            let head = front.head.as_slice();
+            let len = front.len();
+            let n = (len - self.out_off).min(budget);
+            for at in self.out_off..self.out_off + n {
+                to.push(match at.checked_sub(head.len()) {
+                    None => head[at],
+                    Some(b) => front.body[b],
+                });
+            }
+            self.out_off += n;
+            self.out_bytes -= n as u32;
+            budget -= n;
+            wrote = true;
+            if self.out_off == len {
+                self.out.pop_front();
+                self.out_off = 0;
+            }
+        }
+        wrote
+    }
+}
+
+impl Link for Memory {
+    fn window(&self) -> &Window {
+        &self.window
+    }
+    fn window_mut(&mut self) -> &mut Window {
+        &mut self.window
+    }
+    fn backlog(&self) -> Option<&Backlog> {
+        self.backlog.as_deref()
+    }
+    fn backlog_mut(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Default::default)
+    }
+    fn backlog_done(&mut self) {
+        if self.backlog.as_ref().is_some_and(|b| b.is_empty()) {
+            self.backlog = None;
+        }
+    }
+    fn queued_bytes(&self) -> u32 {
+        self.out_bytes
+    }
+    fn closing(&self) -> bool {
+        self.closed || self.slow_consumer
+    }
+    fn send(&mut self, out: Out) {
+        if self.closing() {
+            return;
+        }
+        self.log.push((out.head, out.body.clone()));
+        let len = out.len() as u32;
+        if self.out_bytes.saturating_add(len) > self.outbound_bytes_max {
+            self.slow_consumer = true;
+            return;
+        }
+        self.out_bytes += len;
+        self.out.push_back(out);
+    }
+}

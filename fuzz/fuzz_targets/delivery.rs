@@ -95,7 +95,12 @@ impl Run {
                 continue;
             }
             if p.retransmit {
-                assert_eq!(self.mirror.get(&p.seq), Some(&id), "retransmit of {}", p.seq);
+                assert_eq!(
+                    self.mirror.get(&p.seq),
+                    Some(&id),
+                    "retransmit of {}",
+                    p.seq
+                );
             } else {
                 assert_eq!(p.seq, self.last_seq + 1);
                 self.last_seq = p.seq;
@@ -163,12 +168,12 @@ fuzz_target!(|data: &[u8]| {
                 let mut payload = BytesMut::new();
                 payload.put_u64_le(id);
                 payload.put_bytes(0, usize::from(arg) * 4);
-                let body: Bytes =
-                    push::encode_body("f", &payload, ack, pb::Priority::Normal);
+                let body: Bytes = push::encode_body("f", &payload, ack, pb::Priority::Normal);
                 if ack {
                     r.fate.insert(id, Fate::Pending);
                 }
-                if let Placed::Overflow(w) = delivery::offer(&mut r.link, &LIMITS, body, ack, r.now) {
+                if let Placed::Overflow(w) = delivery::offer(&mut r.link, &LIMITS, body, ack, r.now)
+                {
                     r.link.slow_consumer = true;
                     if w.ack_required {
                         r.settle(id_of(&push::decode_body(&w.body).1), Fate::Reported);
@@ -195,7 +200,10 @@ fuzz_target!(|data: &[u8]| {
                     r.link.slow_consumer = true;
                 }
                 if let Some(next) = c.next {
-                    assert!(next > r.now || r.link.closing(), "next check is in the future");
+                    assert!(
+                        next > r.now || r.link.closing(),
+                        "next check is in the future"
+                    );
                 }
             }
             _ => r.read(usize::from(arg) * 16),
@@ -206,5 +214,8 @@ fuzz_target!(|data: &[u8]| {
     let items = delivery::hand_back(&mut r.link);
     r.handed_back(items);
     assert!(r.mirror.is_empty());
-    assert!(r.fate.values().all(|f| *f != Fate::Pending), "pushes neither acked nor reported");
+    assert!(
+        r.fate.values().all(|f| *f != Fate::Pending),
+        "pushes neither acked nor reported"
+    );
 });

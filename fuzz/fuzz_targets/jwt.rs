@@ -47,7 +47,10 @@ fn verifier() -> &'static Verifier {
 fn check(token: &str) {
     if let Ok(c) = verifier().verify(token, NOW) {
         assert!(!c.sub.is_empty() && c.sub.len() <= 128);
-        assert!(c.device_id.as_ref().is_none_or(|d| !d.is_empty() && d.len() <= 128));
+        assert!(c
+            .device_id
+            .as_ref()
+            .is_none_or(|d| !d.is_empty() && d.len() <= 128));
         // exp saturates at u64::MAX for huge NumericDates (never expires).
         assert!(c.exp.saturating_add(5) >= NOW);
     }

@@ -22,7 +22,11 @@ fn parse(stream: &[u8], max_payload: usize, chunk: usize) -> (Vec<Op>, Option<St
         loop {
             match parse_op(&buf, max_payload) {
                 Ok(Some((op, used))) => {
-                    assert!(used > 0 && used <= buf.len(), "used {used} of {}", buf.len());
+                    assert!(
+                        used > 0 && used <= buf.len(),
+                        "used {used} of {}",
+                        buf.len()
+                    );
                     ops.push(op);
                     buf.drain(..used);
                 }

@@ -14,7 +14,7 @@
 #![no_main]
 
 use gateway::conn::records::keys::Suite;
-use gateway::conn::records::{Records, RecordError, APPLICATION_DATA};
+use gateway::conn::records::{RecordError, Records, APPLICATION_DATA};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT: [u8; 48] = [0x11; 48];
@@ -92,7 +92,10 @@ fuzz_target!(|data: &[u8]| {
     let mut pos = 0;
     let mut k = 0;
     while pos < wire.len() {
-        let step = cuts.get(k % cuts.len().max(1)).copied().unwrap_or(wire.len());
+        let step = cuts
+            .get(k % cuts.len().max(1))
+            .copied()
+            .unwrap_or(wire.len());
         k += 1;
         let end = (pos + step).min(wire.len());
         match server.open(&wire[pos..end]) {

@@ -13,7 +13,7 @@ use prost::Message as _;
 use crate::proto::Event;
 use crate::transport::{io_reason, Stream};
 use crate::wire::FRAME_BYTES_MAX;
-use gateway::conn::ws::{accept_key, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
+use gateway::wire::ws::{accept_key, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
 
 /// Longest upgrade response read, bytes.
 const RESPONSE_BYTES_MAX: usize = 8192;

@@ -13,8 +13,8 @@
 //!   the server's typed error names (nothing when it names none).
 #![no_main]
 
-use gateway::conn::records::keys::Suite;
-use gateway::conn::records::{RecordError, Records, APPLICATION_DATA};
+use gateway::wire::records::keys::Suite;
+use gateway::wire::records::{RecordError, Records, APPLICATION_DATA};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT: [u8; 48] = [0x11; 48];

@@ -8,7 +8,7 @@
 //!   carry at most 125 bytes, and nothing follows a close.
 #![no_main]
 
-use gateway::conn::ws::{parse_frames, Event, Parsed};
+use gateway::wire::ws::{parse_frames, Event, Parsed};
 use libfuzzer_sys::fuzz_target;
 
 fn check(p: &Parsed, max: usize, len: usize) {

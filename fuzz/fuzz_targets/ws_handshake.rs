@@ -6,7 +6,9 @@
 
 use base64::Engine as _;
 use gateway::config::WsConfig;
-use gateway::conn::{http::Request, web, ws};
+use gateway::conn::web;
+use gateway::wire::http::Request;
+use gateway::wire::ws;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

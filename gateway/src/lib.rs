@@ -21,7 +21,9 @@ pub mod metrics;
 pub mod nats;
 pub mod notify;
 pub mod server;
+pub mod sockets;
 pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{start, GatewayHandle};

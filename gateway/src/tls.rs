@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Records per key and direction before a KeyUpdate (`TlsConfig::records_per_key`,
 /// held within the record layer's bounds).
 pub fn records_per_key(cfg: &TlsConfig) -> u64 {
-    use crate::conn::records::{RECORDS_PER_KEY_MAX, RECORDS_PER_KEY_MIN};
+    use crate::wire::records::{RECORDS_PER_KEY_MAX, RECORDS_PER_KEY_MIN};
     cfg.records_per_key.map_or(RECORDS_PER_KEY_MAX, |n| {
         n.clamp(RECORDS_PER_KEY_MIN, RECORDS_PER_KEY_MAX)
     })
@@ -134,8 +134,8 @@ const SERVER_TRAFFIC_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
 /// One TLS 1.3 handshake's application traffic secrets.
 #[derive(Default)]
 pub struct TrafficSecrets {
-    pub client: Option<crate::conn::records::keys::Secret>,
-    pub server: Option<crate::conn::records::keys::Secret>,
+    pub client: Option<crate::wire::records::keys::Secret>,
+    pub server: Option<crate::wire::records::keys::Secret>,
 }
 
 thread_local! {
@@ -159,7 +159,7 @@ impl rustls::KeyLog for SecretCapture {
     }
 
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
-        let secret = crate::conn::records::keys::Secret::new(secret);
+        let secret = crate::wire::records::keys::Secret::new(secret);
         CAUGHT.with(|c| {
             let mut c = c.borrow_mut();
             match label {

@@ -4,7 +4,6 @@
 pub use crate::config::io::{IoConfig, IoDriver};
 
 use super::uring;
-use super::Poller;
 
 /// The driver that runs, once chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,48 +48,6 @@ pub fn choose(io: &IoConfig) -> Result<(Chosen, String), String> {
                 ),
                 Err(why) => (Chosen::Epoll, format!("io.driver = auto and {why}")),
             }),
-    }
-}
-
-/// How a core does socket I/O.
-pub enum Io {
-    /// Edge-triggered epoll, waited on through glommio (`epoll.rs`).
-    Epoll(Poller),
-    /// The core's own io_uring loop (`uring/`): the core only queues
-    /// what the loop submits next.
-    Uring(uring::Pending),
-}
-
-impl Io {
-    /// Starts serving a new connection's socket.
-    pub fn register(&self, fd: i32, id: u64) -> std::io::Result<()> {
-        match self {
-            Io::Epoll(p) => p.add_conn(fd, id),
-            Io::Uring(p) => {
-                p.arm(fd, id);
-                Ok(())
-            }
-        }
-    }
-
-    /// Shuts a connection's socket down (FIN now) and closes it.
-    pub fn close(&self, fd: i32) {
-        match self {
-            // SAFETY: the connection's socket, closed exactly once, by teardown.
-            Io::Epoll(_) => unsafe {
-                libc::shutdown(fd, libc::SHUT_RDWR);
-                libc::close(fd);
-            },
-            Io::Uring(p) => p.close(fd),
-        }
-    }
-
-    /// The epoll instance, with the epoll driver.
-    pub fn poller(&self) -> Option<&Poller> {
-        match self {
-            Io::Epoll(p) => Some(p),
-            Io::Uring(_) => None,
-        }
     }
 }
 

@@ -298,7 +298,7 @@ fn flush(core: &Core, key: ConnKey) -> io::Result<()> {
 
 /// Writes what is queued until done or the socket is full.
 fn write_out(core: &Core, c: &mut Conn) -> io::Result<()> {
-    if super::tls::active(c) {
+    if c.tls_active() {
         return if c.flags.write_blocked() {
             Ok(())
         } else {

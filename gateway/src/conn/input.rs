@@ -21,7 +21,7 @@ pub fn received(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         // Nothing was read before: these are the connection's first bytes.
         let first = c.bytes_in == 0;
         c.bytes_in = c.bytes_in.saturating_add(data.len() as u32);
-        let before = super::preauth::bytes(c);
+        let before = crate::core::preauth::bytes(c);
         (layer(core, c, data, Some(first)), before)
     }) else {
         return;
@@ -32,7 +32,7 @@ pub fn received(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         Layer::Frames => on_bytes(core, key, data),
     }
     let after = core
-        .with_conn(key, |c| super::preauth::bytes(c))
+        .with_conn(key, |c| crate::core::preauth::bytes(c))
         .unwrap_or(0);
     if before != after {
         core.preauth_changed(id, before, after);
@@ -55,11 +55,11 @@ enum Layer {
 /// `first_raw` is None for plaintext out of TLS.
 fn layer(core: &Core, c: &mut Conn, data: &[u8], first_raw: Option<bool>) -> Layer {
     if let Some(first) = first_raw {
-        if super::tls::active(c) || (first && super::tls::maybe_start(core, c, data)) {
+        if c.tls_active() || (first && super::tls::maybe_start(core, c, data)) {
             return Layer::Tls;
         }
     }
-    if super::ws::active(c) {
+    if c.ws_active() {
         return Layer::Ws;
     }
     let first_plain = !c.flags.plain_seen();

@@ -9,29 +9,14 @@
 pub mod driver;
 mod epoll;
 mod frames;
-pub mod http;
 mod input;
 mod output;
-pub mod poller;
-pub mod preauth;
-pub mod records;
 mod tls;
 pub mod uring;
 pub mod web;
 pub mod ws;
 
-pub use driver::{Chosen, Io, IoConfig, IoDriver};
+pub use crate::sockets::{poller, Io, Poller};
+pub use driver::{Chosen, IoConfig, IoDriver};
 pub use epoll::IoLoop;
 pub use frames::valid_route;
-pub use poller::Poller;
-
-pub use tls::Tls;
-
-/// Whether a frame queued now reaches the client as a frame: plain TCP that
-/// has sent something (so it is not a TLS or WebSocket client whose first
-/// bytes are still on the way) or an open WebSocket. A TLS connection
-/// before Auth, or a WebSocket before its upgrade, would see raw protobuf
-/// where it expects a handshake.
-pub fn speaks_frames(c: &crate::core::Conn) -> bool {
-    ws::open(c) || (c.bytes_in > 0 && !tls::active(c) && !ws::active(c))
-}

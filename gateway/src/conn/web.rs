@@ -13,8 +13,8 @@
 //! public and anyone can mint such a token (`gateway token`). Every answer
 //! closes its connection (counted as HTTP_ANSWERED).
 
-use super::http::{response, Request};
 use crate::config::{DEMO_KID, DEMO_SECRET};
+use crate::wire::http::{response, Request};
 
 const PAGE: &str = include_str!("../../../clients/js/demo.html");
 const CLIENT_JS: &str = include_str!("../../../clients/js/gateway-client.js");

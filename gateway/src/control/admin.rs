@@ -17,10 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{collect, Shared};
 use crate::backend::SessionOp;
-use crate::conn::http::Request;
 use crate::core::connz::{ConnzQuery, Sort, CONNZ_LIMIT_DEFAULT, CONNZ_LIMIT_MAX};
 use crate::core::CoreMsg;
 use crate::metrics;
+use crate::wire::http::Request;
 
 /// Largest request head read, bytes.
 const HEAD_BYTES_MAX: usize = 8 * 1024;

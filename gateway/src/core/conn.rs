@@ -194,9 +194,9 @@ pub struct Extra {
     /// Client metadata from Auth (app version, OS, ...), freed on close.
     pub metadata: HashMap<String, String>,
     /// The TLS session, for a connection that opened with a TLS record.
-    pub tls: Option<crate::conn::Tls>,
+    pub tls: Option<crate::wire::tls::Tls>,
     /// The WebSocket state, for a connection that opened with `GET`.
-    pub ws: Option<crate::conn::ws::Ws>,
+    pub ws: Option<crate::wire::ws::Ws>,
     /// Pushes waiting for room in the unacked window or the outbound
     /// queue (`push.rs`, `Backlog`); empty and unallocated almost always.
     pub backlog: push::Backlog,
@@ -241,5 +241,33 @@ impl Conn {
     /// Whether `len` more bytes fit in the outbound queue.
     pub fn out_room(&self, len: usize, max: u32) -> bool {
         (self.out_bytes as usize).saturating_add(len) <= max as usize
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn tls_active(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.tls.is_some())
+    }
+    /// Whether the connection is a WebSocket (upgraded or upgrading).
+    pub fn ws_active(&self) -> bool {
+        self.ws != WsPhase::None || self.extra.as_ref().is_some_and(|e| e.ws.is_some())
+    }
+    /// Whether queued frames must be wrapped as WebSocket messages.
+    pub fn ws_open(&self) -> bool {
+        self.ws != WsPhase::None
+    }
+    /// Whether a frame queued now reaches the client as a frame: plain TCP
+    /// that has sent something (so it is not a TLS or WebSocket client
+    /// whose first bytes are still on the way) or an open WebSocket. A TLS
+    /// connection before Auth, or a WebSocket before its upgrade, would see
+    /// raw protobuf where it expects a handshake.
+    pub fn speaks_frames(&self) -> bool {
+        self.ws_open() || (self.bytes_in > 0 && !self.tls_active() && !self.ws_active())
+    }
+    /// Inbound bytes held besides the partial frame: TLS and WebSocket
+    /// state (`Tls::buffered`, `Ws::buffered`).
+    pub fn layers_buffered(&self) -> usize {
+        self.extra.as_ref().map_or(0, |e| {
+            e.tls.as_ref().map_or(0, |t| t.buffered()) + e.ws.as_ref().map_or(0, |w| w.buffered())
+        })
     }
 }

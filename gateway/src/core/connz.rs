@@ -100,7 +100,7 @@ pub struct ConnzPart {
 
 fn transport(c: &Conn) -> &'static str {
     let tls = c.extra.as_ref().is_some_and(|e| e.tls.is_some());
-    match (tls, crate::conn::ws::active(c)) {
+    match (tls, c.ws_active()) {
         (false, false) => "tcp",
         (true, false) => "tls",
         (false, true) => "ws",

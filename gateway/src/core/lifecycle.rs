@@ -30,7 +30,7 @@ impl Core {
                 return;
             }
             let c = st.conns.remove(idx as usize);
-            self.preauth.release(crate::conn::preauth::bytes(&c));
+            self.preauth.release(super::preauth::bytes(&c));
             // FIN now (shutdown first, even if something else holds the
             // file), then close: directly, or through the ring.
             self.io.close(c.fd);
@@ -112,7 +112,7 @@ impl Core {
             let st = self.state.borrow();
             st.conns
                 .iter()
-                .map(|(_, c)| (c.key(), c.authed(), crate::conn::speaks_frames(c)))
+                .map(|(_, c)| (c.key(), c.authed(), c.speaks_frames()))
                 .collect()
         };
         let mut sessions = Vec::with_capacity(ids.len());

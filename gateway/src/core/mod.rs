@@ -20,6 +20,7 @@ pub mod expiry;
 mod lifecycle;
 pub mod liveness;
 pub mod overload;
+pub mod preauth;
 pub mod push;
 mod reach;
 mod session;
@@ -116,7 +117,7 @@ pub struct Core {
     pub conns_max: u32,
     pub draining: Cell<bool>,
     /// How this core does socket I/O: epoll readiness, or io_uring.
-    pub io: crate::conn::Io,
+    pub io: crate::sockets::Io,
     /// Connections to serve (ids), in order.
     work: RefCell<VecDeque<u64>>,
     /// The I/O loop's waker, woken when `work` gains an entry.
@@ -142,7 +143,7 @@ pub struct Core {
     /// Timers of the core's tasks (`timers.rs`).
     pub timers: Rc<timers::Timers>,
     /// What unauthenticated connections buffer (`conn/preauth.rs`).
-    pub preauth: crate::conn::preauth::Preauth,
+    pub preauth: preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
     /// The reliable-push limits, in ticks (`delivery.rs`).
     pub delivery: delivery::Limits,
@@ -160,7 +161,7 @@ impl Core {
         backend: Rc<dyn Backend>,
         mesh: Vec<CoreTx>,
         conns_max: u32,
-        io: crate::conn::Io,
+        io: crate::sockets::Io,
     ) -> Core {
         let load = overload::Overload::new(&cfg, index);
         let reach = reach::Reach::new(cfg.nats.enabled());
@@ -398,8 +399,8 @@ impl Core {
 
     /// Appends to the outbound queue and counts it (no limit check).
     fn push_out(&self, c: &mut Conn, out: Out) {
-        let out = if crate::conn::ws::open(c) {
-            crate::conn::ws::wrap(out)
+        let out = if c.ws_open() {
+            crate::wire::ws::wrap(out)
         } else {
             out
         };

@@ -18,58 +18,10 @@ use super::wheel::Tick;
 
 /// Bytes of the per-recipient head, at most.
 pub const HEAD_BYTES_MAX: usize = 24;
-/// Room in a head: a WebSocket header (up to 10 bytes) may replace the
-/// 4-byte length prefix.
-const HEAD_BUF: usize = HEAD_BYTES_MAX + 8;
+pub use crate::wire::out::{Head, Out, HEAD_BUF};
 
-/// The per-recipient bytes in front of a shared body.
-#[derive(Clone, Copy)]
-pub struct Head {
-    buf: [u8; HEAD_BUF],
-    len: u8,
-}
-
-impl Head {
-    pub const EMPTY: Head = Head {
-        buf: [0; HEAD_BUF],
-        len: 0,
-    };
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
-    }
-    /// `prefix` followed by this head from byte `from` (at most HEAD_BUF bytes).
-    pub fn replaced_prefix(&self, prefix: &[u8], from: usize) -> Head {
-        let rest = &self.as_slice()[from.min(self.len as usize)..];
-        let mut h = Head::EMPTY;
-        let n = (prefix.len() + rest.len()).min(HEAD_BUF);
-        h.buf[..prefix.len()].copy_from_slice(prefix);
-        h.buf[prefix.len()..n].copy_from_slice(&rest[..n - prefix.len()]);
-        h.len = n as u8;
-        h
-    }
-}
-
-/// One item of a connection's outbound queue: `head ++ body` is one frame.
-pub struct Out {
-    pub head: Head,
-    pub body: Bytes,
-}
-
-impl Out {
-    /// A frame encoded on its own (replies, pongs, errors).
-    pub fn frame(bytes: Bytes) -> Out {
-        Out {
-            head: Head::EMPTY,
-            body: bytes,
-        }
-    }
-    pub fn len(&self) -> usize {
-        self.head.len as usize + self.body.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+// A push head with a WebSocket header in place of its prefix fits a Head.
+const _: () = assert!(HEAD_BYTES_MAX + 8 <= HEAD_BUF);
 
 fn varint(mut v: u64, out: &mut [u8; HEAD_BUF], at: &mut usize) {
     loop {

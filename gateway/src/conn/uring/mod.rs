@@ -24,7 +24,6 @@ mod bufs;
 mod sends;
 mod setup;
 
-use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,33 +39,7 @@ use sends::SendOp;
 use setup::{build_ring, kind_of, user_data, Kind, VALUE_MASK};
 pub use setup::{probe, Settings};
 
-/// What the core queued for the loop's next submission.
-#[derive(Default)]
-pub struct Pending {
-    /// New connections: arm their multishot recv.
-    arms: RefCell<Vec<(i32, u64)>>,
-    /// Sockets to shut down and close.
-    closes: RefCell<Vec<i32>>,
-    /// The loop has ended: sockets are closed at once.
-    ended: std::cell::Cell<bool>,
-}
-
-impl Pending {
-    pub fn arm(&self, fd: i32, id: u64) {
-        self.arms.borrow_mut().push((fd, id));
-    }
-    pub fn close(&self, fd: i32) {
-        if self.ended.get() {
-            // SAFETY: the connection's socket, closed exactly once, by teardown.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RDWR);
-                libc::close(fd);
-            }
-        } else {
-            self.closes.borrow_mut().push(fd);
-        }
-    }
-}
+pub use crate::sockets::Pending;
 
 /// Sets up the loop of one core: its ring and receive buffers. Then
 /// [`run`] it (a glommio task): it accepts, reads, writes and closes for
@@ -326,7 +299,7 @@ impl Loop {
                     // What the input queued (replies, a handshake's
                     // answer, TLS records) goes out this iteration.
                     self.core.with_conn(key, |c| {
-                        if !c.out.is_empty() || c.close.is_some() || super::tls::active(c) {
+                        if !c.out.is_empty() || c.close.is_some() || c.tls_active() {
                             self.core.ready(c);
                         }
                     });
@@ -382,7 +355,7 @@ impl Loop {
         if c.backlogged() {
             self.core.pump(c, now, wheel);
         }
-        if !c.out.is_empty() || c.close.is_some() || super::tls::active(c) {
+        if !c.out.is_empty() || c.close.is_some() || c.tls_active() {
             self.core.ready(c);
         }
     }
@@ -535,7 +508,7 @@ impl Loop {
     fn send(&mut self, key: ConnKey, fd: i32, last: bool) {
         let id = key.id();
         let op = self.core.with_conn(key, |c| {
-            if super::tls::active(c) {
+            if c.tls_active() {
                 match super::tls::take_ciphertext(&self.core, c, last) {
                     Ok(b) if b.is_empty() => None,
                     Ok(b) => Some(Ok(SendOp::owned(id, b))),

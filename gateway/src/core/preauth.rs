@@ -11,21 +11,16 @@
 //! before and after each read and at teardown, so the core's total is kept
 //! exact without a per-connection field.
 
-use super::{tls, ws};
-use crate::core::{Conn, Core};
 use gw_proto::CloseReason;
 
-/// What a TLS session in rustls's hands costs while it handshakes (its
-/// buffers and state; about 6.6 KB measured per connection mid-handshake),
-/// on top of the partial record the gateway holds for it.
-pub const TLS_SESSION_BYTES: usize = 8 * 1024;
+use super::{Conn, ConnKey, Core};
 
 /// Bytes a connection not authenticated yet holds; 0 once authenticated.
 pub fn bytes(c: &Conn) -> usize {
     if c.authed() {
         return 0;
     }
-    c.partial.capacity() + tls::buffered(c) + ws::buffered(c)
+    c.partial.capacity() + c.layers_buffered()
 }
 
 impl Core {
@@ -42,7 +37,7 @@ impl Core {
                 let live = self.conn_count();
                 if order.len() > 2 * live + 1024 {
                     order.retain(|&id| {
-                        self.with_conn(crate::core::ConnKey::from_id(id), |c| bytes(c) > 0)
+                        self.with_conn(ConnKey::from_id(id), |c| bytes(c) > 0)
                             .unwrap_or(false)
                     });
                 }
@@ -65,7 +60,7 @@ impl Core {
             let Some(id) = self.preauth.order.borrow_mut().pop_front() else {
                 return;
             };
-            let key = crate::core::ConnKey::from_id(id);
+            let key = ConnKey::from_id(id);
             // Gone, authenticated, or already closing: not counted any more
             // (or released at its teardown).
             let Some(charge) = self
@@ -88,9 +83,7 @@ impl Core {
                 "too many unauthenticated connections; retry",
                 self.cfg.busy_retry_after_ms,
             );
-            let framed = self
-                .with_conn(key, |c| super::speaks_frames(c))
-                .unwrap_or(false);
+            let framed = self.with_conn(key, |c| c.speaks_frames()).unwrap_or(false);
             self.close(key, CloseReason::PreauthLimit, framed.then_some(busy));
             over = over.saturating_sub(charge);
         }

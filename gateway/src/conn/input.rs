@@ -6,10 +6,11 @@
 
 use std::rc::Rc;
 
-use gw_proto::{CloseReason, Decoded, ErrorCode};
+use gw_proto::{CloseReason, ErrorCode};
 
 use crate::core::{Conn, ConnKey, Core};
 use crate::metrics::CoreMetrics;
+use crate::wire::frames::Split;
 
 /// Bytes read from a connection's socket: through the layers to frames.
 /// Counts them, and keeps the core's pre-auth budget (`preauth.rs`) up to
@@ -86,19 +87,12 @@ pub(super) fn plain_input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
 pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
     let id = key.id();
     let now = core.now();
-    let Some((mut partial, mut authed)) =
+    let Some((partial, mut authed)) =
         core.with_conn(key, |c| (std::mem::take(&mut c.partial), c.authed()))
     else {
         return;
     };
-    let buf: &[u8] = if partial.is_empty() {
-        data
-    } else {
-        // Exactly what arrived: no doubling of a partial frame's buffer.
-        partial.reserve_exact(data.len());
-        partial.extend_from_slice(data);
-        &partial
-    };
+    let mut split = Split::new(partial, data);
     // Before Auth only an Auth frame makes sense: a small limit keeps what
     // an unauthenticated client can make the core buffer small.
     let limit = |authed: bool| {
@@ -109,12 +103,11 @@ pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         }
     };
     let mut max = limit(authed) as usize;
-    let mut pos = 0;
     let mut closing = false;
-    while pos < buf.len() && !closing {
-        match gw_proto::decode(&buf[pos..], max) {
-            Ok(Decoded::Frame(frame, used)) => {
-                pos += used;
+    while !closing {
+        match split.next(max) {
+            None => break,
+            Some(Ok(frame)) => {
                 CoreMetrics::inc(&core.metrics.frames_in);
                 // A whole frame is a sign of life; stray bytes are not.
                 let state = core.with_conn(key, |c| {
@@ -129,8 +122,7 @@ pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
                     max = limit(authed) as usize;
                 }
             }
-            Ok(Decoded::Incomplete(_)) => break,
-            Err(e) => {
+            Some(Err(e)) => {
                 let (reason, code) = match e {
                     gw_proto::DecodeError::TooLarge { .. } => {
                         (CloseReason::FrameTooLarge, ErrorCode::FrameTooLarge)
@@ -148,35 +140,6 @@ pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
     if closing {
         return;
     }
-    // The joined buffer can stay when all of it is the partial frame and it
-    // is not bigger than that frame.
-    let joined_fits = pos == 0 && !partial.is_empty() && partial.capacity() <= frame_size(buf, max);
-    let keep = if joined_fits {
-        partial
-    } else {
-        keep_partial(&buf[pos..], max)
-    };
+    let keep = split.rest(max);
     core.with_conn(key, |c| c.partial = keep);
-}
-
-/// Bytes of the frame at the start of `rest` (prefix included), when its
-/// length prefix is in; else what is there.
-fn frame_size(rest: &[u8], max: usize) -> usize {
-    match gw_proto::peek_len(rest, max) {
-        Ok(Some(total)) => total.max(rest.len()),
-        _ => rest.len(),
-    }
-}
-
-/// The buffer for the start of a frame not complete yet: empty and
-/// unallocated when nothing is left; otherwise sized to the frame the
-/// length prefix announces (already checked against `max`), not to what a
-/// doubling growth would leave.
-fn keep_partial(rest: &[u8], max: usize) -> Vec<u8> {
-    if rest.is_empty() {
-        return Vec::new();
-    }
-    let mut v = Vec::with_capacity(frame_size(rest, max));
-    v.extend_from_slice(rest);
-    v
 }

@@ -1,10 +1,11 @@
-//! Client connections. Two drivers do the socket I/O of a core (`driver.rs`
-//! picks one): the core's own io_uring loop (`uring/`), or edge-triggered
-//! epoll waited on through glommio (`poller.rs`, `epoll.rs`). Both hand
-//! received bytes to the same layers (`input.rs`: TLS records `tls.rs`
-//! and `records/`, WebSocket `ws.rs` with its HTTP parser `http.rs`, frames
-//! `frames.rs`) and send what `output.rs` gathers; `web.rs` answers the
-//! demo-mode HTTP requests.
+//! Client connections: the drivers and the glue. Two drivers do the
+//! socket I/O of a core (`driver.rs` picks one): the core's own io_uring
+//! loop (`uring/`), or edge-triggered epoll waited on through glommio
+//! (`crate::sockets::poller`, `epoll.rs`). Both hand received bytes to
+//! `input.rs`, which runs the layers without I/O (`crate::wire`: TLS,
+//! WebSocket, the frame splitter) through their glue here (`tls.rs`,
+//! `ws.rs`) and each frame to `frames.rs`; they send what `output.rs`
+//! gathers. `web.rs` answers the demo-mode HTTP requests.
 
 pub mod driver;
 mod epoll;

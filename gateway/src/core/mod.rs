@@ -142,7 +142,7 @@ pub struct Core {
     pub reach: reach::Reach,
     /// Timers of the core's tasks (`timers.rs`).
     pub timers: Rc<timers::Timers>,
-    /// What unauthenticated connections buffer (`conn/preauth.rs`).
+    /// What unauthenticated connections buffer (`preauth.rs`).
     pub preauth: preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
     /// The reliable-push limits, in ticks (`delivery.rs`).

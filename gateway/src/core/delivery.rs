@@ -86,6 +86,17 @@ fn has_room(l: &impl Link, lim: &Limits, body: &Bytes, ack_required: bool) -> bo
             <= lim.outbound_bytes_max as usize
 }
 
+/// The machine's invariant after every step: nothing waits in the backlog
+/// that there is room to send (the window, or the outbound queue, is
+/// full), unless the link is closing. Checked by `debug_assert!` here, and
+/// by the simulation and the fuzz target after every step.
+pub fn work_conserving(l: &impl Link, lim: &Limits) -> bool {
+    match l.backlog().and_then(|b| b.front()) {
+        Some(w) => l.closing() || !has_room(l, lim, &w.body, w.ack_required),
+        None => true,
+    }
+}
+
 /// Queues a push for writing; an ack-required one takes the next seq.
 /// Returns its ack deadline.
 fn send(
@@ -123,9 +134,12 @@ pub fn offer(
     }
     let w = Waiting { body, ack_required };
     match l.backlog_mut().push(w, now, lim.push_queue_bytes_max) {
-        Ok(()) => Placed::Waiting {
-            due: (!waiting).then(|| now.saturating_add(lim.stall_ticks)),
-        },
+        Ok(()) => {
+            debug_assert!(work_conserving(l, lim));
+            Placed::Waiting {
+                due: (!waiting).then(|| now.saturating_add(lim.stall_ticks)),
+            }
+        }
         Err(w) => {
             l.backlog_done();
             Placed::Overflow(w)
@@ -151,6 +165,7 @@ pub fn pump(l: &mut impl Link, lim: &Limits, now: Tick) -> Option<Tick> {
         due = due.or(d);
     }
     l.backlog_done();
+    debug_assert!(work_conserving(l, lim));
     due
 }
 

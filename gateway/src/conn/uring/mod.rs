@@ -1,14 +1,16 @@
 //! The io_uring driver: one ring per core, served by the core's own loop.
 //!
-//! - Accepts with one multishot accept on the core's listener.
+//! - Accepts with one multishot accept on the core's listener (`accept.rs`).
 //! - Reads with one multishot recv per connection into the core's provided
 //!   buffer ring (`bufs.rs`): no connection holds a buffer while idle.
-//! - Writes with SENDMSG entries that own what they point at (`sends.rs`),
-//!   one in flight per connection, all submitted together.
+//! - Writes with SEND (one slice) or SENDMSG entries that own what they
+//!   point at (`sends.rs`, reused), one in flight per connection, all
+//!   submitted together.
 //! - Closes through the ring (shutdown, then close).
-//! - One `io_uring_enter` per loop iteration: it submits what the
-//!   iteration queued and, when nothing else is runnable, waits for the
-//!   next completion or the next timer of the core (`core/timers.rs`).
+//! - One `io_uring_enter` per loop iteration: when nothing else is
+//!   runnable it submits what the iterations queued and waits for the
+//!   next completion (beyond those of the sends it submits) or the next
+//!   timer of the core (`core/timers.rs`).
 //!
 //! How it lives with glommio: the loop is a glommio task that never parks
 //! through glommio. After an iteration that did something it yields, so
@@ -20,11 +22,11 @@
 //! (`core/wake.rs`), which it always has a read armed on; the core's
 //! timers are the loop's (`core/timers.rs`).
 
+mod accept;
 mod bufs;
 mod sends;
 mod setup;
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +35,7 @@ use gw_proto::CloseReason;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::core::{conn_id, wake, ConnKey, Core, Wake};
-use crate::metrics::{CoreMetrics, LogLimit};
+use crate::metrics::LogLimit;
 use bufs::BufRing;
 use sends::SendOp;
 use setup::{build_ring, kind_of, user_data, Kind, VALUE_MASK};
@@ -102,6 +104,8 @@ pub struct Loop {
     /// completes during the submission, so the wait that submits them
     /// counts their completions and still sleeps until something new.
     sends_unsubmitted: u32,
+    /// Finished sends kept for reuse (`SendOp::recycle`).
+    spare: sends::Spare,
 }
 
 impl Loop {
@@ -131,6 +135,7 @@ impl Loop {
             wake_armed: false,
             rearm: Vec::new(),
             sends_unsubmitted: 0,
+            spare: Vec::new(),
         })
     }
 
@@ -195,7 +200,11 @@ impl Loop {
             }
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1 + sends as usize, &args) {
+            match self
+                .ring
+                .submitter()
+                .submit_with_args(1 + sends as usize, &args)
+            {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -281,33 +290,6 @@ impl Loop {
         conn_id(self.core.index, (value >> 32) as u32, value as u32)
     }
 
-    fn accepted(&mut self, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accept_armed = false;
-        }
-        if res >= 0 {
-            self.accept_backoff_ms = 0;
-            crate::listener::admit(&self.core, res);
-            return;
-        }
-        if res == -libc::ECANCELED {
-            return;
-        }
-        CoreMetrics::inc(&self.core.metrics.accept_errors);
-        let e = std::io::Error::from_raw_os_error(-res);
-        if self.accept_log.allow() {
-            tracing::warn!(core = self.core.index, error = %e, "accept failed (io_uring); accepting again after a pause: if it is EMFILE, raise LimitNOFILE or lower conns_per_core_max");
-        }
-        if !self.accept_armed {
-            self.accept_backoff_ms = self
-                .accept_backoff_ms
-                .saturating_mul(2)
-                .clamp(10, self.core.cfg.accept_backoff_max_ms);
-            self.accept_retry =
-                Some(Instant::now() + Duration::from_millis(self.accept_backoff_ms as u64));
-        }
-    }
-
     fn received(&mut self, value: u64, res: i32, flags: u32) {
         let id = self.conn(value);
         let key = ConnKey::from_id(id);
@@ -351,7 +333,9 @@ impl Loop {
         let Some(op) = self.sends.try_remove(slot) else {
             return;
         };
-        let key = ConnKey::from_id(op.conn_id);
+        let (conn_id, owns_bytes) = (op.conn_id, op.owns_bytes());
+        SendOp::recycle(op, &mut self.spare);
+        let key = ConnKey::from_id(conn_id);
         let now = self.core.now();
         let mut st = self.core.state.borrow_mut();
         let crate::core::State { conns, wheel, .. } = &mut *st;
@@ -368,7 +352,7 @@ impl Loop {
             return;
         }
         let n = res as usize;
-        if !op.owns_bytes() {
+        if !owns_bytes {
             super::output::advance(c, n);
         }
         super::output::wrote(&self.core, c, n);
@@ -379,37 +363,6 @@ impl Loop {
         if !c.out.is_empty() || c.close.is_some() || c.tls_active() {
             self.core.ready(c);
         }
-    }
-
-    /// Arms or re-arms accepting; stops it when the core drains.
-    fn accepting(&mut self) {
-        let Some(l) = self.listener.as_ref() else {
-            return;
-        };
-        let lfd = l.as_raw_fd();
-        if self.core.draining.get() {
-            if self.accept_armed {
-                let cancel = opcode::AsyncCancel::new(user_data(Kind::Accept, 0))
-                    .build()
-                    .user_data(user_data(Kind::Cancel, 0));
-                self.push(cancel);
-                let _ = self.ring.submit();
-                self.sends_unsubmitted = 0;
-            }
-            self.listener = None; // closes it
-            self.core.accept_running.set(false);
-            return;
-        }
-        if self.accept_armed || self.accept_retry.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        self.accept_retry = None;
-        let e = opcode::AcceptMulti::new(types::Fd(lfd))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(Kind::Accept, 0));
-        self.push(e);
-        self.accept_armed = true;
     }
 
     /// Queues what the core asked for (new connections' recvs, closes) and
@@ -529,15 +482,16 @@ impl Loop {
     /// Queues one send of what the connection has queued (TLS: sealed).
     fn send(&mut self, key: ConnKey, fd: i32, last: bool) {
         let id = key.id();
+        let spare = &mut self.spare;
         let op = self.core.with_conn(key, |c| {
             if c.tls_active() {
                 match super::tls::take_ciphertext(&self.core, c, last) {
                     Ok(b) if b.is_empty() => None,
-                    Ok(b) => Some(Ok(SendOp::owned(id, b))),
+                    Ok(b) => Some(Ok(SendOp::owned(id, b, spare))),
                     Err(e) => Some(Err(e)),
                 }
             } else {
-                SendOp::queued(c).map(Ok)
+                SendOp::queued(c, spare).map(Ok)
             }
         });
         let op = match op.flatten() {
@@ -551,6 +505,7 @@ impl Loop {
         };
         self.core
             .with_conn(key, |c| c.flags.set_send_inflight(true));
+        let single = op.single();
         let msg = op.msg();
         let slot = self.sends.insert(op);
         let mut flags = squeue::Flags::empty();
@@ -564,11 +519,15 @@ impl Loop {
         } else {
             msg_flags |= libc::MSG_WAITALL;
         }
-        let e = opcode::SendMsg::new(types::Fd(fd), msg)
-            .flags(msg_flags as u32)
-            .build()
-            .flags(flags)
-            .user_data(user_data(Kind::Send, slot as u64));
+        let e = match single {
+            Some((buf, len)) => opcode::Send::new(types::Fd(fd), buf, len)
+                .flags(msg_flags)
+                .build(),
+            None => opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags(msg_flags as u32)
+                .build(),
+        };
+        let e = e.flags(flags).user_data(user_data(Kind::Send, slot as u64));
         self.push(e);
         self.sends_unsubmitted += 1;
     }

@@ -16,6 +16,14 @@ pub const IOV_MAX: usize = 64;
 /// Bytes per send at most, so one connection's backlog does not hold
 /// the loop.
 pub const SEND_BYTES_MAX: usize = 256 * 1024;
+/// Finished sends kept for reuse (each is about 2.2 KB: its iovec and
+/// head arrays), so a send costs no allocation and no zeroing.
+pub const SPARE_SENDS_MAX: usize = 64;
+
+/// Finished sends kept for reuse. Boxed: a send's message header and
+/// iovecs are what the kernel points at, so they must not move.
+#[allow(clippy::vec_box)]
+pub type Spare = Vec<Box<SendOp>>;
 
 /// One send in flight.
 pub struct SendOp {
@@ -31,7 +39,12 @@ pub struct SendOp {
 }
 
 impl SendOp {
-    fn empty(conn_id: u64) -> Box<SendOp> {
+    /// A send for `conn_id`: a spare one when there is one.
+    fn empty(conn_id: u64, spare: &mut Spare) -> Box<SendOp> {
+        if let Some(mut op) = spare.pop() {
+            op.conn_id = conn_id;
+            return op;
+        }
         Box::new(SendOp {
             conn_id,
             // SAFETY: a zeroed msghdr is valid (no name, no control).
@@ -47,10 +60,23 @@ impl SendOp {
         })
     }
 
+    /// Gives a finished send back for reuse: what it held goes now (the
+    /// bodies' references, its own bytes); its arrays stay.
+    pub fn recycle(mut op: Box<SendOp>, spare: &mut Spare) {
+        if spare.len() >= SPARE_SENDS_MAX {
+            return;
+        }
+        op.bodies.clear();
+        op.owned = Vec::new();
+        op.len = 0;
+        op.msg.msg_iovlen = 0;
+        spare.push(op);
+    }
+
     /// A send of the connection's queued items from the written offset on
     /// (plain TCP and WebSocket), or None when nothing is queued.
-    pub fn queued(c: &Conn) -> Option<Box<SendOp>> {
-        let mut op = SendOp::empty(c.id);
+    pub fn queued(c: &Conn, spare: &mut Spare) -> Option<Box<SendOp>> {
+        let mut op = SendOp::empty(c.id, spare);
         let mut skip = c.out_off as usize;
         let (mut n, mut h) = (0usize, 0usize);
         for item in c.out.iter() {
@@ -78,6 +104,7 @@ impl SendOp {
             }
         }
         if op.len == 0 {
+            SendOp::recycle(op, spare);
             return None;
         }
         op.msg.msg_iov = op.iov.as_mut_ptr();
@@ -86,8 +113,8 @@ impl SendOp {
     }
 
     /// A send of bytes it owns (TLS ciphertext, a refusal frame).
-    pub fn owned(conn_id: u64, bytes: Vec<u8>) -> Box<SendOp> {
-        let mut op = SendOp::empty(conn_id);
+    pub fn owned(conn_id: u64, bytes: Vec<u8>, spare: &mut Spare) -> Box<SendOp> {
+        let mut op = SendOp::empty(conn_id, spare);
         op.len = bytes.len();
         op.owned = bytes;
         op.iov[0] = iovec(op.owned.as_ptr(), op.owned.len());
@@ -100,6 +127,18 @@ impl SendOp {
     /// connection's queue to drop when it completes.
     pub fn owns_bytes(&self) -> bool {
         !self.owned.is_empty()
+    }
+
+    /// The one slice of a send that has one (a Pong, a reply, TLS
+    /// records): it goes as a SEND, which spares the kernel the message
+    /// header and iovec copies of a SENDMSG.
+    pub fn single(&self) -> Option<(*const u8, u32)> {
+        (self.msg.msg_iovlen == 1).then(|| {
+            (
+                self.iov[0].iov_base as *const u8,
+                self.iov[0].iov_len as u32,
+            )
+        })
     }
 
     /// The message header the SENDMSG entry points at (stable: boxed).

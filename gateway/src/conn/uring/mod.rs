@@ -135,7 +135,7 @@ impl Loop {
             wake_armed: false,
             rearm: Vec::new(),
             sends_unsubmitted: 0,
-            spare: Vec::new(),
+            spare: Default::default(),
         })
     }
 

@@ -16,22 +16,63 @@ pub const IOV_MAX: usize = 64;
 /// Bytes per send at most, so one connection's backlog does not hold
 /// the loop.
 pub const SEND_BYTES_MAX: usize = 256 * 1024;
-/// Finished sends kept for reuse (each is about 2.2 KB: its iovec and
-/// head arrays), so a send costs no allocation and no zeroing.
+/// Finished sends kept for reuse, and message headers with their iovec
+/// arrays (about 2.2 KB each, only for sends of several slices): a send
+/// costs no allocation and no zeroing.
 pub const SPARE_SENDS_MAX: usize = 64;
 
-/// Finished sends kept for reuse. Boxed: a send's message header and
-/// iovecs are what the kernel points at, so they must not move.
+/// Finished sends and vectored parts kept for reuse. Boxed: what the
+/// kernel points at (a head copy, a message header, iovecs) must not move.
 #[allow(clippy::vec_box)]
-pub type Spare = Vec<Box<SendOp>>;
+#[derive(Default)]
+pub struct Spare {
+    ops: Vec<Box<SendOp>>,
+    vectored: Vec<Box<Vectored>>,
+}
 
-/// One send in flight.
-pub struct SendOp {
-    /// The connection it belongs to (its completion finds it by id).
-    pub conn_id: u64,
+/// The message header, iovecs and head copies of a send of several slices.
+struct Vectored {
     msg: libc::msghdr,
     iov: [libc::iovec; IOV_MAX],
     heads: [Head; IOV_MAX / 2],
+}
+
+impl Vectored {
+    fn take(spare: &mut Spare) -> Box<Vectored> {
+        spare.vectored.pop().unwrap_or_else(|| {
+            Box::new(Vectored {
+                // SAFETY: a zeroed msghdr is valid (no name, no control).
+                msg: unsafe { std::mem::zeroed() },
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; IOV_MAX],
+                heads: [Head::EMPTY; IOV_MAX / 2],
+            })
+        })
+    }
+
+    fn give_back(v: Box<Vectored>, spare: &mut Spare) {
+        if spare.vectored.len() < SPARE_SENDS_MAX {
+            spare.vectored.push(v);
+        }
+    }
+}
+
+/// One send in flight: about 100 bytes for a send of one slice (a Pong, a
+/// reply, an AuthOk, TLS records), plus a `Vectored` for several. Sends
+/// of one slice are the common case, and many can be in flight at once
+/// (a login burst): a full-size op each held 2.2 KB per send in flight,
+/// which the allocator kept (+40 B per connection in `peers`).
+pub struct SendOp {
+    /// The connection it belongs to (its completion finds it by id).
+    pub conn_id: u64,
+    /// The one slice, when there is one (points into `head`, a body or
+    /// `owned`).
+    one: Option<(*const u8, u32)>,
+    /// A copy of the queued head the one slice is (heads move with the queue).
+    head: Head,
+    many: Option<Box<Vectored>>,
     bodies: Vec<Bytes>,
     owned: Vec<u8>,
     /// Bytes this send carries.
@@ -41,19 +82,15 @@ pub struct SendOp {
 impl SendOp {
     /// A send for `conn_id`: a spare one when there is one.
     fn empty(conn_id: u64, spare: &mut Spare) -> Box<SendOp> {
-        if let Some(mut op) = spare.pop() {
+        if let Some(mut op) = spare.ops.pop() {
             op.conn_id = conn_id;
             return op;
         }
         Box::new(SendOp {
             conn_id,
-            // SAFETY: a zeroed msghdr is valid (no name, no control).
-            msg: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; IOV_MAX],
-            heads: [Head::EMPTY; IOV_MAX / 2],
+            one: None,
+            head: Head::EMPTY,
+            many: None,
             bodies: Vec::new(),
             owned: Vec::new(),
             len: 0,
@@ -61,22 +98,26 @@ impl SendOp {
     }
 
     /// Gives a finished send back for reuse: what it held goes now (the
-    /// bodies' references, its own bytes); its arrays stay.
+    /// bodies' references, its own bytes).
     pub fn recycle(mut op: Box<SendOp>, spare: &mut Spare) {
-        if spare.len() >= SPARE_SENDS_MAX {
+        if let Some(v) = op.many.take() {
+            Vectored::give_back(v, spare);
+        }
+        if spare.ops.len() >= SPARE_SENDS_MAX {
             return;
         }
         op.bodies.clear();
         op.owned = Vec::new();
         op.len = 0;
-        op.msg.msg_iovlen = 0;
-        spare.push(op);
+        op.one = None;
+        spare.ops.push(op);
     }
 
     /// A send of the connection's queued items from the written offset on
     /// (plain TCP and WebSocket), or None when nothing is queued.
     pub fn queued(c: &Conn, spare: &mut Spare) -> Option<Box<SendOp>> {
         let mut op = SendOp::empty(c.id, spare);
+        let mut v = Vectored::take(spare);
         let mut skip = c.out_off as usize;
         let (mut n, mut h) = (0usize, 0usize);
         for item in c.out.iter() {
@@ -85,9 +126,9 @@ impl SendOp {
             }
             let head = item.head.as_slice();
             if skip < head.len() {
-                op.heads[h] = item.head;
-                let copy = &op.heads[h].as_slice()[skip..];
-                op.iov[n] = iovec(copy.as_ptr(), copy.len());
+                v.heads[h] = item.head;
+                let copy = &v.heads[h].as_slice()[skip..];
+                v.iov[n] = iovec(copy.as_ptr(), copy.len());
                 op.len += copy.len();
                 (n, h, skip) = (n + 1, h + 1, 0);
             } else {
@@ -95,7 +136,7 @@ impl SendOp {
             }
             if skip < item.body.len() {
                 let body = &item.body[skip..];
-                op.iov[n] = iovec(body.as_ptr(), body.len());
+                v.iov[n] = iovec(body.as_ptr(), body.len());
                 op.len += body.len();
                 op.bodies.push(item.body.clone());
                 (n, skip) = (n + 1, 0);
@@ -104,11 +145,28 @@ impl SendOp {
             }
         }
         if op.len == 0 {
+            Vectored::give_back(v, spare);
             SendOp::recycle(op, spare);
             return None;
         }
-        op.msg.msg_iov = op.iov.as_mut_ptr();
-        op.msg.msg_iovlen = n as _;
+        if n == 1 {
+            // One slice: a head (copied into the op) or a body (kept alive
+            // by `bodies`); the vectored part goes back at once.
+            let (base, len) = (v.iov[0].iov_base as *const u8, v.iov[0].iov_len);
+            let in_head = h == 1;
+            if in_head {
+                op.head = v.heads[0];
+                let from = op.head.as_slice().len() - len;
+                op.one = Some((op.head.as_slice()[from..].as_ptr(), len as u32));
+            } else {
+                op.one = Some((base, len as u32));
+            }
+            Vectored::give_back(v, spare);
+            return Some(op);
+        }
+        v.msg.msg_iov = v.iov.as_mut_ptr();
+        v.msg.msg_iovlen = n as _;
+        op.many = Some(v);
         Some(op)
     }
 
@@ -117,9 +175,7 @@ impl SendOp {
         let mut op = SendOp::empty(conn_id, spare);
         op.len = bytes.len();
         op.owned = bytes;
-        op.iov[0] = iovec(op.owned.as_ptr(), op.owned.len());
-        op.msg.msg_iov = op.iov.as_mut_ptr();
-        op.msg.msg_iovlen = 1;
+        op.one = Some((op.owned.as_ptr(), op.owned.len() as u32));
         op
     }
 
@@ -129,21 +185,18 @@ impl SendOp {
         !self.owned.is_empty()
     }
 
-    /// The one slice of a send that has one (a Pong, a reply, TLS
-    /// records): it goes as a SEND, which spares the kernel the message
-    /// header and iovec copies of a SENDMSG.
+    /// The one slice of a send that has one: it goes as a SEND, which
+    /// spares the kernel the message header and iovec copies of a SENDMSG.
     pub fn single(&self) -> Option<(*const u8, u32)> {
-        (self.msg.msg_iovlen == 1).then(|| {
-            (
-                self.iov[0].iov_base as *const u8,
-                self.iov[0].iov_len as u32,
-            )
-        })
+        self.one
     }
 
-    /// The message header the SENDMSG entry points at (stable: boxed).
+    /// The message header a SENDMSG entry points at (stable: boxed), for a
+    /// send of several slices.
     pub fn msg(&self) -> *const libc::msghdr {
-        &self.msg
+        self.many
+            .as_ref()
+            .map_or(std::ptr::null(), |v| &v.msg as *const libc::msghdr)
     }
 }
 

@@ -259,13 +259,7 @@ impl Core {
             }
             Placed::Overflow(w) => {
                 CoreMetrics::inc(&self.metrics.pushes_waited);
-                CoreMetrics::inc(&self.metrics.slow_consumers);
-                tracing::debug!(
-                    conn_id = c.id,
-                    "slow consumer: push_queue_bytes_max reached"
-                );
-                c.close = Some(CloseReason::SlowConsumer);
-                self.ready(c);
+                self.slow_consumer(c, "push_queue_bytes_max reached");
                 let reason = UndeliveredReason::ConnectionClosed(CloseReason::SlowConsumer);
                 return w.ack_required.then(|| lost_on(c, &w.body, reason));
             }

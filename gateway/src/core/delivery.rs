@@ -274,14 +274,19 @@ impl Memory {
             let Some(front) = self.out.front() else {
                 break;
             };
-            let head = front.head.as_slice();
-            let len = front.len();
-            let n = (len - self.out_off).min(budget);
-            for at in self.out_off..self.out_off + n {
-                to.push(match at.checked_sub(head.len()) {
-                    None => head[at],
-                    Some(b) => front.body[b],
-                });
+            let (head, len) = (front.head.as_slice(), front.len());
+            let (from, end) = (
+                self.out_off,
+                self.out_off + (len - self.out_off).min(budget),
+            );
+            let n = end - from;
+            if from < head.len() {
+                to.extend_from_slice(&head[from..end.min(head.len())]);
+            }
+            if end > head.len() {
+                to.extend_from_slice(
+                    &front.body[from.max(head.len()) - head.len()..end - head.len()],
+                );
             }
             self.out_off += n;
             self.out_bytes -= n as u32;

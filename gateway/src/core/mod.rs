@@ -382,19 +382,21 @@ impl Core {
         }
         let len = out.len() as u32;
         if c.out_bytes.saturating_add(len) > self.cfg.outbound_bytes_max {
-            CoreMetrics::inc(&self.metrics.slow_consumers);
-            tracing::debug!(
-                conn_id = c.id,
-                queued = c.out_bytes,
-                "slow consumer: outbound_bytes_max reached"
-            );
-            c.close = Some(CloseReason::SlowConsumer);
-            self.ready(c);
+            self.slow_consumer(c, "outbound_bytes_max reached");
             return false;
         }
         self.push_out(c, out);
         self.ready(c);
         true
+    }
+
+    /// Closes a connection as a slow consumer (`why`: which limit), counted
+    /// and logged with what it had queued.
+    fn slow_consumer(&self, c: &mut Conn, why: &'static str) {
+        CoreMetrics::inc(&self.metrics.slow_consumers);
+        tracing::debug!(conn_id = c.id, queued = c.out_bytes, why, "slow consumer");
+        c.close = Some(CloseReason::SlowConsumer);
+        self.ready(c);
     }
 
     /// Appends to the outbound queue and counts it (no limit check).

@@ -130,13 +130,7 @@ impl Core {
             After::Expired(user, device, checked.expired)
         };
         if checked.stalled {
-            CoreMetrics::inc(&self.metrics.slow_consumers);
-            tracing::debug!(
-                conn_id = c.id,
-                "slow consumer: the backlog did not move for push_stall_timeout_ms"
-            );
-            c.close = Some(CloseReason::SlowConsumer);
-            self.ready(c);
+            self.slow_consumer(c, "the backlog did not move for push_stall_timeout_ms");
             return after;
         }
         let mut next = checked.next.map_or(idle_deadline, |d| d.min(idle_deadline));

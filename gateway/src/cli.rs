@@ -261,7 +261,7 @@ section_overrides! {
 #[derive(Parser, Debug)]
 #[command(
     name = "gateway",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GATEWAY_REVISION"), ")"),
     about = "Connection gateway for IM and live-interaction systems.",
     long_about = "Connection gateway for IM and live-interaction systems.\n\n\
 Options come from a TOML file (--config), then these flags. Token keys are configured in the file \

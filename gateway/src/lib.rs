@@ -27,3 +27,10 @@ pub mod wire;
 
 pub use config::Config;
 pub use server::{start, GatewayHandle};
+
+/// This build's version (Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision this binary was built from (`git describe`), or
+/// "unknown" when built outside a git checkout (`build.rs`).
+pub const REVISION: &str = env!("GATEWAY_REVISION");

@@ -133,16 +133,39 @@ fn admin_endpoints_report_metrics_and_stats() {
     let (mut c, _) = Client::login(gw.local_addr, "a");
     c.send(Body::Ping(pb::Ping::default()));
     assert!(matches!(c.recv().unwrap(), Body::Pong(_)));
-    let (status, text) = http_get(admin, "/metrics");
+    // One upstream, answered with two ack-required pushes, acked at once.
+    assert_eq!(c.call(1, "test.burst", "a 2").status, 0);
+    let last = c.recv_until("the second push", |b| match b {
+        Body::Push(p) if p.seq == 2 => Some(p.seq),
+        _ => None,
+    });
+    c.send(Body::Ack(pb::Ack { seq: last }));
+    let (status, text) = eventually_metrics(admin, "gateway_push_ack_seconds_count 2");
     assert_eq!(status, 200);
     for needle in [
         "gateway_connections{core=\"0\"}",
         "gateway_heartbeats_total{core=",
-        "gateway_closes_total{reason=\"STALE_HEARTBEAT\"} 0",
+        "gateway_closes_total{reason=\"stale_heartbeat\"} 0",
         "gateway_accepts_total",
         "gateway_bytes_in_total",
+        "# TYPE gateway_upstream_rtt_seconds histogram",
+        "gateway_upstream_rtt_seconds_bucket{le=\"+Inf\"} 1",
+        "gateway_upstream_rtt_seconds_count 1",
+        "gateway_auth_seconds_count 1",
+        "gateway_connect_auth_seconds_count 1",
+        "gateway_tls_handshake_seconds_count 0",
+        "gateway_build_info{version=\"",
+        "# TYPE process_cpu_seconds_total counter",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+        "gateway_queue_delay_seconds{core=\"0\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing in\n{text}");
+    }
+    // Label values are lower case throughout.
+    for l in text.lines().filter(|l| l.contains("reason=\"")) {
+        assert!(!l.bytes().any(|b| b.is_ascii_uppercase()), "{l}");
     }
     let heartbeats: u64 = text
         .lines()
@@ -157,6 +180,19 @@ fn admin_endpoints_report_metrics_and_stats() {
     assert_eq!(v["cores"].as_array().unwrap().len(), 2);
     assert_eq!(http_get(admin, "/nope").0, 404);
     gw.shutdown(false);
+}
+
+/// /metrics once it contains `needle` (an ack is counted when the core
+/// reads it, after the client's write returned).
+fn eventually_metrics(admin: std::net::SocketAddr, needle: &str) -> (u16, String) {
+    let t = std::time::Instant::now();
+    loop {
+        let (status, text) = http_get(admin, "/metrics");
+        if text.contains(needle) || t.elapsed() > Duration::from_secs(10) {
+            return (status, text);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn over_its_upstream_rate_a_connection_gets_busy_while_pings_and_others_are_serv
         "{metrics}"
     );
     assert!(metrics.contains("gateway_admission_level{core=\"0\"} 384"));
-    assert!(metrics.contains("gateway_queue_delay_us{core=\"0\"}"));
+    assert!(metrics.contains("gateway_queue_delay_seconds{core=\"0\"}"));
     let (_, stats) = http_get(admin, "/stats");
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["counters"]["rejections"]["upstream_rate"], 7);

@@ -127,6 +127,9 @@ fn tls_and_plain_tcp_share_the_port() {
             .sum()
     };
     assert_eq!(total("gateway_tls_handshakes_total"), 1);
+    // Its handshake was timed: one TLS handshake, two logins.
+    assert_eq!(total("gateway_tls_handshake_seconds_count"), 1);
+    assert_eq!(total("gateway_connect_auth_seconds_count"), 2);
     // TLS 1.3: the keys moved to the gateway's record layer after the handshake.
     assert_eq!(total("gateway_tls_handovers_total"), 1);
     // The client's close_notify is a clean close.

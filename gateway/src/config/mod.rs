@@ -332,7 +332,7 @@ impl Config {
             }
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
-            return bad("node_id must be 1..=64 bytes".into());
+            return bad("node_id must be 1 to 64 bytes".into());
         }
         if self.frame_bytes_max < 256 || self.frame_bytes_max > 16 << 20 {
             return bad(format!(

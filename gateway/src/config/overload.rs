@@ -102,7 +102,7 @@ impl OverloadConfig {
             ("shed_beta_pct", self.shed_beta_pct),
         ] {
             if !(1..=50).contains(&v) {
-                return Err(format!("overload.{name} ({v}) must be within 1..=50"));
+                return Err(format!("overload.{name} ({v}) must be from 1 to 50"));
             }
         }
         if self.user_priority_period_s == 0 {
@@ -126,7 +126,7 @@ impl OverloadConfig {
         ] {
             if rate > BURST_MAX || (rate > 0 && !(1..=BURST_MAX).contains(&burst)) {
                 return Err(format!(
-                    "overload: the {name} rate must be at most {BURST_MAX}/s and, when on, its burst within 1..={BURST_MAX}"
+                    "overload: the {name} rate must be at most {BURST_MAX}/s and, when on, its burst from 1 to {BURST_MAX}"
                 ));
             }
         }

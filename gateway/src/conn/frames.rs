@@ -3,7 +3,7 @@
 //! only the server sends are protocol violations.
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gw_proto::pb::{self, frame::Body, Frame};
 use gw_proto::{CloseReason, ErrorCode, PROTOCOL_VERSION};
@@ -80,6 +80,13 @@ pub(super) fn unix_now() -> u64 {
 }
 
 fn auth(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
+    let t = Instant::now();
+    login(core, key, a);
+    core.metrics.hist.auth.observe(t.elapsed());
+}
+
+/// Auth: the token, the session, AuthOk or AuthError (and the close).
+fn login(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
     let id = key.id();
     if core.draining.get() {
         // Accepted just before (or, with io_uring's eager accept, while)
@@ -261,7 +268,9 @@ fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
     if !valid_route(&u.route) {
         let r = BackendReply::error(
             ErrorCode::BadRequest,
-            &format!("route must be 1..={ROUTE_BYTES_MAX} bytes of [A-Za-z0-9._-]"),
+            &format!(
+                "route must be 1 to {ROUTE_BYTES_MAX} bytes of A-Z, a-z, 0-9, '.', '_' and '-'"
+            ),
         );
         core.send_frame(key, reply_body(corr, &r));
         return;
@@ -342,6 +351,7 @@ const REPLY_OVERHEAD_BYTES: usize = 64;
 async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequest) {
     let id = key.id();
     let route = req.route.clone();
+    let sent = Instant::now();
     let fut = core.backend.upstream(req);
     let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
     let reply = futures_lite::future::or(async { Some(fut.await) }, async {
@@ -349,6 +359,9 @@ async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequ
         None
     })
     .await;
+    if reply.is_some() {
+        core.metrics.hist.upstream_rtt.observe(sent.elapsed());
+    }
     let mut reply = reply.unwrap_or_else(|| {
         CoreMetrics::inc(&core.metrics.upstream_timeouts);
         BackendReply::retry(

@@ -47,7 +47,13 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
     let Some(tls) = core.with_conn(key, |c| c.extra_mut().tls.take()).flatten() else {
         return;
     };
+    let was_handshaking = tls.handshaking();
     let fed = tls.feed(data, crate::tls::records_per_key(&core.cfg.tls));
+    if was_handshaking && fed.tls.as_ref().is_some_and(|t| !t.handshaking()) {
+        if let Some(t) = core.accepted.borrow().get(&id) {
+            core.metrics.hist.tls_handshake.observe(t.elapsed());
+        }
+    }
     if fed.handed_over {
         CoreMetrics::inc(&core.metrics.tls_handovers);
     }

@@ -228,6 +228,12 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
             if let Some(n) = shared.nats.get() {
                 n.render(&mut text);
             }
+            // /proc/self/fd holds an entry per connection: read off this
+            // thread, which also carries NATS.
+            match tokio::task::spawn_blocking(metrics::process::Process::read).await {
+                Ok(p) => p.render(&mut text),
+                Err(e) => tracing::warn!(error = %e, "reading the process metrics failed"),
+            }
             if let Some(h) = shared.nats_health.get() {
                 let each = |f: fn(&crate::nats::CoreHealth) -> bool| {
                     h.iter()
@@ -274,6 +280,8 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
                 200,
                 serde_json::json!({
                     "node_id": shared.node_id,
+                    "version": crate::VERSION,
+                    "revision": crate::REVISION,
                     "draining": draining,
                     "ready": super::not_ready(shared, snaps.len()).is_none(),
                     "connections": total.connections,
@@ -344,7 +352,7 @@ fn connz_query(req: &Request) -> Result<ConnzQuery, String> {
     };
     let limit = num(req, "limit")?.map_or(CONNZ_LIMIT_DEFAULT, |l| l as usize);
     if limit == 0 || limit > CONNZ_LIMIT_MAX {
-        return Err(format!("limit must be within 1..={CONNZ_LIMIT_MAX}"));
+        return Err(format!("limit must be from 1 to {CONNZ_LIMIT_MAX}"));
     }
     Ok(ConnzQuery {
         user: req.param("user"),

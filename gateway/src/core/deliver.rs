@@ -470,6 +470,12 @@ impl Link for Wired<'_> {
     fn send(&mut self, out: Out) {
         self.core.enqueue(self.c, out);
     }
+    fn clock_us(&self) -> u32 {
+        self.core.clock_us()
+    }
+    fn acked_after(&mut self, us: u32) {
+        self.core.metrics.hist.push_ack.observe_us(us.into());
+    }
 }
 
 /// Removes `idx` from the member list under `key`, and the key when empty;

@@ -52,6 +52,13 @@ pub trait Link {
     /// Queues one frame. Room was checked against `outbound_bytes_max`; a
     /// link that overflows anyway closes as a slow consumer.
     fn send(&mut self, out: Out);
+    /// A fine clock, µs (wrapping), for the push-to-ack histogram; a link
+    /// that does not measure keeps the default.
+    fn clock_us(&self) -> u32 {
+        0
+    }
+    /// An ack-required push was acknowledged `us` after its first send.
+    fn acked_after(&mut self, _us: u32) {}
 }
 
 /// Where an offered push went.
@@ -112,7 +119,8 @@ fn send(
         return None;
     }
     debug_assert!(l.window().len() < lim.unacked_pushes_max);
-    let seq = l.window_mut().add(body.clone(), now);
+    let now_us = l.clock_us();
+    let seq = l.window_mut().add(body.clone(), now, now_us);
     let head = push::head(seq, false, body.len());
     l.send(Out { head, body });
     Some(now.saturating_add(lim.ack_ticks))
@@ -173,7 +181,13 @@ pub fn pump(l: &mut impl Link, lim: &Limits, now: Tick) -> Option<Tick> {
 /// Returns how many pushes it acknowledged, and the earliest ack deadline
 /// of the pushes it let out.
 pub fn ack(l: &mut impl Link, lim: &Limits, seq: u64, now: Tick) -> (usize, Option<Tick>) {
-    let n = l.window_mut().ack(seq);
+    let now_us = l.clock_us();
+    let mut n = 0;
+    while let Some(first_us) = l.window_mut().pop_acked(seq) {
+        l.acked_after(now_us.wrapping_sub(first_us));
+        n += 1;
+    }
+    l.window_mut().acked();
     let waiting = l.backlog().is_some_and(|b| !b.is_empty());
     let due = if n > 0 && waiting {
         pump(l, lim, now)
@@ -230,6 +244,7 @@ pub fn hand_back(l: &mut impl Link) -> Vec<Unacked> {
                     seq: 0,
                     body: w.body,
                     sent: 0,
+                    first_us: 0,
                     retries: 0,
                 }),
         );

@@ -47,6 +47,7 @@ impl Core {
             }
             c
         };
+        self.accepted.borrow_mut().remove(&id);
         let reason = conn.close.unwrap_or(CloseReason::Unspecified);
         self.metrics.closed(reason);
         let mut conn = conn;

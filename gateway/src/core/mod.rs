@@ -147,6 +147,10 @@ pub struct Core {
     pub preauth_log: crate::metrics::LogLimit,
     /// The reliable-push limits, in ticks (`delivery.rs`).
     pub delivery: delivery::Limits,
+    /// When each connection not authenticated yet was accepted, for the
+    /// TLS-handshake and connect-to-AuthOk histograms (bounded by the
+    /// connections; an entry leaves at login or teardown).
+    pub accepted: RefCell<HashMap<u64, Instant>>,
     start: Instant,
 }
 
@@ -212,6 +216,7 @@ impl Core {
             preauth: Default::default(),
             preauth_log: Default::default(),
             delivery,
+            accepted: Default::default(),
             start: Instant::now(),
         }
     }
@@ -219,6 +224,13 @@ impl Core {
     /// Current tick (>= 1).
     pub fn now(&self) -> Tick {
         (self.start.elapsed().as_millis() / self.cfg.tick_ms as u128) as Tick + 1
+    }
+
+    /// A fine clock for latency histograms: µs since the core started,
+    /// wrapping every 71 minutes (differences of it are right for
+    /// anything shorter).
+    pub fn clock_us(&self) -> u32 {
+        self.start.elapsed().as_micros() as u32
     }
 
     /// Milliseconds to ticks, rounded up.
@@ -280,6 +292,7 @@ impl Core {
             c.flags.set_queued(true); // serve it once: data may have arrived before registration
         }
         drop(st);
+        self.accepted.borrow_mut().insert(id, Instant::now());
         self.push_work(id);
         self.wake_io();
         Ok(id)

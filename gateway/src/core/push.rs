@@ -94,6 +94,9 @@ pub struct Unacked {
     pub seq: u64,
     pub body: Bytes,
     pub sent: Tick,
+    /// The first send on the link's fine clock (`Link::clock_us`, µs,
+    /// wrapping), for the push-to-ack histogram.
+    pub first_us: u32,
     pub retries: u8,
 }
 
@@ -123,29 +126,47 @@ impl Window {
         self.last_seq
     }
 
-    /// Assigns the next sequence number and remembers the push.
-    pub fn add(&mut self, body: Bytes, now: Tick) -> u64 {
+    /// Assigns the next sequence number and remembers the push, sent at
+    /// `now` (and `now_us` on the fine clock).
+    pub fn add(&mut self, body: Bytes, now: Tick, now_us: u32) -> u64 {
         self.last_seq += 1;
         self.items.push_back(Unacked {
             seq: self.last_seq,
             body,
             sent: now,
+            first_us: now_us,
             retries: 0,
         });
         self.last_seq
     }
 
-    /// Cumulative ack: drops every push with seq <= `seq`. Returns how many.
-    pub fn ack(&mut self, seq: u64) -> usize {
-        let before = self.items.len();
-        while self.items.front().is_some_and(|u| u.seq <= seq) {
-            self.items.pop_front();
+    /// Cumulative ack, one push at a time: takes the oldest push if its
+    /// seq is <= `seq`, and returns its first send (`first_us`). Call
+    /// [`Window::acked`] when done.
+    pub fn pop_acked(&mut self, seq: u64) -> Option<u32> {
+        if self.items.front().is_some_and(|u| u.seq <= seq) {
+            self.items.pop_front().map(|u| u.first_us)
+        } else {
+            None
         }
+    }
+
+    /// After [`Window::pop_acked`]: an empty window gives its buffer back
+    /// (idle connections hold no window memory).
+    pub fn acked(&mut self) {
         if self.items.is_empty() {
-            // Give the buffer back: idle connections hold no window memory.
             self.items = VecDeque::new();
         }
-        before - self.items.len()
+    }
+
+    /// Cumulative ack: drops every push with seq <= `seq`. Returns how many.
+    pub fn ack(&mut self, seq: u64) -> usize {
+        let mut n = 0;
+        while self.pop_acked(seq).is_some() {
+            n += 1;
+        }
+        self.acked();
+        n
     }
 
     /// Earliest tick at which some push times out.
@@ -339,9 +360,9 @@ mod tests {
     fn cumulative_ack_retransmit_and_expiry() {
         let mut w = Window::default();
         let b = Bytes::from_static(b"x");
-        assert_eq!(w.add(b.clone(), 0), 1);
-        assert_eq!(w.add(b.clone(), 0), 2);
-        assert_eq!(w.add(b.clone(), 5), 3);
+        assert_eq!(w.add(b.clone(), 0, 0), 1);
+        assert_eq!(w.add(b.clone(), 0, 0), 2);
+        assert_eq!(w.add(b.clone(), 5, 0), 3);
         assert_eq!(w.ack(1), 1);
         assert_eq!(w.next_due(10), Some(10));
         let (mut re, mut ex) = (vec![], vec![]);

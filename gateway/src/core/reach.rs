@@ -174,6 +174,12 @@ impl Core {
     /// `resync` after the subscriptions were restored).
     pub fn online(&self, key: ConnKey, resync: bool) {
         let id = key.id();
+        if !resync {
+            // The AuthOk goes out now: the end of connect-to-AuthOk.
+            if let Some(t) = self.accepted.borrow_mut().remove(&id) {
+                self.metrics.hist.connect_auth.observe(t.elapsed());
+            }
+        }
         let ev = self.with_conn(key, |c| {
             let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
                 return None;

@@ -139,6 +139,14 @@ impl Tls {
         })))
     }
 
+    /// Whether the handshake is still under way.
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Tls::Session(s) => s.conn.is_handshaking(),
+            Tls::Records { .. } => false,
+        }
+    }
+
     /// Inbound bytes held, for the pre-auth budget: a rustls session while
     /// it handshakes (a fixed estimate) plus the partial record waiting for
     /// the rest; after the handover, the record layer's partial record.

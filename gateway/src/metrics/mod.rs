@@ -2,11 +2,16 @@
 //! the hot path). The control plane asks each core for a [`Snapshot`] over
 //! its inbox and sums them when /metrics or /stats is scraped.
 
+pub mod histogram;
+pub mod process;
+
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use gw_proto::CloseReason;
 use serde::Serialize;
+
+pub use histogram::{Hist, Histogram};
 
 /// Number of `CloseReason` values (index = enum value).
 pub const CLOSE_REASONS: usize = 20;
@@ -19,6 +24,7 @@ macro_rules! counters {
             $(pub $name: Cell<u64>,)*
             pub closes: [Cell<u64>; CLOSE_REASONS],
             pub rejections: [Cell<u64>; REJECT_REASONS],
+            pub hist: CoreHistograms,
         }
 
         /// A copy of one core's counters (or their sum), sendable across threads.
@@ -107,6 +113,51 @@ counters! {
     ws_rejected: "WebSocket connections refused or closed for bad input (handshake, masking, text, size)",
 }
 
+macro_rules! histograms {
+    ($($name:ident : $metric:literal, $help:literal),* $(,)?) => {
+        /// Latency histograms of one core.
+        #[derive(Default)]
+        pub struct CoreHistograms {
+            $(pub $name: Histogram,)*
+        }
+
+        /// A copy of one core's histograms (or their sum).
+        #[derive(Debug, Default, Clone, Serialize, PartialEq)]
+        pub struct Histograms {
+            $(pub $name: Hist,)*
+        }
+
+        impl CoreHistograms {
+            fn get(&self) -> Histograms {
+                Histograms { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl Histograms {
+            fn add(&mut self, o: &Histograms) {
+                $(self.$name.add(&o.$name);)*
+            }
+            /// Appends every histogram in Prometheus text format.
+            pub fn render(&self, out: &mut String) {
+                $(self.$name.render(out, $metric, $help);)*
+            }
+        }
+    };
+}
+
+histograms! {
+    upstream_rtt: "gateway_upstream_rtt_seconds",
+        "Upstream frames: from forwarding to the backend to its reply (timeouts are counted in gateway_upstream_timeouts_total instead)",
+    push_ack: "gateway_push_ack_seconds",
+        "Ack-required pushes: from their first send to the client's ack (retransmits included)",
+    tls_handshake: "gateway_tls_handshake_seconds",
+        "TLS connections: from accept to the end of the TLS handshake",
+    auth: "gateway_auth_seconds",
+        "Auth frames: time to verify the token and set up the session",
+    connect_auth: "gateway_connect_auth_seconds",
+        "Connections: from accept to AuthOk going out (with NATS, once the user's subscription is confirmed)",
+}
+
 impl CoreMetrics {
     pub fn inc(c: &Cell<u64>) {
         c.set(c.get() + 1);
@@ -138,6 +189,7 @@ impl CoreMetrics {
             rooms,
             counters: self.counters(),
             closes: closes.to_vec(),
+            hist: self.hist.get(),
             admission_level: 0,
             queue_delay_us: 0,
         }
@@ -223,18 +275,27 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Closes indexed by `CloseReason` value.
     pub closes: Vec<u64>,
+    /// Latency histograms.
+    pub hist: Histograms,
     /// Upstream priority levels admitted (`core::overload::LEVELS` = all).
     pub admission_level: u64,
     /// Average queueing delay of the last overload window, µs.
     pub queue_delay_us: u64,
 }
 
-/// Label for a close reason, as used in metrics and logs.
+/// Name of a close reason as PROTOCOL.md and /stats spell it
+/// (`SLOW_CONSUMER`).
 pub fn close_label(i: usize) -> &'static str {
     CloseReason::try_from(i as i32)
         .map(|r| r.as_str_name())
         .unwrap_or("CLOSE_REASON_UNKNOWN")
         .trim_start_matches("CLOSE_REASON_")
+}
+
+/// A close reason as the `reason` label of `gateway_closes_total` spells
+/// it: lower case, like every label value of /metrics (`slow_consumer`).
+pub fn close_metric_label(i: usize) -> String {
+    close_label(i).to_ascii_lowercase()
 }
 
 /// Appends one gauge: its HELP and TYPE lines, then one sample per
@@ -282,12 +343,18 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
         "Upstream priority levels admitted (384 = all; lower = shedding)",
         &|s| s.admission_level,
     );
-    gauge(
-        &mut out,
-        "queue_delay_us",
-        "Average queueing delay of the last overload window, us",
-        &|s| s.queue_delay_us,
+    let _ = writeln!(
+        out,
+        "# HELP gateway_queue_delay_seconds Average queueing delay of the last overload window, seconds\n# TYPE gateway_queue_delay_seconds gauge"
     );
+    for s in cores {
+        let _ = writeln!(
+            out,
+            "gateway_queue_delay_seconds{{core=\"{}\"}} {}",
+            s.core,
+            histogram::seconds(s.queue_delay_us)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP gateway_draining 1 while draining\n# TYPE gateway_draining gauge\ngateway_draining {}",
@@ -296,9 +363,7 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
     if let Some(b) = crate::heap::allocated_bytes() {
         let _ = writeln!(out, "# HELP gateway_heap_allocated_bytes Heap bytes allocated and not freed (resident memory also holds what the allocator keeps, code, stacks and io_uring buffers)\n# TYPE gateway_heap_allocated_bytes gauge\ngateway_heap_allocated_bytes {b}");
     }
-    if let Some(b) = crate::heap::resident_bytes() {
-        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory of the process\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {b}");
-    }
+    process::render_build_info(&mut out);
     if let Some(first) = cores.first() {
         for (i, (name, help, _)) in first.counters.each().into_iter().enumerate() {
             let _ = writeln!(
@@ -329,9 +394,14 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
         let _ = writeln!(
             out,
             "gateway_closes_total{{reason=\"{}\"}} {total}",
-            close_label(i)
+            close_metric_label(i)
         );
     }
+    let mut hist = Histograms::default();
+    for s in cores {
+        hist.add(&s.hist);
+    }
+    hist.render(&mut out);
     out
 }
 
@@ -346,6 +416,7 @@ pub fn total(cores: &[Snapshot]) -> Snapshot {
         t.sessions += s.sessions;
         t.rooms += s.rooms;
         t.counters.add(&s.counters);
+        t.hist.add(&s.hist);
         for (d, v) in t.closes.iter_mut().zip(&s.closes) {
             *d += v;
         }

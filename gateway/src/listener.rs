@@ -191,7 +191,7 @@ async fn accept_until_drain(core: &Rc<Core>, listener: Socket) {
                     backoff_ms = backoff_ms
                         .saturating_mul(2)
                         .max(10)
-                        .min(core.cfg.accept_backoff_max_ms);
+                        .min(core.cfg().accept_backoff_max_ms);
                     // accept_ready stays set: retry after the pause.
                     core.sleep(Duration::from_millis(backoff_ms as u64)).await;
                 }
@@ -216,11 +216,11 @@ pub fn admit(core: &Core, fd: i32) {
             Reject::ConnLimit,
             gw_proto::ErrorCode::ServerFull,
             msg,
-            core.cfg.busy_retry_after_ms,
+            core.cfg().busy_retry_after_ms,
         ))
     } else if let Err(ms) = core.overload.take_accept(core.now()) {
         // A reconnect storm: spread the retries over busy_retry_after_ms.
-        let retry = ms.saturating_add(core.overload.jitter(core.cfg.busy_retry_after_ms));
+        let retry = ms.saturating_add(core.overload.jitter(core.cfg().busy_retry_after_ms));
         let msg = "busy: over accept_rate_per_core_per_s; retry later".to_string();
         Some((Reject::AcceptRate, gw_proto::ErrorCode::Busy, msg, retry))
     } else {

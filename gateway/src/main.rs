@@ -83,6 +83,11 @@ fn run(cfg: Config, cmd: Option<Cmd>) -> anyhow::Result<()> {
     };
     gateway::notify::status("starting: binding listeners, starting cores");
     let mut handle = gateway::start(cfg, Arc::new(EmbeddedFactory), true)?;
+    // A reload reads the same file with the same flags again.
+    handle.set_config_source(Box::new(|| {
+        let cli = Cli::try_parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(cli.config()?.0)
+    }));
     tracing::info!(listen = %handle.local_addr, admin = ?handle.admin_addr, backend, "gateway running");
     handle.notify_systemd();
     handle.join();

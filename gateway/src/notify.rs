@@ -151,7 +151,7 @@ pub fn stopping(fast: bool) {
 /// A SIGHUP reload begins.
 pub fn reloading() {
     send(&format!(
-        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the TLS certificate",
+        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
         monotonic_usec()
     ));
 }
@@ -176,8 +176,8 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     }
     let watchdog = watchdog_interval();
     let cores = shared.mesh.len();
-    let nats = shared.cfg.nats.enabled();
-    let nats_deadline = Duration::from_millis(shared.cfg.nats.restore_deadline_ms.into());
+    let nats = shared.cfg().nats.enabled();
+    let nats_deadline = Duration::from_millis(shared.cfg().nats.restore_deadline_ms.into());
     if nats {
         // systemd's start timeout (90 s by default) must not run out while
         // NATS is awaited: ask for the NATS deadline and a margin.
@@ -246,7 +246,7 @@ fn running_line(shared: &Shared, not_ready: Option<&str>, conns: u64) -> String 
         }
         None => format!(
             "ready: {conns} connections, {cores} cores, clients on {}",
-            shared.cfg.listen
+            shared.cfg().listen
         ),
         Some(why) if why.starts_with("NATS") => format!(
             "serving but not ready ({why}; NATS unreachable?): logins wait for NATS, /readyz answers 503; {conns} connections"

@@ -353,10 +353,29 @@ impl GatewayHandle {
         }
     }
 
-    /// Reloads the TLS certificate and key from their files (as SIGHUP).
+    /// Where a reload (SIGHUP, `POST /reload`, [`GatewayHandle::reload`])
+    /// reads the configuration again; without one, reloads fail.
+    pub fn set_config_source(&self, source: crate::control::reload::Source) {
+        if let Some(c) = &self.control {
+            if let Ok(mut s) = c.shared.source.lock() {
+                *s = Some(source);
+            }
+        }
+    }
+
+    /// Reloads the configuration (as SIGHUP) and waits until every core
+    /// has taken it; what changed, or why nothing did.
+    pub fn reload(&self) -> Result<String, String> {
+        let c = self.control.as_ref().ok_or("stopped")?;
+        let res = crate::control::reload(&c.shared);
+        self.snapshots(); // inboxes are FIFO: every core has the reload
+        res
+    }
+
+    /// Reloads the TLS certificate and key from their files.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
-        let cfg = &self.control.as_ref().context("stopped")?.shared.cfg;
-        let sc = crate::tls::reload(cfg)?;
+        let cfg = self.control.as_ref().context("stopped")?.shared.cfg();
+        let sc = crate::tls::reload(&cfg)?;
         crate::tls::install(&self.mesh, &sc);
         // Inboxes are FIFO: once every core has answered a snapshot, each has
         // installed the new settings.

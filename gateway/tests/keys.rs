@@ -43,6 +43,7 @@ fn eddsa_key_from_pem_file_accepts_tokens_from_a_standard_library() {
         demo: false,
         auth: gateway::config::AuthConfig {
             keys: vec![KeySpec {
+                secret_file: None,
                 ..file_cfg.auth.keys[0].clone()
             }],
             ..Default::default()

@@ -417,6 +417,7 @@ fn demo_page_and_token_endpoint_only_in_demo_mode() {
     let mut cfg = test_config();
     cfg.demo = false;
     cfg.auth.keys = vec![gateway::auth::KeySpec {
+        secret_file: None,
         kid: None,
         alg: gateway::auth::Alg::HS256,
         secret_env: Some("PATH".into()),

@@ -30,6 +30,11 @@ pub struct KeySpec {
     pub alg: Alg,
     /// HS256 only: name of the environment variable that holds the shared secret (secrets never go in the file).
     pub secret_env: Option<String>,
+    /// HS256 only, instead of `secret_env`: path of a file holding the
+    /// shared secret (one line; keep it 0600). Read again on a reload, so
+    /// a secret can be rotated without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
     /// EdDSA / ES256 only: path of a PEM file with the public key ("-----BEGIN PUBLIC KEY-----", SubjectPublicKeyInfo).
     pub public_key_file: Option<PathBuf>,
 }
@@ -74,13 +79,15 @@ pub enum KeyError {
     /// Two keys share a `kid`.
     #[error("kid {0:?} is used by more than one key; key ids must be unique")]
     DuplicateKid(String),
-    /// Both `secret_env` and `public_key_file` are set.
+    /// More than one of `secret_env`, `secret_file` and `public_key_file` is set.
     #[error(
-        "{key}: set only one of secret_env (HS256) or public_key_file (EdDSA, ES256), not both"
+        "{key}: set only one of secret_env or secret_file (HS256), or public_key_file (EdDSA, ES256)"
     )]
     BothSources { key: String },
-    /// Neither `secret_env` nor `public_key_file` is set.
-    #[error("{key}: set secret_env (for HS256) or public_key_file (for EdDSA, ES256)")]
+    /// None of `secret_env`, `secret_file` and `public_key_file` is set.
+    #[error(
+        "{key}: set secret_env or secret_file (for HS256), or public_key_file (for EdDSA, ES256)"
+    )]
     NoSource { key: String },
     /// A secret for a public-key algorithm, or a public key for HS256.
     #[error("{key}: alg {alg} needs {needs}")]
@@ -101,15 +108,18 @@ pub enum KeyError {
     /// The HS256 secret is too short to be safe.
     #[error("{key}: the HS256 secret is {len} bytes; use at least 32 random bytes (e.g. `openssl rand -base64 48`)")]
     SecretTooShort { key: String, len: usize },
-    /// The public key file could not be opened or read.
-    #[error("{key}: cannot read public key file {}: {source}", path.display())]
+    /// The secret file is empty.
+    #[error("{key}: secret file {} is empty; put the HS256 shared secret in it", path.display())]
+    SecretFileEmpty { key: String, path: PathBuf },
+    /// The public key file (or the secret file) could not be opened or read.
+    #[error("{key}: cannot read key file {}: {source}", path.display())]
     ReadFile {
         key: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The public key file is implausibly large.
-    #[error("{key}: public key file {} is larger than 64 KiB; it should hold one PEM public key", path.display())]
+    /// The key file is implausibly large.
+    #[error("{key}: key file {} is larger than 64 KiB; it should hold one PEM public key or one secret", path.display())]
     FileTooLarge { key: String, path: PathBuf },
     /// The PEM text is not a supported SubjectPublicKeyInfo.
     #[error("{key}: {source}")]
@@ -272,15 +282,28 @@ fn check_kids<'a>(kids: impl ExactSizeIterator<Item = Option<&'a str>>) -> Resul
     Ok(())
 }
 
-const NEEDS_SECRET: &str = "a shared secret: set secret_env, not public_key_file";
-const NEEDS_PUBLIC: &str = "a public key: set public_key_file, not secret_env";
+const NEEDS_SECRET: &str = "a shared secret: set secret_env or secret_file, not public_key_file";
+const NEEDS_PUBLIC: &str = "a public key: set public_key_file, not secret_env or secret_file";
 
 fn read_material(spec: &KeySpec, key: &str, getenv: GetEnv<'_>) -> Result<KeyMaterial, KeyError> {
     let key = key.to_owned();
-    match (spec.alg, &spec.secret_env, &spec.public_key_file) {
-        (_, Some(_), Some(_)) => Err(KeyError::BothSources { key }),
-        (_, None, None) => Err(KeyError::NoSource { key }),
-        (Alg::HS256, Some(var), None) => match getenv(var) {
+    let sources = [
+        spec.secret_env.is_some(),
+        spec.secret_file.is_some(),
+        spec.public_key_file.is_some(),
+    ];
+    match sources.iter().filter(|&&s| s).count() {
+        0 => return Err(KeyError::NoSource { key }),
+        1 => {}
+        _ => return Err(KeyError::BothSources { key }),
+    }
+    match (
+        spec.alg,
+        &spec.secret_env,
+        &spec.secret_file,
+        &spec.public_key_file,
+    ) {
+        (Alg::HS256, Some(var), _, _) => match getenv(var) {
             Ok(s) if s.is_empty() => Err(KeyError::EnvEmpty {
                 key,
                 var: var.clone(),
@@ -295,17 +318,29 @@ fn read_material(spec: &KeySpec, key: &str, getenv: GetEnv<'_>) -> Result<KeyMat
                 var: var.clone(),
             }),
         },
-        (Alg::HS256, None, Some(_)) => Err(KeyError::WrongMaterial {
+        (Alg::HS256, _, Some(path), _) => {
+            let text = read_pem_file(path, key.clone())?;
+            // One line: the newline an editor or `echo` adds is not part of it.
+            let secret = text.trim_end_matches(['\n', '\r']);
+            if secret.is_empty() {
+                return Err(KeyError::SecretFileEmpty {
+                    key,
+                    path: path.clone(),
+                });
+            }
+            Ok(KeyMaterial::Secret(secret.as_bytes().to_vec()))
+        }
+        (Alg::HS256, _, _, _) => Err(KeyError::WrongMaterial {
             key,
             alg: spec.alg,
             needs: NEEDS_SECRET,
         }),
-        (alg, Some(_), None) => Err(KeyError::WrongMaterial {
+        (_, _, _, Some(path)) => read_pem_file(path, key).map(KeyMaterial::PublicKeyPem),
+        (alg, _, _, _) => Err(KeyError::WrongMaterial {
             key,
             alg,
             needs: NEEDS_PUBLIC,
         }),
-        (_, None, Some(path)) => read_pem_file(path, key).map(KeyMaterial::PublicKeyPem),
     }
 }
 

@@ -490,6 +490,9 @@ impl Config {
     pub fn named_files(&self) -> Vec<(String, std::path::PathBuf)> {
         let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
         for (i, k) in self.auth.keys.iter().enumerate() {
+            if let Some(p) = &k.secret_file {
+                out.push((format!("auth.keys[{i}].secret_file"), p.clone()));
+            }
             if let Some(p) = &k.public_key_file {
                 out.push((format!("auth.keys[{i}].public_key_file"), p.clone()));
             }

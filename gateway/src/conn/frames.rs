@@ -112,7 +112,7 @@ fn login(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
             ),
         );
     }
-    let claims = match core.verifier.verify(&a.token, unix_now()) {
+    let claims = match core.verifier().verify(&a.token, unix_now()) {
         Ok(c) => c,
         Err(e) => return fail(jwt_code(&e), e.to_string()),
     };
@@ -135,7 +135,7 @@ fn login(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
             format!("metadata over {METADATA_ENTRIES_MAX} entries or {METADATA_BYTES_MAX} bytes"),
         );
     }
-    let heartbeat_ms = core.cfg.clamp_heartbeat(a.heartbeat_interval_ms);
+    let heartbeat_ms = core.cfg().clamp_heartbeat(a.heartbeat_interval_ms);
     if core.reach.is_out() {
         // This node cannot reach NATS: nothing could be pushed to the client.
         CoreMetrics::inc(&core.metrics.auth_failures);
@@ -167,9 +167,9 @@ fn login(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
             user_id: user.to_string(),
             device_id: device.to_string(),
             heartbeat_interval_ms: heartbeat_ms,
-            idle_timeout_ms: core.cfg.idle_timeout_ms(heartbeat_ms),
-            frame_bytes_max: core.cfg.frame_bytes_max,
-            node_id: core.cfg.node_id.clone(),
+            idle_timeout_ms: core.cfg().idle_timeout_ms(heartbeat_ms),
+            frame_bytes_max: core.cfg().frame_bytes_max,
+            node_id: core.cfg().node_id.clone(),
             token_expires_at_unix_s: expires.into(),
         }),
     );
@@ -194,7 +194,7 @@ fn refresh(core: &Rc<Core>, key: ConnKey, r: pb::Refresh) {
             expires_at_unix_s: expires,
         })
     };
-    let reply = match core.verifier.verify(&r.token, unix_now()) {
+    let reply = match core.verifier().verify(&r.token, unix_now()) {
         Err(e) => Err((jwt_code(&e), e.to_string())),
         Ok(claims) => {
             let expires = core.session_expiry(claims.exp);
@@ -237,13 +237,13 @@ fn ping(core: &Rc<Core>, key: ConnKey, p: pb::Ping) {
     CoreMetrics::inc(&core.metrics.heartbeats);
     let hb = core.with_conn(key, |c| {
         if p.heartbeat_interval_ms != 0 {
-            c.heartbeat_ms = core.cfg.clamp_heartbeat(p.heartbeat_interval_ms);
+            c.heartbeat_ms = core.cfg().clamp_heartbeat(p.heartbeat_interval_ms);
         }
         (c.heartbeat_ms, c.last_in)
     });
     if let Some((hb, last_in)) = hb {
         // A shorter interval brings the idle deadline forward.
-        core.schedule(key, last_in + core.ticks(core.cfg.idle_timeout_ms(hb)));
+        core.schedule(key, last_in + core.ticks(core.cfg().idle_timeout_ms(hb)));
         core.send_frame(
             key,
             Body::Pong(pb::Pong {
@@ -315,16 +315,16 @@ type Who = (Rc<str>, Rc<str>);
 /// retry_after_ms for the BUSY reply. None: no such session any more.
 fn admit(core: &Core, key: ConnKey, route: &str) -> Result<Option<Who>, (Reject, u32)> {
     let now = core.now();
-    let busy_ms = core.cfg.busy_retry_after_ms;
+    let busy_ms = core.cfg().busy_retry_after_ms;
     let mut st = core.state.borrow_mut();
-    let core_full = st.upstream_inflight >= core.cfg.upstream_inflight_per_core_max;
+    let core_full = st.upstream_inflight >= core.cfg().upstream_inflight_per_core_max;
     let Some(c) = st.conns.by_key(key) else {
         return Ok(None);
     };
     let (Some(user), Some(device)) = (c.user.clone(), c.device.clone()) else {
         return Ok(None);
     };
-    if u32::from(c.inflight) >= core.cfg.upstream_inflight_per_conn_max {
+    if u32::from(c.inflight) >= core.cfg().upstream_inflight_per_conn_max {
         return Err((Reject::InflightConn, busy_ms));
     }
     if let Err(ms) = core.overload.take_upstream(&mut c.upstream_bucket, now) {
@@ -353,7 +353,7 @@ async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequ
     let route = req.route.clone();
     let sent = Instant::now();
     let fut = core.backend.upstream(req);
-    let timeout = Duration::from_millis(core.cfg.upstream_timeout_ms as u64);
+    let timeout = Duration::from_millis(core.cfg().upstream_timeout_ms as u64);
     let reply = futures_lite::future::or(async { Some(fut.await) }, async {
         core.sleep(timeout).await;
         None
@@ -367,11 +367,11 @@ async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequ
         BackendReply::retry(
             ErrorCode::Timeout,
             "the backend did not answer within upstream_timeout_ms",
-            core.cfg.busy_retry_after_ms,
+            core.cfg().busy_retry_after_ms,
         )
     });
     if reply.payload.len()
-        > (core.cfg.frame_bytes_max as usize).saturating_sub(REPLY_OVERHEAD_BYTES)
+        > (core.cfg().frame_bytes_max as usize).saturating_sub(REPLY_OVERHEAD_BYTES)
     {
         tracing::warn!(%route, bytes = reply.payload.len(), "backend reply larger than frame_bytes_max: the client gets INTERNAL");
         reply.status = ErrorCode::Internal as u32;

@@ -97,9 +97,9 @@ pub(super) fn on_bytes(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
     // an unauthenticated client can make the core buffer small.
     let limit = |authed: bool| {
         if authed {
-            core.cfg.frame_bytes_max
+            core.cfg().frame_bytes_max
         } else {
-            core.cfg.preauth_frame_bytes_max()
+            core.cfg().preauth_frame_bytes_max()
         }
     };
     let mut max = limit(authed) as usize;

@@ -27,7 +27,7 @@ pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
         return false;
     };
     // Bounds what rustls buffers for a client that does not read.
-    match Tls::start(cfg, core.cfg.outbound_bytes_max as usize) {
+    match Tls::start(cfg, core.cfg().outbound_bytes_max as usize) {
         Ok(tls) => {
             c.extra_mut().tls = Some(tls);
             CoreMetrics::inc(&core.metrics.tls_handshakes);
@@ -48,7 +48,7 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         return;
     };
     let was_handshaking = tls.handshaking();
-    let fed = tls.feed(data, crate::tls::records_per_key(&core.cfg.tls));
+    let fed = tls.feed(data, crate::tls::records_per_key(&core.cfg().tls));
     if was_handshaking && fed.tls.as_ref().is_some_and(|t| !t.handshaking()) {
         if let Some(t) = core.accepted.borrow().get(&id) {
             core.metrics.hist.tls_handshake.observe(t.elapsed());

@@ -24,7 +24,7 @@ pub use crate::wire::ws::*;
 /// Whether this first plaintext of a connection starts a WebSocket upgrade
 /// (the caller asks on the first plaintext only: `input.rs`, `layer`).
 pub fn maybe_start(core: &Core, c: &mut Conn, first: &[u8]) -> bool {
-    if first.first() != Some(&b'G') || !core.cfg.ws.enabled {
+    if first.first() != Some(&b'G') || !core.cfg().ws.enabled {
         return false;
     }
     c.extra_mut().ws = Some(Ws::Handshake(Vec::new()));
@@ -93,7 +93,7 @@ fn closing_step(reason: CloseReason, why: impl Into<String>) -> Step {
 }
 
 fn handshake(core: &Rc<Core>, key: ConnKey, buf: Vec<u8>, from: usize) -> Step {
-    let end = match request_end(&buf, from, core.cfg.ws.handshake_bytes_max as usize) {
+    let end = match request_end(&buf, from, core.cfg().ws.handshake_bytes_max as usize) {
         Head::More => return (Some(Ws::Handshake(buf)), Vec::new(), (Vec::new(), None)),
         Head::TooLarge => {
             reject(core, key, "431 Request Header Fields Too Large");
@@ -109,7 +109,7 @@ fn handshake(core: &Rc<Core>, key: ConnKey, buf: Vec<u8>, from: usize) -> Step {
         }
     };
     // Demo mode: the demo page, the client library, demo tokens.
-    let web = core.cfg.demo && req.path != core.cfg.ws.path;
+    let web = core.cfg().demo && req.path != core.cfg().ws.path;
     if let Some(resp) = web
         .then(|| super::web::answer(&req, super::frames::unix_now()))
         .flatten()
@@ -118,7 +118,7 @@ fn handshake(core: &Rc<Core>, key: ConnKey, buf: Vec<u8>, from: usize) -> Step {
         let why = format!("answered HTTP {} {}", req.method, req.path);
         return closing_step(CloseReason::HttpAnswered, why);
     }
-    match check(&core.cfg.ws, &req) {
+    match check(&core.cfg().ws, &req) {
         Ok(client_key) => {
             let resp = switching_protocols(client_key);
             core.with_conn(key, |c| {
@@ -153,9 +153,9 @@ fn frames(
     // Before Auth is accepted, messages are held to the pre-auth limit.
     let authed = core.with_conn(key, |c| c.authed()).unwrap_or(false);
     let max = if authed {
-        core.cfg.frame_bytes_max
+        core.cfg().frame_bytes_max
     } else {
-        core.cfg.preauth_frame_bytes_max()
+        core.cfg().preauth_frame_bytes_max()
     } as usize;
     let parsed = parse_frames(&partial, max, &mut message);
     if parsed.frames > 0 {
@@ -172,7 +172,7 @@ fn frames(
             Event::Ping(payload) => {
                 // Pongs count against outbound_bytes_max like any output: a
                 // client that pings without reading is a slow consumer.
-                let limit = core.cfg.outbound_bytes_max as usize;
+                let limit = core.cfg().outbound_bytes_max as usize;
                 let queued = core
                     .with_conn(key, |c| {
                         let fits = c.out_bytes as usize + payload.len() + 4 <= limit;

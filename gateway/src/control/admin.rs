@@ -207,6 +207,13 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
             Ok(()) => text(200, "TLS certificate reloaded\n"),
             Err(e) => text(500, format!("{e}\n")),
         },
+        ("POST", "/reload") => match super::reload(shared) {
+            Ok(summary) => text(200, format!("reloaded: {summary}\n")),
+            Err(e) => text(
+                500,
+                format!("reload failed, the running configuration stays: {e}\n"),
+            ),
+        },
         ("POST", "/drain") => {
             if super::start_drain(shared, false).await {
                 text(202, "draining: GoAways go out over drain_spread_ms, the process exits when empty or at drain_deadline_ms\n")
@@ -303,7 +310,7 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/stats" | "/connz" | "/drain" | "/kick"
-            | "/tls/reload",
+            | "/reload" | "/tls/reload",
         ) => text(405, format!("{ENDPOINTS}\n")),
         _ => text(404, format!("not found: {ENDPOINTS}\n")),
     }
@@ -311,7 +318,7 @@ async fn route(shared: &Shared, req: &Request<'_>) -> Answer {
 
 /// What the admin server answers.
 const ENDPOINTS: &str =
-    "GET /metrics /healthz /readyz /stats /connz; POST /drain /kick /tls/reload";
+    "GET /metrics /healthz /readyz /stats /connz; POST /drain /kick /reload /tls/reload";
 
 /// Closes by reason over all cores, by name.
 pub(super) fn closes_by_reason(

@@ -5,6 +5,7 @@
 
 mod admin;
 mod connz;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +32,10 @@ pub(crate) struct Shared {
     pub mesh: Vec<crate::core::CoreTx>,
     pub draining: AtomicBool,
     pub node_id: String,
-    /// The configuration, for reloads.
-    pub cfg: Config,
+    /// The configuration in force (replaced by a reload).
+    pub cfg: std::sync::RwLock<Arc<Config>>,
+    /// How a reload reads the configuration again (`reload.rs`).
+    pub source: std::sync::Mutex<Option<reload::Source>>,
     /// The NATS bridge's counters, once it runs.
     pub nats: std::sync::OnceLock<Arc<crate::nats::BridgeStats>>,
     /// Each core's subscription connection and request client (readiness).
@@ -69,7 +72,8 @@ impl ControlPlane {
             mesh,
             draining: AtomicBool::new(false),
             node_id: cfg.node_id.clone(),
-            cfg: cfg.clone(),
+            cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
+            source: std::sync::Mutex::new(None),
             nats: std::sync::OnceLock::new(),
             nats_health: std::sync::OnceLock::new(),
             admin_token,
@@ -139,7 +143,7 @@ async fn handle_signals(shared: Arc<Shared>) {
             _ = term.recv() => shared.draining.load(Ordering::SeqCst),
             _ = int.recv() => true,
             _ = hup.recv() => {
-                reload(&shared);
+                let _ = reload(&shared);
                 continue;
             }
         };
@@ -159,8 +163,8 @@ pub(crate) async fn start_drain(shared: &Shared, fast: bool) -> bool {
         tracing::info!("stopping now (SIGINT, or a second SIGTERM)");
     } else {
         tracing::info!(
-            spread_ms = shared.cfg.drain_spread_ms,
-            deadline_ms = shared.cfg.drain_deadline_ms,
+            spread_ms = shared.cfg().drain_spread_ms,
+            deadline_ms = shared.cfg().drain_deadline_ms,
             "draining: GoAways spread over drain_spread_ms, exit when empty or at the deadline"
         );
     }
@@ -209,30 +213,39 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// SIGHUP (`systemctl reload`): reloads the TLS certificate and key, the
-/// only settings that change without a restart, and tells systemd.
-fn reload(shared: &Shared) {
-    crate::notify::reloading();
-    let outcome = if shared.cfg.tls.enabled() && !shared.cfg.tls.self_signed {
-        match reload_tls(shared) {
-            Ok(()) => format!("TLS certificate reloaded from {}", shared.cfg.tls.cert_file),
-            Err(e) => format!("TLS reload failed, the current certificate stays in use: {e}"),
+impl Shared {
+    /// The configuration in force.
+    pub fn cfg(&self) -> Arc<Config> {
+        match self.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
         }
-    } else {
-        tracing::info!(
-            "SIGHUP: nothing to reload (no TLS certificate files); other settings take a restart"
-        );
-        "nothing to reload (no TLS certificate files); other settings take a restart".into()
-    };
-    crate::notify::reloaded(shared, &outcome);
+    }
 }
 
-/// Reloads the TLS certificate and key (SIGHUP, `POST /tls/reload`).
+/// SIGHUP (`systemctl reload`), `POST /reload`: reads the configuration
+/// again and applies what can change live (`reload.rs`), and tells systemd.
+pub(crate) fn reload(shared: &Shared) -> Result<String, String> {
+    crate::notify::reloading();
+    let res = reload::reload(shared);
+    let outcome = match &res {
+        Ok(summary) => summary.clone(),
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed: the running configuration stays as it was");
+            format!("failed, the running configuration stays: {e}")
+        }
+    };
+    crate::notify::reloaded(shared, &outcome);
+    res
+}
+
+/// Reloads the TLS certificate and key (`POST /tls/reload`).
 pub(crate) fn reload_tls(shared: &Shared) -> Result<(), String> {
-    match crate::tls::reload(&shared.cfg) {
+    let cfg = shared.cfg();
+    match crate::tls::reload(&cfg) {
         Ok(sc) => {
             crate::tls::install(&shared.mesh, &sc);
-            tracing::info!(cert = %shared.cfg.tls.cert_file, "TLS certificate reloaded: new connections use it, open ones keep theirs");
+            tracing::info!(cert = %cfg.tls.cert_file, "TLS certificate reloaded: new connections use it, open ones keep theirs");
             Ok(())
         }
         Err(e) => {

@@ -152,7 +152,7 @@ impl Core {
     /// are kept (a bounded heap) and described.
     pub fn connz(&self, q: &ConnzQuery) -> ConnzPart {
         let now = self.now();
-        let tick_ms = self.cfg.tick_ms as u64;
+        let tick_ms = self.cfg().tick_ms as u64;
         let st = self.state.borrow();
         let mut matched = 0;
         // Min-heap of the best `limit`: (sort key, smaller id first, slab index).

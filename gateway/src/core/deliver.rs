@@ -83,7 +83,7 @@ impl Core {
     /// client is told it will never receive is refused here, loudly.
     pub fn encode_push(&self, p: &PushOrder) -> Option<Bytes> {
         let body = push::encode_body(&p.route, &p.payload, p.ack_required, p.priority);
-        if body.len() + push::HEAD_BYTES_MAX <= self.cfg.frame_bytes_max as usize {
+        if body.len() + push::HEAD_BYTES_MAX <= self.cfg().frame_bytes_max as usize {
             return Some(body);
         }
         CoreMetrics::inc(&self.metrics.pushes_too_large);
@@ -246,7 +246,7 @@ impl Core {
         CoreMetrics::inc(&self.metrics.pushes);
         let placed = delivery::offer(
             &mut Wired::new(self, c),
-            &self.delivery,
+            &self.delivery.get(),
             body.clone(),
             ack_required,
             now,
@@ -270,7 +270,7 @@ impl Core {
 
     /// Sends what waits in the backlog while there is room, in order.
     pub fn pump(&self, c: &mut Conn, now: Tick, wheel: &mut Wheel) {
-        let due = delivery::pump(&mut Wired::new(self, c), &self.delivery, now);
+        let due = delivery::pump(&mut Wired::new(self, c), &self.delivery.get(), now);
         schedule(c, due, wheel);
     }
 
@@ -282,7 +282,7 @@ impl Core {
         let Some(c) = conns.by_key(key) else {
             return;
         };
-        let (n, due) = delivery::ack(&mut Wired::new(self, c), &self.delivery, seq, now);
+        let (n, due) = delivery::ack(&mut Wired::new(self, c), &self.delivery.get(), seq, now);
         CoreMetrics::add(&self.metrics.pushes_acked, n as u64);
         schedule(c, due, wheel);
     }
@@ -375,7 +375,7 @@ impl Core {
             if c.rooms().iter().any(|r| &**r == room) {
                 return self.backend.ticket(Interest::Room(room));
             }
-            if c.rooms().len() >= self.cfg.rooms_per_conn_max as usize {
+            if c.rooms().len() >= self.cfg().rooms_per_conn_max as usize {
                 true
             } else {
                 let key: Rc<str> = match rooms.get_key_value(room) {
@@ -399,7 +399,7 @@ impl Core {
         if refused {
             let msg = format!(
                 "rooms_per_conn_max ({}) reached",
-                self.cfg.rooms_per_conn_max
+                self.cfg().rooms_per_conn_max
             );
             let err = Core::error_body(gw_proto::ErrorCode::BadRequest, msg, 0);
             self.send_frame(ConnKey::from_id(conn_id), err);

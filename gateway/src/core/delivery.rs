@@ -35,6 +35,21 @@ pub struct Limits {
     pub stall_ticks: Tick,
 }
 
+impl Limits {
+    /// The limits a configuration sets.
+    pub fn of(cfg: &crate::Config) -> Limits {
+        let ticks = |ms: u32| ms.div_ceil(cfg.tick_ms);
+        Limits {
+            unacked_pushes_max: cfg.unacked_pushes_max as usize,
+            push_queue_bytes_max: cfg.push_queue_bytes_max,
+            outbound_bytes_max: cfg.outbound_bytes_max,
+            ack_ticks: ticks(cfg.ack_timeout_ms),
+            ack_retries_max: cfg.ack_retries_max,
+            stall_ticks: ticks(cfg.push_stall_timeout_ms),
+        }
+    }
+}
+
 /// A connection as the machine sees it.
 pub trait Link {
     fn window(&self) -> &Window;

@@ -37,7 +37,7 @@ impl Core {
     /// outlive tokens. `exp` lies within `auth.token_lifetime_max_s` of now
     /// (the verifier checked), so it fits in 32 bits until 2106.
     pub fn session_expiry(&self, exp: u64) -> u32 {
-        if !self.cfg.auth.expire_sessions {
+        if !self.cfg().auth.expire_sessions {
             return 0;
         }
         exp.clamp(1, u32::MAX as u64) as u32
@@ -47,7 +47,7 @@ impl Core {
     fn tick_of_unix(&self, unix_s: u64, now_unix: u64) -> Tick {
         let ms = unix_s.saturating_sub(now_unix).saturating_mul(1000);
         let ticks = ms
-            .div_ceil(self.cfg.tick_ms as u64)
+            .div_ceil(self.cfg().tick_ms as u64)
             .min(u32::MAX as u64 / 2) as Tick;
         self.now().saturating_add(ticks.max(1))
     }
@@ -60,7 +60,7 @@ impl Core {
     pub fn set_expiry(&self, c: &mut Conn, expires: u32) {
         c.expires = expires;
         let now_unix = unix_now();
-        let short = u64::from(expires) <= now_unix.saturating_add(self.cfg.auth.refresh_ahead_s);
+        let short = u64::from(expires) <= now_unix.saturating_add(self.cfg().auth.refresh_ahead_s);
         c.flags.set_expiry_noticed(short);
     }
 
@@ -120,8 +120,8 @@ impl Core {
 
     fn token_times(&self) -> TokenTimes {
         TokenTimes {
-            leeway_s: self.cfg.auth.leeway_s,
-            refresh_ahead_s: self.cfg.auth.refresh_ahead_s,
+            leeway_s: self.cfg().auth.leeway_s,
+            refresh_ahead_s: self.cfg().auth.refresh_ahead_s,
         }
     }
 

@@ -130,11 +130,11 @@ impl Core {
             // sent nothing yet, gets the same GoAway when its Auth arrives
             // (`conn/frames.rs`), or is reaped at `auth_timeout_ms`.
         }
-        let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
+        let deadline = started + Duration::from_millis(self.cfg().drain_deadline_ms as u64);
         tracing::info!(
             core = self.index,
             sessions = sessions.len(),
-            spread_ms = self.cfg.drain_spread_ms,
+            spread_ms = self.cfg().drain_spread_ms,
             "drain: GoAways spread over the window"
         );
         let before_deadline = || Instant::now() < deadline;
@@ -154,7 +154,7 @@ impl Core {
         self.close_all(CloseReason::Drain);
         // Upstream requests still at a backend may answer with pushes;
         // wait for them (bounded) so those are routed or reported.
-        let bound = Instant::now() + Duration::from_millis(self.cfg.upstream_timeout_ms as u64);
+        let bound = Instant::now() + Duration::from_millis(self.cfg().upstream_timeout_ms as u64);
         while self.state.borrow().upstream_inflight > 0 && Instant::now() < bound {
             self.sleep(DRAIN_POLL).await;
         }
@@ -163,7 +163,10 @@ impl Core {
     /// The GoAway of a drain: `goaway_retry_after_ms` (no jitter) and the
     /// `goaway_endpoints` to try.
     pub fn drain_goaway(&self) -> Body {
-        drain_goaway(self.cfg.goaway_retry_after_ms, &self.cfg.goaway_endpoints)
+        drain_goaway(
+            self.cfg().goaway_retry_after_ms,
+            &self.cfg().goaway_endpoints,
+        )
     }
 
     /// Sends each of `sessions` a GoAway with `reason`, the k-th of n at
@@ -178,7 +181,7 @@ impl Core {
         started: Instant,
         go_on: &dyn Fn() -> bool,
     ) {
-        let spread = Duration::from_millis(self.cfg.drain_spread_ms as u64);
+        let spread = Duration::from_millis(self.cfg().drain_spread_ms as u64);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -194,11 +197,11 @@ impl Core {
                 ((frac * n as f64).floor() as usize + 1).min(n)
             };
             for &key in &sessions[sent..due] {
-                let retry = self
-                    .cfg
+                let cfg = self.cfg();
+                let retry = cfg
                     .goaway_retry_after_ms
-                    .saturating_add(rng.below(self.cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
-                let g = goaway_to(reason, retry, &self.cfg.goaway_endpoints);
+                    .saturating_add(rng.below(cfg.goaway_retry_jitter_ms as u64 + 1) as u32);
+                let g = goaway_to(reason, retry, &cfg.goaway_endpoints);
                 self.send_frame(key, g);
             }
             sent = due;
@@ -260,6 +263,7 @@ impl Core {
                     self.apply_op(op);
                 }
                 CoreMsg::Tls(cfg) => *self.tls.borrow_mut() = Some(cfg),
+                CoreMsg::Reload(cfg, verifier) => self.reload(&cfg, verifier),
                 CoreMsg::Snapshot(tx) => {
                     let _ = tx.try_send(self.snapshot());
                 }

@@ -81,6 +81,8 @@ pub enum CoreMsg {
     Snapshot(flume::Sender<Snapshot>),
     /// New TLS settings (certificate reload) for connections from now on.
     Tls(Arc<rustls::ServerConfig>),
+    /// A reload: the configuration and token keys from now on.
+    Reload(Arc<Config>, Arc<Verifier>),
     /// Graceful: stop accepting, GoAway to every client, wait up to the
     /// drain deadline, close what is left, exit.
     Drain,
@@ -104,8 +106,10 @@ pub struct State {
 /// One data-plane core.
 pub struct Core {
     pub index: usize,
-    pub cfg: Arc<Config>,
-    pub verifier: Arc<Verifier>,
+    /// The configuration: this core's own copy (no shared reference
+    /// count on the hot path), replaced on a reload (`Core::reload`).
+    cfg: RefCell<Rc<Config>>,
+    verifier: RefCell<Arc<Verifier>>,
     pub backend: Rc<dyn Backend>,
     pub metrics: CoreMetrics,
     pub state: RefCell<State>,
@@ -146,7 +150,7 @@ pub struct Core {
     pub preauth: preauth::Preauth,
     pub preauth_log: crate::metrics::LogLimit,
     /// The reliable-push limits, in ticks (`delivery.rs`).
-    pub delivery: delivery::Limits,
+    pub delivery: Cell<delivery::Limits>,
     /// When each connection not authenticated yet was accepted, for the
     /// TLS-handshake and connect-to-AuthOk histograms (bounded by the
     /// connections; an entry leaves at login or teardown).
@@ -169,19 +173,11 @@ impl Core {
     ) -> Core {
         let load = overload::Overload::new(&cfg, index);
         let reach = reach::Reach::new(cfg.nats.enabled());
-        let ticks = |ms: u32| ms.div_ceil(cfg.tick_ms);
-        let delivery = delivery::Limits {
-            unacked_pushes_max: cfg.unacked_pushes_max as usize,
-            push_queue_bytes_max: cfg.push_queue_bytes_max,
-            outbound_bytes_max: cfg.outbound_bytes_max,
-            ack_ticks: ticks(cfg.ack_timeout_ms),
-            ack_retries_max: cfg.ack_retries_max,
-            stall_ticks: ticks(cfg.push_stall_timeout_ms),
-        };
+        let delivery = Cell::new(delivery::Limits::of(&cfg));
         Core {
             index,
-            cfg,
-            verifier,
+            cfg: RefCell::new(Rc::new((*cfg).clone())),
+            verifier: RefCell::new(verifier),
             backend,
             metrics: CoreMetrics::default(),
             // Sized for the cap up front: pages never touched cost no RSS, and
@@ -221,9 +217,30 @@ impl Core {
         }
     }
 
+    /// The configuration in force.
+    pub fn cfg(&self) -> Rc<Config> {
+        self.cfg.borrow().clone()
+    }
+
+    /// The token verifier in force.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.borrow().clone()
+    }
+
+    /// A reload (SIGHUP, `POST /reload`): the new configuration (what can
+    /// change live; the control plane kept the rest) and token keys. Open
+    /// connections keep their session; the new limits apply from their
+    /// next use on.
+    pub fn reload(&self, cfg: &Config, verifier: Arc<Verifier>) {
+        self.delivery.set(delivery::Limits::of(cfg));
+        self.overload.set_rates(cfg);
+        *self.cfg.borrow_mut() = Rc::new(cfg.clone());
+        *self.verifier.borrow_mut() = verifier;
+    }
+
     /// Current tick (>= 1).
     pub fn now(&self) -> Tick {
-        (self.start.elapsed().as_millis() / self.cfg.tick_ms as u128) as Tick + 1
+        (self.start.elapsed().as_millis() / self.cfg().tick_ms as u128) as Tick + 1
     }
 
     /// A fine clock for latency histograms: µs since the core started,
@@ -235,7 +252,7 @@ impl Core {
 
     /// Milliseconds to ticks, rounded up.
     pub fn ticks(&self, ms: u32) -> Tick {
-        ms.div_ceil(self.cfg.tick_ms)
+        ms.div_ceil(self.cfg().tick_ms)
     }
 
     /// Sleeps on this core's timers (glommio's, or the io_uring loop's own).
@@ -244,7 +261,7 @@ impl Core {
     }
 
     pub fn tick_duration(&self) -> Duration {
-        Duration::from_millis(self.cfg.tick_ms as u64)
+        Duration::from_millis(self.cfg().tick_ms as u64)
     }
 
     /// Registers a new connection (slab entry, auth deadline, epoll);
@@ -267,7 +284,7 @@ impl Core {
             created: now,
             last_in: now,
             due: 0,
-            heartbeat_ms: self.cfg.heartbeat_interval_ms,
+            heartbeat_ms: self.cfg().heartbeat_interval_ms,
             out: VecDeque::new(),
             out_off: 0,
             out_bytes: 0,
@@ -281,7 +298,7 @@ impl Core {
             upstream_bucket: Default::default(),
             extra: None,
         });
-        let due = now + self.ticks(self.cfg.auth_timeout_ms);
+        let due = now + self.ticks(self.cfg().auth_timeout_ms);
         let at = st.wheel.schedule(ConnKey::from_id(id), due, 0);
         if let Err(e) = self.io.register(fd, id) {
             st.conns.remove(idx as usize);
@@ -394,7 +411,7 @@ impl Core {
             return false;
         }
         let len = out.len() as u32;
-        if c.out_bytes.saturating_add(len) > self.cfg.outbound_bytes_max {
+        if c.out_bytes.saturating_add(len) > self.cfg().outbound_bytes_max {
             self.slow_consumer(c, "outbound_bytes_max reached");
             return false;
         }

@@ -242,10 +242,10 @@ pub struct Overload {
     mark_left: Cell<u32>,
     mark_len: Cell<u32>,
     mark_open: Cell<bool>,
-    upstream_rate: Option<Rate>,
-    accept_rate: Option<Rate>,
+    upstream_rate: Cell<Option<Rate>>,
+    accept_rate: Cell<Option<Rate>>,
     accept: Cell<Bucket>,
-    room_rate: Option<Rate>,
+    room_rate: Cell<Option<Rate>>,
     rooms: RefCell<HashMap<Rc<str>, Bucket>>,
     rng: Cell<u64>,
 }
@@ -255,7 +255,7 @@ impl Overload {
         let o = &cfg.overload;
         let now = Instant::now();
         let unix = unix_s();
-        Overload {
+        let load = Overload {
             ctl: RefCell::new(Controller::new(o)),
             shedding: o.queue_delay_max_ms > 0,
             routes: o
@@ -271,17 +271,36 @@ impl Overload {
             mark_left: Cell::new(0),
             mark_len: Cell::new(0),
             mark_open: Cell::new(false),
-            upstream_rate: Rate::new(
-                o.upstream_rate_per_conn_per_s,
-                o.upstream_burst,
-                cfg.tick_ms,
-            ),
-            accept_rate: Rate::new(o.accept_rate_per_core_per_s, o.accept_burst, cfg.tick_ms),
+            upstream_rate: Cell::new(None),
+            accept_rate: Cell::new(None),
             accept: Cell::new(Bucket::default()),
-            room_rate: Rate::new(o.room_broadcast_rate_per_s, o.room_burst, cfg.tick_ms),
+            room_rate: Cell::new(None),
             rooms: RefCell::new(HashMap::new()),
             rng: Cell::new(salt(unix.wrapping_add(core as u64), 1) | 1),
-        }
+        };
+        load.set_rates(cfg);
+        load
+    }
+
+    /// Takes the rate limits from `cfg` (at start, and on a reload: the
+    /// buckets keep their fill).
+    pub fn set_rates(&self, cfg: &crate::Config) {
+        let o = &cfg.overload;
+        self.upstream_rate.set(Rate::new(
+            o.upstream_rate_per_conn_per_s,
+            o.upstream_burst,
+            cfg.tick_ms,
+        ));
+        self.accept_rate.set(Rate::new(
+            o.accept_rate_per_core_per_s,
+            o.accept_burst,
+            cfg.tick_ms,
+        ));
+        self.room_rate.set(Rate::new(
+            o.room_broadcast_rate_per_s,
+            o.room_burst,
+            cfg.tick_ms,
+        ));
     }
 
     /// Admission of one upstream frame on `route` from `user`.
@@ -299,7 +318,7 @@ impl Overload {
 
     /// One upstream frame against a connection's bucket.
     pub fn take_upstream(&self, b: &mut Bucket, now: Tick) -> Result<(), u32> {
-        match &self.upstream_rate {
+        match &self.upstream_rate.get() {
             Some(r) => b.take(r, now),
             None => Ok(()),
         }
@@ -307,7 +326,7 @@ impl Overload {
 
     /// One new connection against the core's accept bucket.
     pub fn take_accept(&self, now: Tick) -> Result<(), u32> {
-        let Some(r) = &self.accept_rate else {
+        let Some(r) = &self.accept_rate.get() else {
             return Ok(());
         };
         let mut b = self.accept.get();
@@ -319,7 +338,7 @@ impl Overload {
     /// One push to a room against its bucket. `live` tells which rooms still
     /// have members here; buckets of the others are dropped now and then.
     pub fn take_room(&self, room: &Rc<str>, now: Tick, live: impl Fn(&str) -> bool) -> bool {
-        let Some(r) = &self.room_rate else {
+        let Some(r) = &self.room_rate.get() else {
             return true;
         };
         let mut rooms = self.rooms.borrow_mut();

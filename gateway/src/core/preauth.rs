@@ -54,7 +54,7 @@ impl Core {
     /// Closes the oldest unauthenticated connections until the core's
     /// pre-auth bytes fit the budget again.
     fn preauth_evict(&self) {
-        let max = self.cfg.preauth_bytes_per_core_max as usize;
+        let max = self.cfg().preauth_bytes_per_core_max as usize;
         let mut over = self.preauth.bytes.get().saturating_sub(max);
         while over > 0 {
             let Some(id) = self.preauth.order.borrow_mut().pop_front() else {
@@ -81,7 +81,7 @@ impl Core {
             let busy = Core::error_body(
                 gw_proto::ErrorCode::Busy,
                 "too many unauthenticated connections; retry",
-                self.cfg.busy_retry_after_ms,
+                self.cfg().busy_retry_after_ms,
             );
             let framed = self.with_conn(key, |c| c.speaks_frames()).unwrap_or(false);
             self.close(key, CloseReason::PreauthLimit, framed.then_some(busy));

@@ -312,7 +312,7 @@ impl Core {
         tracing::warn!(
             core = self.index,
             sessions = sessions.len(),
-            deadline_ms = self.cfg.nats.restore_deadline_ms,
+            deadline_ms = self.cfg().nats.restore_deadline_ms,
             "NATS subscriptions not restored within nats.restore_deadline_ms: this node is out (not ready); logins are refused and sessions are told to reconnect elsewhere (GoAway NODE_UNAVAILABLE)"
         );
         let started = Instant::now();
@@ -321,7 +321,7 @@ impl Core {
             || self.reach.out.get() && self.reach.episode.get() == episode && !self.stopping.get();
         self.spread_goaways(&sessions, CloseReason::NodeUnavailable, started, &still_out)
             .await;
-        let deadline = started + Duration::from_millis(self.cfg.drain_deadline_ms as u64);
+        let deadline = started + Duration::from_millis(self.cfg().drain_deadline_ms as u64);
         while still_out() && Instant::now() < deadline && self.conn_count() > 0 {
             self.sleep(super::lifecycle::DRAIN_POLL).await;
         }

@@ -59,7 +59,7 @@ impl Core {
     ) -> (Rc<str>, Rc<str>, Option<u64>) {
         let idx = key.idx();
         let now = self.now();
-        let idle = self.ticks(self.cfg.idle_timeout_ms(heartbeat_ms));
+        let idle = self.ticks(self.cfg().idle_timeout_ms(heartbeat_ms));
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let user: Rc<str> = match st.users.get_key_value(user) {

@@ -59,7 +59,7 @@ impl Core {
                         code: ErrorCode::AuthRequired as i32,
                         message: format!(
                             "no Auth frame within auth_timeout_ms ({})",
-                            self.cfg.auth_timeout_ms
+                            self.cfg().auth_timeout_ms
                         ),
                     });
                     self.close(e, CloseReason::AuthTimeout, Some(err));
@@ -98,8 +98,8 @@ impl Core {
         } else {
             Phase::Live
         };
-        let idle_ticks = self.ticks(self.cfg.idle_timeout_ms(c.heartbeat_ms));
-        let auth_ticks = self.ticks(self.cfg.auth_timeout_ms);
+        let idle_ticks = self.ticks(self.cfg().idle_timeout_ms(c.heartbeat_ms));
+        let auth_ticks = self.ticks(self.cfg().auth_timeout_ms);
         let idle_deadline =
             match liveness::due(phase, c.created, c.last_in, auth_ticks, idle_ticks, now) {
                 Due::At(t) => {
@@ -122,7 +122,7 @@ impl Core {
             super::expiry::Expiry::Ended => return After::TokenExpired,
             super::expiry::Expiry::Next(t) => t,
         };
-        let checked = delivery::check(&mut Wired::new(self, c), &self.delivery, now);
+        let checked = delivery::check(&mut Wired::new(self, c), &self.delivery.get(), now);
         CoreMetrics::add(&self.metrics.retransmits, checked.retransmits as u64);
         let after = if checked.expired.is_empty() {
             After::Nothing

@@ -34,7 +34,7 @@ pub async fn run(core: Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
 }
 
 async fn serve(core: &Rc<Core>, rx: flume::Receiver<Event>, ctx: InboundCtx) {
-    let restore_deadline = Duration::from_millis(core.cfg.nats.restore_deadline_ms as u64);
+    let restore_deadline = Duration::from_millis(core.cfg().nats.restore_deadline_ms as u64);
     while !core.stopping.get() {
         if core.outage_check(restore_deadline) {
             crate::core::wake::spawn(core.clone().evacuate()).detach();
@@ -147,7 +147,7 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Ref
 
 async fn node_command(core: &Rc<Core>, payload: Bytes) -> Result<(), Refused> {
     let cmd = pb::NodeCommand::decode(payload)?;
-    let orders = contract::split(cmd.pushes, cmd.ops, &core.cfg.node_id, false);
+    let orders = contract::split(cmd.pushes, cmd.ops, &core.cfg().node_id, false);
     for why in &orders.refused {
         tracing::warn!(%why, "node command: order refused");
     }

@@ -24,6 +24,7 @@ impl Drop for TempFile {
 
 fn spec(kid: Option<&str>, alg: Alg, secret_env: Option<&str>, file: Option<&TempFile>) -> KeySpec {
     KeySpec {
+        secret_file: None,
         kid: kid.map(Into::into),
         alg,
         secret_env: secret_env.map(Into::into),
@@ -116,6 +117,7 @@ fn from_specs_file_errors() {
 
     let missing = PathBuf::from("/nonexistent/auth-test/key.pem");
     let specs = [KeySpec {
+        secret_file: None,
         public_key_file: Some(missing),
         ..spec(None, Alg::EdDSA, None, None)
     }];
@@ -267,6 +269,7 @@ fn key_spec_serde_shape() {
     assert_eq!(
         s,
         KeySpec {
+            secret_file: None,
             kid: Some("k".into()),
             alg: Alg::EdDSA,
             secret_env: None,
@@ -284,4 +287,48 @@ fn key_spec_serde_shape() {
         assert_eq!(alg.to_string(), name);
     }
     assert!(serde_json::from_value::<Alg>(json!("hs256")).is_err());
+}
+
+#[test]
+fn secret_file_holds_an_hs256_secret_read_at_each_load() {
+    let mut secret = SECRET.to_vec();
+    secret.push(b'\n'); // as `echo` writes it
+    let f = TempFile::new("secret", &secret);
+    let file_spec = KeySpec {
+        secret_file: Some(f.0.clone()),
+        ..spec(Some("hs"), Alg::HS256, None, None)
+    };
+    let v = load(std::slice::from_ref(&file_spec)).expect("loads");
+    assert_eq!(v.key_count(), 1);
+    // The same secret from the environment gives the same key: the
+    // newline was not part of it.
+    assert!(v
+        .verify(&sign_hs256(SECRET, Some("hs"), &claims()), NOW)
+        .is_ok());
+
+    std::fs::write(&f.0, b"\n").expect("rewrite");
+    let err = refused(std::slice::from_ref(&file_spec));
+    assert!(matches!(err, KeyError::SecretFileEmpty { .. }), "{err}");
+
+    let both = KeySpec {
+        secret_env: Some("GOOD".into()),
+        ..file_spec.clone()
+    };
+    let err = refused(&[both]);
+    assert!(matches!(err, KeyError::BothSources { .. }), "{err}");
+
+    let wrong = KeySpec {
+        alg: Alg::EdDSA,
+        ..file_spec
+    };
+    let err = refused(&[wrong]);
+    assert!(matches!(err, KeyError::WrongMaterial { .. }), "{err}");
+}
+
+/// The error loading `specs` gives (a load that succeeds fails the test).
+fn refused(specs: &[KeySpec]) -> KeyError {
+    match load(specs) {
+        Err(e) => e,
+        Ok(_) => panic!("{specs:?} loaded"),
+    }
 }

@@ -33,7 +33,7 @@ impl Loop {
             self.accept_backoff_ms = self
                 .accept_backoff_ms
                 .saturating_mul(2)
-                .clamp(10, self.core.cfg.accept_backoff_max_ms);
+                .clamp(10, self.core.cfg().accept_backoff_max_ms);
             self.accept_retry =
                 Some(Instant::now() + Duration::from_millis(self.accept_backoff_ms as u64));
         }

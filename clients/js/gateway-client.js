@@ -1,7 +1,8 @@
 // gateway-client.js: a small browser client for the gateway (PROTOCOL.md).
 // One protobuf `Frame` (proto/proto/gateway.proto) per binary WebSocket
 // message. No dependencies; an ES module for browsers (and Node >= 22,
-// which has a global WebSocket).
+// which has a global WebSocket; older Node: pass `options.WebSocket`, e.g.
+// the `ws` package's). Types: gateway-client.d.ts; guide: README.md.
 //
 // 64-bit fields (conn_id, correlation_id, seq, resume_seq) are BigInt, so
 // no id above 2^53 loses precision. Everything else is a Number or string.
@@ -15,7 +16,8 @@
 // Events: "open" (AuthOk), "push" (Push; ack-required pushes are acked after
 // the listeners ran, duplicates of a retransmission are not dispatched
 // again), "goaway" (GoAway), "error" (Error frame), "close" ({code,
-// reason, reasonName, willReconnect, retryAfterMs}).
+// reason, reasonName, willReconnect, retryAfterMs, goAway}),
+// "tokenexpiring" (TokenExpiring), "refresh" (RefreshReply).
 
 export const PROTOCOL_VERSION = 1;
 
@@ -284,6 +286,7 @@ const DEFAULTS = {
   pendingRequestsMax: 1024,
   reconnectDelayMinMs: 500,
   reconnectDelayMaxMs: 30000,
+  WebSocket: null, // the WebSocket constructor; null: globalThis.WebSocket
 };
 
 export class GatewayClient extends EventTarget {
@@ -307,6 +310,7 @@ export class GatewayClient extends EventTarget {
     this.stopped = false;
     this.connecting = null;
     this.everOpened = false; // reconnects only after a first successful connect
+    this.goAway = null; // the GoAway of the current connection, if any
   }
 
   // Opens the WebSocket and authenticates; resolves with AuthOk, rejects
@@ -334,9 +338,13 @@ export class GatewayClient extends EventTarget {
       this.scheduleReconnect(); // only after a connection was once open
       throw e;
     }
+    const WS = this.opts.WebSocket || globalThis.WebSocket;
+    if (typeof WS !== "function") {
+      throw new Error("no WebSocket here: pass options.WebSocket (on Node < 22, the ws package's)");
+    }
     this.state = "connecting";
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
+      const ws = new WS(this.url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       let settled = false;
@@ -353,7 +361,8 @@ export class GatewayClient extends EventTarget {
           protocolVersion: PROTOCOL_VERSION,
           token,
           deviceId: this.opts.deviceId,
-          resumeSeq: this.opts.resumeSeq,
+          // A function: asked on every (re)connect for the app's latest.
+          resumeSeq: typeof this.opts.resumeSeq === "function" ? this.opts.resumeSeq() : this.opts.resumeSeq,
           metadata: this.opts.metadata,
           heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
         });
@@ -450,6 +459,7 @@ export class GatewayClient extends EventTarget {
     this.state = "open";
     this.everOpened = true;
     this.lastSeq = 0n; // seq starts again at 1 on every connection
+    this.goAway = null;
     this.backoffMs = this.opts.reconnectDelayMinMs;
     this.retryAfterMs = 0;
     this.startHeartbeat(authOk.heartbeatIntervalMs);
@@ -488,6 +498,7 @@ export class GatewayClient extends EventTarget {
         }
         break;
       case "goAway":
+        this.goAway = body;
         this.retryAfterMs = body.retryAfterMs;
         // Kicked: the server wants this client gone, not back.
         if (body.reason === KICKED) this.stopped = true;
@@ -542,8 +553,11 @@ export class GatewayClient extends EventTarget {
     if (reason === KICKED) this.stopped = true;
     const willReconnect = this.willReconnect();
     const delay = this.reconnectDelay();
+    const goAway = this.goAway;
+    this.goAway = null;
+    // retryAfterMs: when the reconnect will be tried; 0 when there is none.
     this.dispatchEvent(new CustomEvent("close", {
-      detail: { code: ev.code, reason, reasonName: CloseReason[reason] || String(reason), willReconnect, retryAfterMs: delay },
+      detail: { code: ev.code, reason, reasonName: CloseReason[reason] || String(reason), willReconnect, retryAfterMs: willReconnect ? delay : 0, goAway },
     }));
     this.scheduleReconnect(delay);
   }

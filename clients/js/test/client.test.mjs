@@ -96,6 +96,8 @@ test("after KICKED the client stays away", async () => {
   await tick(50);
   assert.equal(detail.reasonName, "KICKED");
   assert.equal(detail.willReconnect, false);
+  assert.equal(detail.retryAfterMs, 0, "no reconnect: no delay to announce");
+  assert.equal(detail.goAway.message, "kicked", "the GoAway that said why");
   assert.equal(sockets.length, 1, "no new socket");
 });
 
@@ -109,6 +111,7 @@ test("after a drain GoAway it reconnects, no sooner than retry_after_ms", async 
   assert.equal(detail.reasonName, "DRAIN");
   assert.equal(detail.willReconnect, true);
   assert.ok(detail.retryAfterMs >= 30);
+  assert.equal(detail.goAway.reason, 9);
   assert.equal(sockets.length, 1, "not before retry_after_ms");
   await tick(60);
   assert.equal(sockets.length, 2, "reconnected");
@@ -164,5 +167,55 @@ test("a fixed token cannot be refreshed: the notice is only an event", async () 
   await tick();
   assert.equal(seen.expiresAtUnixS, 1000n);
   assert.equal(ws.frames("refresh").length, 0);
+  gw.close();
+});
+
+test("options.WebSocket replaces the global one (Node < 22: the ws package)", async () => {
+  let made = 0;
+  class Other extends MockWS {
+    constructor(url) {
+      super(url);
+      made++;
+    }
+  }
+  const { gw, ws } = await connected({ WebSocket: Other });
+  assert.equal(made, 1);
+  assert.ok(ws instanceof Other);
+  gw.close();
+  await tick();
+  const gw2 = new GatewayClient("ws://x/ws", { token: "t", WebSocket: undefined });
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = undefined;
+  try {
+    await assert.rejects(gw2.connect(), /pass options.WebSocket/);
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("a close without a GoAway has goAway null; a new connection forgets the old GoAway", async () => {
+  const { gw, ws } = await connected();
+  let detail;
+  gw.addEventListener("close", (e) => (detail = e.detail));
+  ws.close(1006);
+  await tick();
+  assert.equal(detail.goAway, null);
+  assert.equal(detail.reasonName, "UNSPECIFIED");
+  assert.equal(detail.willReconnect, true);
+  assert.ok(detail.retryAfterMs > 0);
+  gw.close();
+});
+
+test("resumeSeq given as a function is asked on every connect", async () => {
+  let stored = 41n;
+  const { gw, ws } = await connected({ resumeSeq: () => stored });
+  assert.equal(ws.frames("auth")[0].body.resumeSeq, 41n);
+  stored = 42n;
+  ws.close(1006);
+  await tick(30); // the reconnect (back-off from 10 ms)
+  const next = sockets.at(-1);
+  assert.notEqual(next, ws);
+  next.open();
+  assert.equal(next.frames("auth")[0].body.resumeSeq, 42n);
   gw.close();
 });

@@ -5,6 +5,7 @@
 //!
 //! - `GET /` : the demo page (`clients/js/demo.html`);
 //! - `GET /gateway-client.js` : the client library (`clients/js/`);
+//! - `GET /favicon.ico` : the page's icon, a small SVG (`clients/js/favicon.svg`);
 //! - `GET /demo/token?user=alice[&device=web1]` : a token signed with the
 //!   public demo key, `{"token":..,"user_id":..,"device_id":..,"expires_at_unix_s":..}`.
 //!
@@ -18,6 +19,7 @@ use crate::wire::http::{response, Request};
 
 const PAGE: &str = include_str!("../../../clients/js/demo.html");
 const CLIENT_JS: &str = include_str!("../../../clients/js/gateway-client.js");
+const ICON: &[u8] = include_bytes!("../../../clients/js/favicon.svg");
 /// Lifetime of a demo token, seconds.
 pub const DEMO_TOKEN_TTL_S: u64 = 3600;
 /// Longest user or device name the token endpoint accepts, bytes.
@@ -36,6 +38,7 @@ pub fn answer(req: &Request, now_unix_s: u64) -> Option<Vec<u8>> {
             "text/javascript; charset=utf-8",
             CLIENT_JS.as_bytes(),
         ),
+        "/favicon.ico" => response("200 OK", "image/svg+xml", ICON),
         "/demo/token" => token(req, now_unix_s),
         _ => return None,
     })
@@ -53,7 +56,7 @@ fn token(req: &Request, now_unix_s: u64) -> Vec<u8> {
     let device = req.param("device").filter(|d| !d.is_empty());
     if !valid_name(&user) || !device.as_deref().is_none_or(valid_name) {
         let e = serde_json::json!({"error": format!(
-            "user (and device, if given) must be 1..={NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ - ."
+            "user (and device, if given) must be 1 to {NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ - ."
         )});
         return response("400 Bad Request", json, e.to_string().as_bytes());
     }
@@ -83,6 +86,9 @@ mod tests {
         assert!(get("/").starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(get("/").contains("text/html"));
         assert!(get("/gateway-client.js").contains("text/javascript"));
+        let icon = get("/favicon.ico");
+        assert!(icon.starts_with("HTTP/1.1 200 OK\r\n"), "{icon}");
+        assert!(icon.contains("image/svg+xml") && icon.ends_with("</svg>"));
         let t = get("/demo/token?user=alice&device=web1");
         assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
         let body: serde_json::Value =
@@ -113,6 +119,8 @@ mod tests {
         }
         let long = format!("/demo/token?user={}", "a".repeat(NAME_BYTES_MAX + 1));
         assert!(get(&long).starts_with("HTTP/1.1 400 "));
+        // Plain words for people, not Rust range syntax.
+        assert!(get(&long).contains("1 to 64 characters"));
         assert_eq!(get("/etc/passwd"), "");
         let post = Request::parse(b"POST / HTTP/1.1").unwrap();
         assert!(answer(&post, 0).is_none());

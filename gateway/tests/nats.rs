@@ -275,18 +275,50 @@ fn session_events_are_published() {
 
 #[test]
 fn an_ack_required_push_to_nobody_is_reported_undelivered() {
+    use futures_util::StreamExt;
     let nats_server = NatsServer::start();
-    let _backend = ChatBackend::start(&nats_server.url(), &[]);
+    let backend = ChatBackend::start(&nats_server.url(), &[]);
     let gw = start(nats_config("gw-a", &nats_server.url()));
     let nats = Nats::connect(&nats_server.url());
     let undelivered = nats.watch("gw.evt.undelivered");
     let (mut alice, _) = Client::login(gw.local_addr, "alice");
     let mut corr = 0;
     call_until_served(&mut alice, &mut corr, "echo", "");
+    // The reference backend checks first: a DM to nobody is refused.
+    let r = alice.call(50, "chat.send", r#"{"to":"ghost","text":"hi"}"#);
+    assert_eq!(r.status, ErrorCode::BadRequest as u32, "{r:?}");
+    drop(backend); // it answers every route (UNKNOWN_ROUTE for the rest)
+                   // A backend that does not check: its reply pushes to the user named
+                   // in the payload, ack-required. The gateway reports it undelivered.
+    let client = nats.client.clone();
+    let mut sub = nats
+        .rt
+        .block_on(async {
+            let s = client.subscribe("gw.up.to.user").await;
+            client.flush().await.map(|_| s)
+        })
+        .unwrap()
+        .unwrap();
+    nats.rt.spawn(async move {
+        while let Some(m) = sub.next().await {
+            let reply = pb::BackendReply {
+                pushes: vec![pb::PushOrder {
+                    target: Some(pb::push_order::Target::User(
+                        String::from_utf8_lossy(&m.payload).into_owned(),
+                    )),
+                    route: "direct".into(),
+                    payload: b"to nobody".to_vec().into(),
+                    ack_required: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let Some(to) = m.reply else { continue };
+            let _ = client.publish(to, reply.encode_to_vec().into()).await;
+        }
+    });
     assert_eq!(
-        alice
-            .call(50, "chat.send", r#"{"to":"ghost","text":"hi"}"#)
-            .status,
+        call_until_served(&mut alice, &mut corr, "to.user", "ghost").status,
         0
     );
     let e = pb::UndeliveredEvent::decode(undelivered.recv_timeout(WAIT).unwrap().payload).unwrap();

@@ -94,15 +94,25 @@ pub struct Common {
     /// Sampling interval of RSS, CPU and slab, ms.
     #[arg(long, default_value_t = 1000)]
     pub sample_ms: u64,
-    /// Write the report here as JSON.
+    /// Write the report here as JSON (schema_version 2: BENCHMARKS.md,
+    /// "Flood reports").
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw established connections and server RSS over time (SVG).
+    /// Draw established connections and server RSS over time (SVG), and
+    /// under them the scenario's latency (p50, p99 per --sample-ms).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Write this file (a one-line JSON summary) once every connection is up or failed.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// The gateway's admin address (host:port of --admin-listen): the
+    /// report's gateway_version comes from its GET /stats (or /metrics).
+    /// Without it gateway_version is null.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Bearer token for --admin, when the gateway requires one (admin_token_env).
+    #[arg(long, env = "FLOOD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Internal: run as worker process K of --procs.
     #[arg(long, hide = true)]
     pub worker: Option<u32>,
@@ -167,6 +177,52 @@ pub struct StormArgs {
     pub after_s: u64,
 }
 
+/// The latency a scenario measures while it runs: shown on the progress
+/// line, drawn under the plot and summed in the report's `sampled_latency`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// Heartbeat (gw Ping, MQTT PINGREQ, NATS PING) to its answer.
+    PingRtt,
+    /// Upstream `echo` to its UpstreamReply (OK replies).
+    EchoRtt,
+    /// `chat.send` to the partner's `chat.msg` push.
+    SendToPush,
+    /// Broadcast send to each receipt.
+    Delivery,
+}
+
+impl Latency {
+    /// The name in the JSON report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Latency::PingRtt => "ping_rtt",
+            Latency::EchoRtt => "echo_rtt",
+            Latency::SendToPush => "send_to_push",
+            Latency::Delivery => "delivery",
+        }
+    }
+
+    /// What it is, for people (plot, progress line).
+    pub fn label(self) -> &'static str {
+        match self {
+            Latency::PingRtt => "heartbeat round trip",
+            Latency::EchoRtt => "echo round trip",
+            Latency::SendToPush => "chat.send to push",
+            Latency::Delivery => "broadcast send to receipt",
+        }
+    }
+
+    /// Short form for the progress line.
+    pub fn short(self) -> &'static str {
+        match self {
+            Latency::PingRtt => "ping rtt",
+            Latency::EchoRtt => "rtt",
+            Latency::SendToPush => "send->push",
+            Latency::Delivery => "latency",
+        }
+    }
+}
+
 /// The scenario a process runs, with its options.
 #[derive(Clone, Debug)]
 pub enum Scenario {
@@ -195,6 +251,16 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Storm(_) => "storm",
+        }
+    }
+
+    /// The latency this scenario measures as it runs.
+    pub fn latency(&self) -> Latency {
+        match self {
+            Scenario::Hold(_) | Scenario::Storm(_) => Latency::PingRtt,
+            Scenario::Echo(_) => Latency::EchoRtt,
+            Scenario::Chat(_) => Latency::SendToPush,
+            Scenario::Broadcast(_) => Latency::Delivery,
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use futures_lite::future::poll_fn;
 use futures_lite::AsyncWriteExt;
 use hdrhistogram::Histogram;
 
-use crate::args::{Common, Scenario, Share};
-use crate::msg::{histogram, round_histogram, PHASES, PHASE_ACTION};
+use crate::args::{Common, Latency, Scenario, Share};
+use crate::msg::{histogram, live_histogram, round_histogram, PHASES, PHASE_ACTION};
 use crate::net::{self, mono_ns, RxEnd};
 use crate::proto::{self, Codec, Event, Protocol};
 use crate::transport::{io_reason, Stream, Transport};
@@ -43,6 +43,8 @@ pub struct Settings {
     /// Broadcast: room to join and rounds to expect.
     pub room: Option<String>,
     pub rounds: u32,
+    /// The latency recorded as the run goes (`Shared::live_us`).
+    pub latency: Latency,
 }
 
 /// Counters of a worker, shared by its executors and its main thread.
@@ -71,6 +73,9 @@ pub struct Shared {
     pub seg_start: [AtomicU64; PHASES],
     pub seg_last: [AtomicU64; PHASES],
     pub seg_est: [AtomicU64; PHASES],
+    /// The scenario's latency since the last progress message, us
+    /// (`Settings::latency`; the worker takes it once a second).
+    pub live_us: Mutex<Histogram<u64>>,
 }
 
 impl Default for Shared {
@@ -97,7 +102,24 @@ impl Default for Shared {
             seg_start: [const { AtomicU64::new(u64::MAX) }; PHASES],
             seg_last: [const { AtomicU64::new(0) }; PHASES],
             seg_est: [const { AtomicU64::new(0) }; PHASES],
+            live_us: Mutex::new(live_histogram()),
         }
+    }
+}
+
+impl Shared {
+    /// Records a latency of the run's kind, microseconds.
+    pub fn live(&self, us: u64) {
+        self.live_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saturating_record(us.max(1));
+    }
+
+    /// What was recorded since the last call.
+    pub fn take_live(&self) -> Histogram<u64> {
+        let mut h = self.live_us.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *h, live_histogram())
     }
 }
 
@@ -181,14 +203,16 @@ impl Ctx {
             return;
         };
         let now = mono_ns();
+        let us = now.saturating_sub(sent_ns) / 1000;
+        if self.set.latency == Latency::SendToPush || self.set.latency == Latency::Delivery {
+            self.shared.live(us);
+        }
         if self.set.chat {
             // Chat: the push carries the send time; only sends in the window count.
             if self.shared.measuring.load(Relaxed)
                 && sent_ns >= self.shared.measure_start_ns.load(Relaxed)
             {
-                self.echo_rtt_us
-                    .borrow_mut()
-                    .saturating_record(now.saturating_sub(sent_ns) / 1000);
+                self.echo_rtt_us.borrow_mut().saturating_record(us);
             }
             return;
         }
@@ -198,7 +222,7 @@ impl Ctx {
             acc.last_ns = acc.last_ns.max(now);
             acc.lat_us
                 .get_or_insert_with(round_histogram)
-                .saturating_record(now.saturating_sub(sent_ns) / 1000);
+                .saturating_record(us);
         }
     }
 
@@ -208,21 +232,26 @@ impl Ctx {
             bump(&self.echo_status, status_name(status));
             return;
         }
-        if !self.set.echo || !self.shared.measuring.load(Relaxed) {
+        if !self.set.echo {
             return;
         }
         let Ok(ts) = <[u8; 8]>::try_from(payload) else {
             return;
         };
         let sent_ns = u64::from_be_bytes(ts);
-        if sent_ns < self.shared.measure_start_ns.load(Relaxed) {
+        let us = mono_ns().saturating_sub(sent_ns) / 1000;
+        if status == 0 {
+            // The progress line and the plot: every OK reply, ramp included.
+            self.shared.live(us);
+        }
+        if !self.shared.measuring.load(Relaxed)
+            || sent_ns < self.shared.measure_start_ns.load(Relaxed)
+        {
             return;
         }
         bump(&self.echo_status, status_name(status));
         if status == 0 {
-            self.echo_rtt_us
-                .borrow_mut()
-                .saturating_record(mono_ns().saturating_sub(sent_ns) / 1000);
+            self.echo_rtt_us.borrow_mut().saturating_record(us);
         }
     }
 }

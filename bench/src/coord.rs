@@ -11,9 +11,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 
-use crate::args::{Common, Scenario};
-use crate::msg::{Msg, Progress, Seg, WorkerResult, PHASES};
+use crate::args::{Common, Latency, Scenario};
+use crate::msg::{self, Msg, Progress, Seg, WorkerResult, PHASES};
 use crate::procfs;
 
 /// Samples kept at most.
@@ -34,6 +35,15 @@ pub struct Sample {
     pub flood_rss_bytes: u64,
     pub slab_bytes: u64,
     pub sunreclaim_bytes: u64,
+    /// The scenario's latency ([`Latency`]) reported since the previous
+    /// sample: median, 99th percentile (ms) and count. Only in samples of
+    /// the series (`Coord::samples`) whose interval had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_count: Option<u64>,
 }
 
 /// What a worker said at the end of a phase.
@@ -92,6 +102,17 @@ pub struct Coord {
     signalled: &'static AtomicBool,
     pub interrupted: bool,
     pub notes: Vec<String>,
+    /// What `live_*` measure.
+    pub latency: Latency,
+    /// The scenario's latency since the last progress line, since the last
+    /// sample, and over the whole run (us).
+    live_line: Histogram<u64>,
+    live_sample: Histogram<u64>,
+    pub live_all: Histogram<u64>,
+    /// Counters at the last progress line (for rates), and when it was.
+    last_line: (Progress, Instant),
+    /// Seconds from the start to the end of `finish` (0 before).
+    pub duration_s: f64,
 }
 
 impl Coord {
@@ -138,6 +159,7 @@ impl Coord {
         }
         let n = c.procs as usize;
         let now = Instant::now();
+        let sc_latency = sc.latency();
         Ok(Coord {
             sc,
             c,
@@ -155,6 +177,12 @@ impl Coord {
             signalled,
             interrupted: false,
             notes: Vec::new(),
+            latency: sc_latency,
+            live_line: msg::live_histogram(),
+            live_sample: msg::live_histogram(),
+            live_all: msg::live_histogram(),
+            last_line: (Progress::default(), now),
+            duration_s: 0.0,
         })
     }
 
@@ -210,6 +238,7 @@ impl Coord {
             flood_rss_bytes: t.flood_rss_bytes,
             slab_bytes: slab.slab_bytes,
             sunreclaim_bytes: slab.sunreclaim_bytes,
+            ..Sample::default()
         }
     }
 
@@ -244,7 +273,19 @@ impl Coord {
 
     fn on_event(&mut self, ev: Ev) {
         match ev {
-            Ev::Msg(k, Msg::Progress(p)) => self.progress[k as usize] = p,
+            Ev::Msg(k, Msg::Progress(mut p)) => {
+                if let Some(h) = msg::from_b64(&p.live_us) {
+                    for into in [
+                        &mut self.live_line,
+                        &mut self.live_sample,
+                        &mut self.live_all,
+                    ] {
+                        let _ = into.add(&h);
+                    }
+                }
+                p.live_us = String::new();
+                self.progress[k as usize] = p;
+            }
             Ev::Msg(
                 k,
                 Msg::Ready {
@@ -279,7 +320,13 @@ impl Coord {
         let now = Instant::now();
         if now >= self.next_sample {
             if self.samples.len() < SAMPLES_MAX {
-                let s = self.sample();
+                let mut s = self.sample();
+                let h = std::mem::replace(&mut self.live_sample, msg::live_histogram());
+                if !h.is_empty() {
+                    s.latency_p50_ms = Some(h.value_at_quantile(0.5) as f64 / 1000.0);
+                    s.latency_p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1000.0);
+                    s.latency_count = Some(h.len());
+                }
                 self.samples.push(s);
             }
             self.next_sample += Duration::from_millis(self.c.sample_ms);
@@ -290,11 +337,58 @@ impl Coord {
         if now >= self.next_progress {
             let t = self.total();
             let s = self.sample();
+            let (last, at) = &self.last_line;
+            let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+            let per_s = |n: u64, was: u64| n.saturating_sub(was) as f64 / secs;
+            let h = std::mem::replace(&mut self.live_line, msg::live_histogram());
+            let lat = if h.is_empty() {
+                format!("{} -", self.latency.short())
+            } else {
+                format!(
+                    "{} p50 {:.2} p99 {:.2} ms",
+                    self.latency.short(),
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0
+                )
+            };
+            // What the scenario does, at what rate, and its latency over
+            // the last interval.
+            let doing = match self.sc {
+                Scenario::Echo(_) => format!(
+                    "echoes {:.0}/s (replies {}) {lat}",
+                    per_s(t.replies, last.replies),
+                    t.replies
+                ),
+                Scenario::Chat(_) => format!(
+                    "pushes {:.0}/s (received {}) {lat}",
+                    per_s(t.deliveries, last.deliveries),
+                    t.deliveries
+                ),
+                Scenario::Broadcast(_) => format!(
+                    "deliveries {} ({:.0}/s) {lat}",
+                    t.deliveries,
+                    per_s(t.deliveries, last.deliveries)
+                ),
+                Scenario::Hold(_) | Scenario::Storm(_) => format!(
+                    "pings {} pongs {} ({:.0}/s) {lat} deliveries {}",
+                    t.pings,
+                    t.pongs,
+                    per_s(t.pongs, last.pongs),
+                    t.deliveries
+                ),
+            };
             println!(
-                "[{:6.1}s] established {}/{} (+{}/s) failed {} open {} pings {} pongs {} deliveries {} rss {} flood {}",
-                s.t_s, t.established, self.c.conns, t.established.saturating_sub(self.last_est),
-                t.failed, t.open, t.pings, t.pongs, t.deliveries, mib(s.rss_bytes), mib(Some(t.flood_rss_bytes))
+                "[{:6.1}s] established {}/{} (+{}/s) failed {} open {} {doing} rss {} flood {}",
+                s.t_s,
+                t.established,
+                self.c.conns,
+                t.established.saturating_sub(self.last_est),
+                t.failed,
+                t.open,
+                mib(s.rss_bytes),
+                mib(Some(t.flood_rss_bytes))
             );
+            self.last_line = (t.clone(), now);
             self.last_est = t.established;
             self.next_progress += Duration::from_secs(1);
             if self.next_progress < now {
@@ -365,6 +459,7 @@ impl Coord {
                 }
             }
         }
+        self.duration_s = self.start.elapsed().as_secs_f64();
     }
 }
 

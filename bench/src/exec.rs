@@ -118,9 +118,14 @@ async fn sender(ctx: &Rc<Ctx>, go: u32, out: &mut ExecOut) -> Option<Stream> {
     };
     let source = source_of(&ctx.set.c, &ctx.set.share, u64::MAX);
     let user = format!("s{}", ctx.set.share.first_id);
+    // The gateway's backends answer `room.send` only from a member (BAD_REQUEST
+    // otherwise), so the gw sender joins the room too (and gets its own
+    // broadcasts, which it reads and discards); MQTT and NATS publishers
+    // need no subscription.
+    let join = ctx.set.c.protocol == crate::proto::Protocol::Gw;
     let mut conn = Err(String::new());
     for _ in 0..3 {
-        conn = establish(ctx, &user, source, false, false, u64::MAX).await;
+        conn = establish(ctx, &user, source, join, false, u64::MAX).await;
         if conn.is_ok() {
             break;
         }

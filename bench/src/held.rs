@@ -16,6 +16,7 @@ use bytes::{Buf, Bytes};
 use futures_lite::AsyncWrite;
 use glommio::timer::Timer;
 
+use crate::args::Latency;
 use crate::conn::{bump, jitter, rx_end_name, ws_close_name, Ctx};
 use crate::nats;
 use crate::net::{self, mono_ns};
@@ -53,6 +54,9 @@ pub struct Held {
     peer: u32,
     /// Highest push seq to acknowledge (0: none).
     ack_due: u64,
+    /// When the heartbeat now unanswered went out (monotonic ns; 0: none),
+    /// for the heartbeat round trip (hold, storm).
+    ping_ns: u64,
 }
 
 impl Held {
@@ -70,6 +74,7 @@ impl Held {
             corr: 1,
             peer: (i ^ 1).min(conns.saturating_sub(1)) as u32,
             ack_due: 0,
+            ping_ns: 0,
         }
     }
 
@@ -100,6 +105,9 @@ impl Held {
             return self.ctx.out(frame);
         }
         sh.pings.fetch_add(1, Relaxed);
+        if self.ctx.set.latency == Latency::PingRtt {
+            self.ping_ns = mono_ns();
+        }
         self.ctx.out(self.ctx.heartbeat.clone())
     }
 
@@ -112,12 +120,17 @@ impl Held {
             note,
             pong_due,
             ack_due,
+            ping_ns,
             ..
         } = self;
         let sh = &*ctx.shared;
         let r = net::poll_frames(stream, ctx.set.codec, partial, cx, 8, &mut |ev| match ev {
             Event::Pong => {
                 sh.pongs.fetch_add(1, Relaxed);
+                if *ping_ns != 0 {
+                    sh.live(mono_ns().saturating_sub(*ping_ns) / 1000);
+                    *ping_ns = 0;
+                }
             }
             Event::ServerPing => *pong_due = true,
             Event::AckDue(seq) => *ack_due = (*ack_due).max(seq),

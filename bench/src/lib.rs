@@ -13,12 +13,14 @@
 //! - [`proto`], [`wire`], [`mqtt`], [`nats`]: the wire protocols.
 //! - [`msg`]: worker-to-coordinator messages, histogram serialisation.
 //! - [`report`], [`plot`]: the summary, the JSON report, the SVG.
+//! - [`admin`]: the gateway's admin HTTP (its version, for the reports).
 //! - [`procfs`]: RSS and CPU of processes, kernel slab, from `/proc`.
 //! - [`pushprobe`]: what the `failover` and `backfill` probes share: a
 //!   blocking client (a thread per connection) and the publisher's side.
 //! - [`net`]: non-blocking connect from a chosen source address, reading
 //!   through a per-thread scratch buffer, the monotonic clock.
 
+pub mod admin;
 pub mod args;
 pub mod conn;
 pub mod coord;

@@ -28,6 +28,11 @@ pub struct Progress {
     pub deliveries: u64,
     pub replies: u64,
     pub flood_rss_bytes: u64,
+    /// The scenario's latency ([`crate::args::Latency`]) measured since the
+    /// previous progress message (not cumulative), microseconds
+    /// ([`live_histogram`], serialised; empty: none).
+    #[serde(default)]
+    pub live_us: String,
 }
 
 /// Timing of one ramp segment of one worker (monotonic ns).
@@ -116,6 +121,12 @@ pub fn round_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant, valid histogram bounds")
 }
 
+/// The histogram of the latency measured as a run goes (progress line,
+/// plot): microseconds, 1 us .. 1 h, 2 digits, to keep progress lines short.
+pub fn live_histogram() -> Histogram<u64> {
+    round_histogram()
+}
+
 /// V2 serialisation, base64.
 pub fn hist_to_b64(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
@@ -125,16 +136,20 @@ pub fn hist_to_b64(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(buf)
 }
 
+/// A serialised histogram; None for empty or bad input.
+pub fn from_b64(s: &str) -> Option<Histogram<u64>> {
+    if s.is_empty() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    Deserializer::new()
+        .deserialize(&mut Cursor::new(bytes))
+        .ok()
+}
+
 /// Adds a serialised histogram into `into`; empty or bad input adds nothing.
 pub fn add_b64(into: &mut Histogram<u64>, s: &str) {
-    if s.is_empty() {
-        return;
-    }
-    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s) else {
-        return;
-    };
-    let h: Result<Histogram<u64>, _> = Deserializer::new().deserialize(&mut Cursor::new(bytes));
-    if let Ok(h) = h {
+    if let Some(h) = from_b64(s) {
         let _ = into.add(&h);
     }
 }

@@ -1,18 +1,68 @@
 //! The flood's report: the workers' results merged (counts summed,
 //! histograms added), the coordinator's figures, a human summary on stdout
-//! and the JSON document.
+//! and the JSON document, stamped ([`stamp`]) with its schema version, the
+//! tool's and the gateway's versions and the time of the run.
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::admin::GatewayVersion;
 use crate::args::Scenario;
 use crate::coord::{mib, Coord};
 use crate::msg::{
     self, add_b64, add_counts, Seg, WorkerResult, PHASE_ACTION, PHASE_FULL, PHASE_MARK,
 };
 use crate::phases::Figures;
+
+/// Version of the JSON report's layout. 1 (implicit: no field) until the
+/// stamp fields came; 2 added `schema_version`, `tool_version`,
+/// `gateway_version`, `gateway_revision`, `timestamp`, `duration_s`,
+/// `sampled_latency`, `config.admin` and the `latency_*` fields of
+/// `rss.samples` (BENCHMARKS.md, "Flood reports"). Raise it when a field
+/// changes meaning or goes away; adding fields does not break readers.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// This tool's version (the bench crate's).
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Adds what says where a report comes from: `schema_version`,
+/// `tool_version`, `gateway_version` and `gateway_revision` (null when not
+/// known from the gateway itself) and `timestamp` (`started`, UTC RFC 3339).
+pub fn stamp(doc: &mut Value, started: SystemTime, gw: &GatewayVersion) {
+    let secs = started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    doc["schema_version"] = json!(SCHEMA_VERSION);
+    doc["tool_version"] = json!(TOOL_VERSION);
+    doc["gateway_version"] = json!(gw.version);
+    doc["gateway_revision"] = json!(gw.revision);
+    doc["timestamp"] = json!(utc_rfc3339(secs));
+}
+
+/// `unix_s` as UTC RFC 3339 (`2026-12-08T09:30:00Z`).
+pub fn utc_rfc3339(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let rem = unix_s % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian; H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
 
 /// All workers' results added up.
 #[derive(Default)]
@@ -239,6 +289,11 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
         "other_frames_received": m.other_frames,
         "interrupted": co.interrupted,
         "notes": co.notes,
+        "duration_s": co.duration_s,
+        "sampled_latency": {
+            "kind": co.latency.name(), "what": co.latency.label(),
+            "whole_run": lat(&co.live_all),
+        },
         "rss": {
             "pids": c.pids, "at_start": f.at_start, "at_mark": f.at_mark,
             "at_full": f.at_full, "at_end": f.at_end, "samples": co.samples,
@@ -252,6 +307,7 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
             "source_base": c.source_base.to_string(), "heartbeat_ms": c.heartbeat_ms,
             "timeout_ms": c.timeout_ms, "retries": c.retries, "first_id": c.first_id,
             "mark": c.mark, "settle_s": c.settle_s, "sample_ms": c.sample_ms,
+            "admin": c.admin.map(|a| a.to_string()),
         },
     });
     if !h.join.is_empty() {
@@ -320,6 +376,13 @@ pub fn build(co: &Coord, f: &Figures) -> Value {
         m.open_at_end, m.dropped, m.pings, m.pongs, mib(f.at_start.rss_bytes), mib(f.at_end.rss_bytes),
         mib(Some(m.flood_rss_bytes))
     );
+    if matches!(co.sc, Scenario::Hold(_) | Scenario::Storm(_)) && !co.live_all.is_empty() {
+        println!(
+            "{} (whole run): {}",
+            co.latency.label(),
+            lat_line(&co.live_all)
+        );
+    }
     match &co.sc {
         Scenario::Echo(e) => {
             let (a, b) = m.echo_window_ns;
@@ -459,4 +522,34 @@ fn broadcast(b: &crate::args::BroadcastArgs, receivers: u64, m: &Merged, rs: Vec
         "deliveries_per_s": busy, "deliveries_per_s_span": overall, "span_s": span_s,
         "sender_error": m.sender_error, "sender_replies": m.sender_replies,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        // Checked with `date -u -d @N +%Y-%m-%dT%H:%M:%SZ`.
+        assert_eq!(utc_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
+        assert_eq!(utc_rfc3339(1_796_729_545), "2026-12-08T11:32:25Z");
+        assert_eq!(utc_rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn stamps() {
+        let mut doc = json!({"scenario": "hold"});
+        let gw = GatewayVersion {
+            version: Some("0.1.0".into()),
+            revision: None,
+        };
+        stamp(&mut doc, UNIX_EPOCH, &gw);
+        assert_eq!(doc["schema_version"], 2);
+        assert_eq!(doc["gateway_version"], "0.1.0");
+        assert!(doc["gateway_revision"].is_null());
+        assert_eq!(doc["timestamp"], "1970-01-01T00:00:00Z");
+        assert_eq!(doc["tool_version"], TOOL_VERSION);
+    }
 }

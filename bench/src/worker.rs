@@ -55,8 +55,10 @@ pub fn key(c: &crate::args::Common) -> (Vec<u8>, Option<String>) {
     }
 }
 
-fn progress(sh: &Shared) -> Progress {
+/// The counters now (`live_us` left empty).
+fn counters(sh: &Shared) -> Progress {
     Progress {
+        live_us: String::new(),
         established: sh.established.load(Relaxed),
         failed: sh.failed.load(Relaxed),
         open: sh.open.load(Relaxed),
@@ -65,6 +67,20 @@ fn progress(sh: &Shared) -> Progress {
         deliveries: sh.deliveries.load(Relaxed),
         replies: sh.replies.load(Relaxed),
         flood_rss_bytes: procfs::self_rss_bytes().unwrap_or(0),
+    }
+}
+
+/// A progress message: the counters now, and the latency recorded since
+/// the last progress message (taken: only these carry it).
+fn progress(sh: &Shared) -> Progress {
+    let live = sh.take_live();
+    Progress {
+        live_us: if live.is_empty() {
+            String::new()
+        } else {
+            hist_to_b64(&live)
+        },
+        ..counters(sh)
     }
 }
 
@@ -128,6 +144,7 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
         codec,
         echo: matches!(sc, Scenario::Echo(_)),
         chat: matches!(sc, Scenario::Chat(_)),
+        latency: sc.latency(),
         sc,
         c: c.clone(),
         share,
@@ -178,7 +195,7 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
         for (phase, done) in sent.iter_mut().enumerate() {
             if !*done && shared.ready[phase].load(Relaxed) >= cores {
                 *done = true;
-                let p = progress(&shared);
+                let p = counters(&shared);
                 let seg = Seg {
                     start_ns: shared.seg_start[phase].load(Relaxed),
                     last_ns: shared.seg_last[phase].load(Relaxed),
@@ -209,6 +226,8 @@ pub fn run(sc: Scenario, k: u32) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("an executor failed: {e}"))?,
         );
     }
+    // The last second's latency, then the result.
+    emit(&mut stdout, &Msg::Progress(progress(&shared)));
     let r = merge(k, &set, &shared, outs, fds_at_end);
     emit(&mut stdout, &Msg::Result(Box::new(r)));
     Ok(())

@@ -10,8 +10,13 @@
 //! The gateway's protocol runs over plain TCP, `--tls` (trusting `--ca`),
 //! `--ws` (WebSocket upgrade on the same port) or both (wss); the report
 //! says which.
-//! A progress line is printed once a second, a summary at the end; `--json`
-//! writes the report and `--plot` an SVG of connections and server RSS.
+//! A progress line is printed once a second (with the scenario's rate and
+//! its latency over the last second: echo round trip, chat send to push,
+//! broadcast delivery, heartbeat round trip), a summary at the end;
+//! `--json` writes the report (stamped with its schema version, the tool's
+//! version, the gateway's version when `--admin` can tell it, and the start
+//! time) and `--plot` an SVG of connections and server RSS, with the
+//! latency under it.
 //!
 //! Per connection the client keeps the socket, a timer and a few words: no
 //! read buffer (reads go through one scratch buffer per thread, only the
@@ -20,7 +25,10 @@
 //! measures). SIGINT / SIGTERM end the run early; the report is still
 //! written.
 
+use std::time::SystemTime;
+
 use anyhow::Context as _;
+use bench::admin::{self, GatewayVersion};
 use bench::args::{BroadcastArgs, EchoArgs, HoldArgs, Scenario, StormArgs};
 use bench::{phases, plot, report, worker};
 use clap::{Parser, Subcommand};
@@ -85,9 +93,29 @@ fn run() -> anyhow::Result<()> {
         c.transport.name(), c.target, c.rate,
         c.inflight, c.procs, c.cores, c.sources, c.heartbeat_ms
     );
+    let started = SystemTime::now();
+    // Asked before the run and, if that failed, after it (the gateway may
+    // have come up meanwhile); unknown stays null.
+    let ask = || {
+        c.admin
+            .map(|a| admin::gateway_version(a, c.admin_token.as_deref()))
+    };
+    let mut gw_version = ask();
     let signalled = worker::catch_signals();
-    let (co, figures) = phases::run(sc, signalled)?;
-    let doc = report::build(&co, &figures);
+    let (mut co, figures) = phases::run(sc, signalled)?;
+    if matches!(gw_version, Some(Err(_))) {
+        gw_version = ask();
+    }
+    let gw = match gw_version {
+        Some(Ok(v)) => v,
+        Some(Err(why)) => {
+            co.notes.push(format!("gateway_version unknown: {why}"));
+            GatewayVersion::default()
+        }
+        None => GatewayVersion::default(),
+    };
+    let mut doc = report::build(&co, &figures);
+    report::stamp(&mut doc, started, &gw);
     if let Some(path) = &c.json {
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -100,8 +128,8 @@ fn run() -> anyhow::Result<()> {
             c.transport.name(),
             c.conns
         );
-        std::fs::write(path, plot::svg(&title, &co.samples))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let svg = plot::svg(&title, &co.samples, co.duration_s, co.latency.label());
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -81,7 +81,9 @@ class Gateway:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway {self.node_id} exited with {self.proc.returncode}:\n{self.logs()}")
+                logs = self.logs()
+                self.cleanup()
+                raise RuntimeError(f"gateway {self.node_id} exited with {self.proc.returncode}:\n{logs}")
             try:
                 if self.http("GET", "/readyz", timeout_s=1.0)[0] == 200:
                     # The admin port answers once the client listener is up, too.
@@ -90,8 +92,9 @@ class Gateway:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gateway {self.node_id} not ready within {timeout_s} s:\n{self.logs()}")
+                logs = self.logs()
+                self.cleanup()
+                raise RuntimeError(f"gateway {self.node_id} not ready within {timeout_s} s:\n{logs}")
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> Optional[int]:
@@ -136,6 +139,8 @@ class Gateway:
         self.signal(signal.SIGCONT)
 
     def logs(self) -> str:
+        if self.log.closed:
+            return ""
         self.log.flush()
         try:
             return Path(self.log.name).read_text(errors="replace")[-4000:]
@@ -171,6 +176,8 @@ class Gateway:
 
     def cleanup(self) -> None:
         self.stop()
+        if self.log.closed:
+            return
         cert = self.self_signed_cert()
         self.log.close()
         for path in (self.log.name, cert):

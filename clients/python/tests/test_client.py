@@ -440,17 +440,16 @@ class Reconnects(unittest.IsolatedAsyncioTestCase):
     @timeout(30)
     async def test_drain_moves_to_the_goaway_endpoint(self):
         b = await in_thread(lambda: Gateway("py-b").start())
-        a = await in_thread(
-            lambda: Gateway(
-                "py-a",
-                "--goaway-endpoints", b.addr,
-                "--drain-spread-ms", "200",
-                "--goaway-retry-after-ms", "300",
-                "--goaway-retry-jitter-ms", "0",
-                "--drain-deadline-ms", "8000",
-            ).start()
+        a = Gateway(
+            "py-a",
+            "--goaway-endpoints", b.addr,
+            "--drain-spread-ms", "200",
+            "--goaway-retry-after-ms", "300",
+            "--goaway-retry-jitter-ms", "0",
+            "--drain-deadline-ms", "8000",
         )  # fmt: skip
         try:
+            await in_thread(a.start)
             rec = Recorder()
             goaways = []
             c = Client(a.addr, lambda: demo_token("py-drain"), on_goaway=goaways.append, **FAST, **rec.kw())

@@ -38,6 +38,7 @@ pub fn auth_frame(token: String, device_id: &str, heartbeat_ms: u32) -> Bytes {
             resume_seq: 0,
             metadata: Default::default(),
             heartbeat_interval_ms: heartbeat_ms,
+            push_batches: false,
         })),
     })
 }
@@ -66,6 +67,7 @@ pub fn upstream_frame(corr: u64, route: &str, payload: Vec<u8>) -> Bytes {
             route: route.into(),
             client_msg_id: String::new(),
             payload: payload.into(),
+            room: String::new(),
         })),
     })
 }

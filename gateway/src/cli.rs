@@ -199,6 +199,24 @@ section_overrides! {
 }
 
 section_overrides! {
+    RoomsOverrides, rooms,
+    /// A hot room's pushes are gathered this long per core and sent as one batch, ms [default: 100]
+    coalesce_window_ms = "rooms-coalesce-window-ms": u32,
+    /// Rooms always hot: names, or prefixes ending in * (comma-separated) [default: none]
+    #[arg(value_delimiter = ',')]
+    hot = "rooms-hot": Vec<String>,
+    /// A room's pushes per second on a core above which it becomes hot; 0 = never by rate [default: 100]
+    hot_rate_per_s = "rooms-hot-rate-per-s": u32,
+    /// Pushes one batch carries at most; past it LOW, then NORMAL are dropped [default: 200]
+    batch_pushes_max = "rooms-batch-pushes-max": u32,
+    /// Upstream frames naming a room, per second per room and core; 0 = no limit [default: 0]
+    upstream_rate_per_s = "rooms-upstream-rate-per-s": u32,
+    /// Upstream frames naming a room taken at once before the rate applies [default: 1000]
+    #[arg(id = "rooms_upstream_burst")]
+    upstream_burst = "rooms-upstream-burst": u32,
+}
+
+section_overrides! {
     NatsOverrides, nats,
     /// NATS server URLs, comma-separated; none = embedded demo backend [default: none]
     #[arg(value_delimiter = ',')]
@@ -286,6 +304,8 @@ pub struct Cli {
     #[command(flatten)]
     pub overload: OverloadOverrides,
     #[command(flatten)]
+    pub rooms: RoomsOverrides,
+    #[command(flatten)]
     pub auth: AuthOverrides,
     #[command(flatten)]
     pub io: IoOverrides,
@@ -325,6 +345,7 @@ impl Cli {
         self.nats.apply(&mut cfg);
         self.tls.apply(&mut cfg);
         self.overload.apply(&mut cfg);
+        self.rooms.apply(&mut cfg);
         self.auth.apply(&mut cfg);
         self.io.apply(&mut cfg);
         if self.demo {

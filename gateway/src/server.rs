@@ -285,6 +285,7 @@ fn spawn_cores(
                     }
                 };
                 wake::spawn(core.clone().run_ticks()).detach();
+                wake::spawn(core.clone().run_rooms()).detach();
                 if let Some((rx, ctx)) = inbound {
                     wake::spawn(crate::nats::inbound::run(core.clone(), rx, ctx)).detach();
                 }

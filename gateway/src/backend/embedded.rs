@@ -597,6 +597,7 @@ mod tests {
             route: route.into(),
             client_msg_id: String::new(),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
+            room: String::new(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct UpstreamRequest {
     pub route: String,
     pub client_msg_id: String,
     pub payload: Bytes,
+    /// The room the request is about (`Upstream.room`), or empty.
+    pub room: String,
 }
 
 /// Who a push goes to.
@@ -73,6 +75,13 @@ pub enum SessionOp {
     KickConn {
         conn_id: u64,
         message: String,
+    },
+    /// How a room's pushes are sent on every core (`core/rooms.rs`):
+    /// always coalesced (`Some(true)`), never (`Some(false)`), or by
+    /// `rooms.hot` and the rate (`None`).
+    RoomMode {
+        room: String,
+        hot: Option<bool>,
     },
 }
 

@@ -36,7 +36,8 @@ use gateway::backend::embedded::{
 };
 use gateway::backend::{BackendReply, PushOrder, UpstreamRequest};
 use gateway::nats::contract::{
-    self, header_value, Subjects, H_ACK, H_CONN, H_DEVICE, H_MSG_ID, H_NODE, H_ROUTE, H_USER,
+    self, header_value, Subjects, H_ACK, H_CONN, H_DEVICE, H_MSG_ID, H_NODE, H_ROOM, H_ROUTE,
+    H_USER,
 };
 use gw_proto::pb::{self, push_order};
 use gw_proto::ErrorCode;
@@ -239,6 +240,7 @@ fn request(m: &async_nats::Message, prefix: &str) -> Option<(UpstreamRequest, St
         route,
         client_msg_id: get(H_MSG_ID).unwrap_or_default(),
         payload: m.payload.clone(),
+        room: get(H_ROOM).unwrap_or_default(),
     };
     Some((req, get(H_NODE).unwrap_or_default()))
 }

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{KeySpec, VerifyOptions};
 pub mod io;
 pub mod overload;
+pub mod rooms;
 pub mod tls;
 
 use crate::nats::NatsConfig;
 pub use io::{IoConfig, IoDriver};
 pub use overload::{OverloadConfig, RoutePriority};
+pub use rooms::RoomsConfig;
 
 /// Secret of the demo key used by `--demo`. Public on purpose: demo only.
 pub const DEMO_SECRET: &str = "demo-secret-not-for-production-0123456789";
@@ -137,6 +139,8 @@ pub struct Config {
     pub demo: bool,
     /// Overload control: queueing-delay shedding by priority and rate limits.
     pub overload: OverloadConfig,
+    /// Hot rooms: coalescing, shedding, upstream rate (`[rooms]`).
+    pub rooms: RoomsConfig,
     /// The socket driver (io_uring or epoll) and its sizes.
     pub io: IoConfig,
 }
@@ -241,6 +245,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             demo: false,
             overload: OverloadConfig::default(),
+            rooms: RoomsConfig::default(),
             io: IoConfig::default(),
         }
     }
@@ -457,13 +462,14 @@ impl Config {
         if !(256..=65_536).contains(&self.ws.handshake_bytes_max) || !self.ws.path.starts_with('/')
         {
             return bad(
-                "ws.handshake_bytes_max must be within 256..=65536 and ws.path start with /".into(),
+                "ws.handshake_bytes_max must be from 256 to 65536 and ws.path start with /".into(),
             );
         }
         self.overload
             .validate(self.tick_ms)
             .map_err(ConfigError::Invalid)?;
         self.io.validate().map_err(ConfigError::Invalid)?;
+        self.rooms.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -149,7 +149,9 @@ fn login(core: &Rc<Core>, key: ConnKey, a: pb::Auth) {
     let (user, device, ticket) = core.bind_session(key, &claims.sub, &device, heartbeat_ms);
     let metadata = a.metadata;
     let expires = core.session_expiry(claims.exp);
+    let batches = a.push_batches;
     core.with_conn(key, |c| {
+        c.flags.set_batches(batches);
         if a.resume_seq != 0 || !metadata.is_empty() {
             let extra = c.extra_mut();
             extra.resume_seq = a.resume_seq;
@@ -275,7 +277,7 @@ fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
         core.send_frame(key, reply_body(corr, &r));
         return;
     }
-    let (user, device) = match admit(core, key, &u.route) {
+    let (user, device) = match admit(core, key, &u.route, &u.room) {
         Ok(Some(who)) => who,
         Ok(None) => return, // closed meanwhile
         Err((reason, retry_after_ms)) => {
@@ -283,6 +285,7 @@ fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
             core.metrics.rejected(reason);
             let why = match reason {
                 Reject::UpstreamRate => "over upstream_rate_per_conn_per_s; retry later",
+                Reject::RoomUpstreamRate => "the room is over its upstream rate; retry later",
                 Reject::OverloadShed => "server overloaded; retry later",
                 _ => "too many requests in flight; retry later",
             };
@@ -299,6 +302,7 @@ fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
         route: u.route,
         client_msg_id: u.client_msg_id,
         payload: u.payload,
+        room: u.room,
     };
     let core = core.clone();
     crate::core::wake::spawn(async move { run_upstream(core, key, corr, req).await }).detach();
@@ -313,7 +317,7 @@ type Who = (Rc<str>, Rc<str>);
 /// by priority), the core's in-flight cap. On
 /// success the in-flight slots are taken; on refusal: the reason and the
 /// retry_after_ms for the BUSY reply. None: no such session any more.
-fn admit(core: &Core, key: ConnKey, route: &str) -> Result<Option<Who>, (Reject, u32)> {
+fn admit(core: &Core, key: ConnKey, route: &str, room: &str) -> Result<Option<Who>, (Reject, u32)> {
     let now = core.now();
     let busy_ms = core.cfg().busy_retry_after_ms;
     let mut st = core.state.borrow_mut();
@@ -339,6 +343,18 @@ fn admit(core: &Core, key: ConnKey, route: &str) -> Result<Option<Who>, (Reject,
     }
     if core_full {
         return Err((Reject::InflightCore, busy_ms));
+    }
+    if !room.is_empty() {
+        // A room's members answering at once (a quiz): the retries are
+        // spread over as long again as the wait, so they do not come back
+        // together.
+        if let Err(ms) = core.take_room_upstream(room, now) {
+            let wait = ms.max(busy_ms);
+            return Err((
+                Reject::RoomUpstreamRate,
+                wait.saturating_add(core.overload.jitter(wait)),
+            ));
+        }
     }
     c.inflight += 1;
     st.upstream_inflight += 1;

@@ -135,6 +135,9 @@ impl Flags {
     const PLAIN_SEEN: u8 = 16;
     /// A send of this connection is in flight on the ring (io_uring driver).
     const SEND_INFLIGHT: u8 = 32;
+    /// The client reads batches (`Auth.push_batches`): a hot room's pushes
+    /// reach it as one Push carrying many (`core/rooms.rs`).
+    const BATCHES: u8 = 64;
 
     fn get(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -163,6 +166,12 @@ impl Flags {
     }
     pub fn set_write_blocked(&mut self, on: bool) {
         self.set(Self::WRITE_BLOCKED, on)
+    }
+    pub fn batches(self) -> bool {
+        self.get(Self::BATCHES)
+    }
+    pub fn set_batches(&mut self, on: bool) {
+        self.set(Self::BATCHES, on)
     }
     pub fn send_inflight(self) -> bool {
         self.get(Self::SEND_INFLIGHT)

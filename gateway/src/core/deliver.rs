@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gw_proto::pb::{self, frame::Body};
+use gw_proto::pb::{self, frame::Body, Priority};
 use gw_proto::CloseReason;
 
 use super::delivery::{self, Link, Placed};
@@ -68,7 +68,8 @@ impl Core {
     pub async fn execute(&self, pushes: Vec<PushOrder>, ops: Vec<SessionOp>) -> Option<u64> {
         for p in pushes {
             if let Some(body) = self.encode_push(&p) {
-                self.route_push(p.target, body, p.ack_required).await;
+                self.route_push(p.target, body, p.ack_required, p.priority)
+                    .await;
             }
         }
         let mut ticket = None;
@@ -103,7 +104,13 @@ impl Core {
     /// reports it `NO_CONNECTION` when no core placed it (as "no
     /// responders" does over NATS), so a push racing its user's close is
     /// reported, not lost.
-    pub async fn route_push(&self, target: Target, body: Bytes, ack_required: bool) {
+    pub async fn route_push(
+        &self,
+        target: Target,
+        body: Bytes,
+        ack_required: bool,
+        priority: Priority,
+    ) {
         let cores: Vec<usize> = match &target {
             Target::Conn(id) => vec![conn_id_core(*id)],
             Target::User(_) | Target::Room(_) => (0..self.mesh.len()).collect(),
@@ -112,13 +119,14 @@ impl Core {
             (ack_required && !matches!(target, Target::Conn(_))).then(|| Tally::new(cores.len()));
         for core in cores {
             if core == self.index {
-                self.deliver_counted(&target, &body, ack_required, tally.as_deref());
+                self.deliver_counted(&target, &body, ack_required, priority, tally.as_deref());
                 continue;
             }
             let msg = CoreMsg::Push {
                 target: target.clone(),
                 body: body.clone(),
                 ack_required,
+                priority,
                 tally: tally.clone(),
             };
             let sent = match self.mesh.get(core) {
@@ -150,9 +158,10 @@ impl Core {
         target: &Target,
         body: &Bytes,
         ack_required: bool,
+        priority: Priority,
         tally: Option<&Tally>,
     ) {
-        let placed = self.deliver(target, body, ack_required);
+        let placed = self.deliver(target, body, ack_required, priority);
         if tally.is_some_and(|t| t.count(placed)) {
             self.report_lost(vec![lost_push(
                 target,
@@ -164,12 +173,51 @@ impl Core {
 
     /// Delivers a push to this core's connections that match `target`;
     /// returns how many connections took it (each one will deliver it or
-    /// report it undelivered). A room push over the room's rate on this
-    /// core (`room_broadcast_rate_per_s`) is dropped when it needs no ack,
-    /// and reported undelivered (`RateLimited`, once, naming the room)
-    /// otherwise.
-    pub fn deliver(&self, target: &Target, body: &Bytes, ack_required: bool) -> usize {
+    /// report it undelivered). A room push goes through `rooms.rs` first:
+    /// gathered into the room's batch, dropped (LOW under load), or sent
+    /// now; over the room's rate on this core
+    /// (`room_broadcast_rate_per_s`), an ack-required push that is not
+    /// HIGH is reported undelivered (`RateLimited`, once, naming the room).
+    pub fn deliver(
+        &self,
+        target: &Target,
+        body: &Bytes,
+        ack_required: bool,
+        priority: Priority,
+    ) -> usize {
         let now = self.now();
+        let mut over_rate = false;
+        if let Target::Room(r) = target {
+            let key = {
+                let st = self.state.borrow();
+                st.rooms.get_key_value(r.as_str()).map(|(k, _)| k.clone())
+            };
+            if let Some(key) = key {
+                self.prune_rooms();
+                over_rate = {
+                    let st = self.state.borrow();
+                    !self
+                        .overload
+                        .take_room(&key, now, |k| st.rooms.contains_key(k))
+                };
+                if over_rate {
+                    self.metrics.rejected(Reject::RoomRate);
+                }
+                if !ack_required {
+                    match self.room_way(&key, body, priority, over_rate) {
+                        // Every member will have it (or its drop counted).
+                        super::rooms::Way::Gathered | super::rooms::Way::Dropped(_) => return 1,
+                        super::rooms::Way::Now => over_rate = false,
+                    }
+                } else if priority == Priority::High {
+                    over_rate = false; // HIGH is never dropped
+                }
+                // What the room gathered goes first: order is kept.
+                if self.room_pending(&key) {
+                    self.flush_room(&key);
+                }
+            }
+        }
         let mut lost: Vec<Lost> = Vec::new();
         let mut placed = 0;
         {
@@ -181,15 +229,6 @@ impl Core {
                 wheel,
                 ..
             } = &mut *st;
-            let over_rate = match target {
-                Target::Room(r) => rooms.get_key_value(r.as_str()).is_some_and(|(key, _)| {
-                    !self.overload.take_room(key, now, |k| rooms.contains_key(k))
-                }),
-                _ => false,
-            };
-            if over_rate {
-                self.metrics.rejected(Reject::RoomRate);
-            }
             // A connection takes the push when it is live, or when it
             // reports it (closing): either way it will not reach nobody.
             let mut one = |c: &mut Conn| {
@@ -230,7 +269,7 @@ impl Core {
     /// when there is room, else into the connection's backlog (behind
     /// anything already waiting, so pushes keep their order). Returns the
     /// push when it will not reach this connection and must be reported.
-    fn deliver_one(
+    pub(super) fn deliver_one(
         &self,
         c: &mut Conn,
         body: &Bytes,
@@ -308,7 +347,9 @@ impl Core {
             SessionOp::JoinRoom { conn_id, .. }
             | SessionOp::LeaveRoom { conn_id, .. }
             | SessionOp::KickConn { conn_id, .. } => vec![conn_id_core(*conn_id)],
-            SessionOp::KickUser { .. } => (0..self.mesh.len()).collect(),
+            SessionOp::KickUser { .. } | SessionOp::RoomMode { .. } => {
+                (0..self.mesh.len()).collect()
+            }
         };
         let mut ticket = None;
         for core in cores {
@@ -332,6 +373,7 @@ impl Core {
             }
             SessionOp::LeaveRoom { conn_id, room } => self.leave(conn_id, &room),
             SessionOp::KickConn { conn_id, message } => self.kick(conn_id, message),
+            SessionOp::RoomMode { room, hot } => self.mark_room(&room, hot),
             SessionOp::KickUser { user, message } => {
                 let ids: Vec<u64> = {
                     let st = self.state.borrow();
@@ -492,7 +534,7 @@ pub(super) fn remove_member(
     false
 }
 
-fn for_members(
+pub(super) fn for_members(
     members: Option<&Members>,
     conns: &mut slab::Slab<Conn>,
     f: &mut impl FnMut(&mut Conn),

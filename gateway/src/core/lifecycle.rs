@@ -217,11 +217,13 @@ impl Core {
     async fn stop_tasks(&self) {
         self.stopping.set(true);
         self.wake_io(); // the I/O loop sees `stopping` and ends
+        self.rooms.wake(); // and so does the rooms' flusher
         let deadline = Instant::now() + TASKS_EXIT_WAIT;
         let running = || {
             self.io_running.get()
                 || self.accept_running.get()
                 || self.ticks_running.get()
+                || self.rooms.running.get()
                 || self.nats_running.get()
         };
         while running() && Instant::now() < deadline {
@@ -238,10 +240,11 @@ impl Core {
                 target,
                 body,
                 ack_required,
+                priority,
                 tally,
             } = msg
             {
-                self.deliver_counted(&target, &body, ack_required, tally.as_deref());
+                self.deliver_counted(&target, &body, ack_required, priority, tally.as_deref());
             }
         }
     }
@@ -255,9 +258,10 @@ impl Core {
                     target,
                     body,
                     ack_required,
+                    priority,
                     tally,
                 } => {
-                    self.deliver_counted(&target, &body, ack_required, tally.as_deref());
+                    self.deliver_counted(&target, &body, ack_required, priority, tally.as_deref());
                 }
                 CoreMsg::Op(op) => {
                     self.apply_op(op);

@@ -23,6 +23,7 @@ pub mod overload;
 pub mod preauth;
 pub mod push;
 mod reach;
+pub mod rooms;
 mod session;
 mod sweep;
 pub mod timers;
@@ -74,6 +75,7 @@ pub enum CoreMsg {
         target: Target,
         body: Bytes,
         ack_required: bool,
+        priority: gw_proto::pb::Priority,
         /// Ack-required user and room pushes: counted by every core.
         tally: Option<Arc<Tally>>,
     },
@@ -155,6 +157,8 @@ pub struct Core {
     /// TLS-handshake and connect-to-AuthOk histograms (bounded by the
     /// connections; an entry leaves at login or teardown).
     pub accepted: RefCell<HashMap<u64, Instant>>,
+    /// Hot rooms: batches, shedding, the rooms' upstream rate (`rooms.rs`).
+    pub rooms: rooms::Rooms,
     start: Instant,
 }
 
@@ -213,6 +217,7 @@ impl Core {
             preauth_log: Default::default(),
             delivery,
             accepted: Default::default(),
+            rooms: Default::default(),
             start: Instant::now(),
         }
     }
@@ -496,6 +501,9 @@ impl Core {
             st.rooms.len() as u64,
         );
         (s.admission_level, s.queue_delay_us) = self.overload.gauges();
+        let cfg = self.cfg();
+        s.hot_rooms_now = self.rooms.hot_count(|r| cfg.rooms.named_hot(r));
+        s.hot_rooms = self.rooms.stats(self.index);
         s
     }
 }

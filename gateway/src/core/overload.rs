@@ -420,6 +420,12 @@ impl Overload {
     }
 
     /// The admission level (of `LEVELS`) and the last window's delay, µs.
+    /// Whether the core sheds load now (the admission level is under
+    /// all): room pushes of LOW priority are dropped then (`rooms.rs`).
+    pub fn shedding(&self) -> bool {
+        self.ctl.borrow().level() < LEVELS
+    }
+
     pub fn gauges(&self) -> (u64, u64) {
         let ctl = self.ctl.borrow();
         (u64::from(ctl.level()), ctl.delay_us())

@@ -54,7 +54,7 @@ pub fn encode_body(
         payload: Bytes::copy_from_slice(payload),
         ack_required,
         priority: priority as i32,
-        retransmit: false,
+        ..Default::default()
     };
     let mut b = BytesMut::with_capacity(p.encoded_len());
     // Cannot fail: capacity reserved.

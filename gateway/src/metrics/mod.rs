@@ -24,6 +24,8 @@ macro_rules! counters {
             $(pub $name: Cell<u64>,)*
             pub closes: [Cell<u64>; CLOSE_REASONS],
             pub rejections: [Cell<u64>; REJECT_REASONS],
+            /// Room pushes dropped, by reason and priority (`core::rooms::drop_cell`).
+            pub room_drops: [Cell<u64>; crate::core::rooms::DROP_CELLS],
             pub hist: CoreHistograms,
         }
 
@@ -33,6 +35,8 @@ macro_rules! counters {
             $(pub $name: u64,)*
             /// Refusals by overload control and limits, by reason.
             pub rejections: Rejections,
+            /// Room pushes dropped, by reason and priority.
+            pub room_drops: [u64; crate::core::rooms::DROP_CELLS],
         }
 
         /// At most one log line per second from one place (accept errors, a full
@@ -60,7 +64,11 @@ impl CoreMetrics {
                 for (d, s) in rejections.0.iter_mut().zip(self.rejections.iter()) {
                     *d = s.get();
                 }
-                Counters { $($name: self.$name.get(),)* rejections }
+                let mut room_drops = [0; crate::core::rooms::DROP_CELLS];
+                for (d, s) in room_drops.iter_mut().zip(self.room_drops.iter()) {
+                    *d = s.get();
+                }
+                Counters { $($name: self.$name.get(),)* rejections, room_drops }
             }
         }
 
@@ -68,6 +76,9 @@ impl CoreMetrics {
             fn add(&mut self, o: &Counters) {
                 $(self.$name += o.$name;)*
                 for (d, v) in self.rejections.0.iter_mut().zip(o.rejections.0.iter()) {
+                    *d += v;
+                }
+                for (d, v) in self.room_drops.iter_mut().zip(o.room_drops.iter()) {
                     *d += v;
                 }
             }
@@ -111,6 +122,8 @@ counters! {
     tls_key_updates_received: "TLS 1.3 KeyUpdates received from clients",
     ws_upgrades: "WebSocket upgrades accepted",
     ws_rejected: "WebSocket connections refused or closed for bad input (handshake, masking, text, size)",
+    room_coalesced: "Room pushes gathered into batches (hot rooms)",
+    room_batches: "Batches sent (one per hot room, coalescing window and core; each member gets one frame)",
 }
 
 macro_rules! histograms {
@@ -190,6 +203,8 @@ impl CoreMetrics {
             counters: self.counters(),
             closes: closes.to_vec(),
             hist: self.hist.get(),
+            hot_rooms_now: 0,
+            hot_rooms: Vec::new(),
             admission_level: 0,
             queue_delay_us: 0,
         }
@@ -197,7 +212,7 @@ impl CoreMetrics {
 }
 
 /// Number of [`Reject`] reasons.
-pub const REJECT_REASONS: usize = 7;
+pub const REJECT_REASONS: usize = 8;
 
 /// Why something was refused: the `reason` label of `gateway_rejections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +231,8 @@ pub enum Reject {
     OverloadShed,
     /// A push to a room over `room_broadcast_rate_per_s` on this core.
     RoomRate,
+    /// An upstream frame naming a room over `rooms.upstream_rate_per_s` (`BUSY`).
+    RoomUpstreamRate,
 }
 
 impl Reject {
@@ -227,6 +244,7 @@ impl Reject {
         Reject::InflightCore,
         Reject::OverloadShed,
         Reject::RoomRate,
+        Reject::RoomUpstreamRate,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -237,6 +255,7 @@ impl Reject {
             Reject::InflightCore => "inflight_core",
             Reject::OverloadShed => "overload_shed",
             Reject::RoomRate => "room_rate",
+            Reject::RoomUpstreamRate => "room_upstream_rate",
         }
     }
 }
@@ -277,6 +296,10 @@ pub struct Snapshot {
     pub closes: Vec<u64>,
     /// Latency histograms.
     pub hist: Histograms,
+    /// Rooms hot on this core now.
+    pub hot_rooms_now: u64,
+    /// The busiest hot rooms of this core (`core::rooms::STATS_ROOMS_MAX`).
+    pub hot_rooms: Vec<crate::core::rooms::HotRoom>,
     /// Upstream priority levels admitted (`core::overload::LEVELS` = all).
     pub admission_level: u64,
     /// Average queueing delay of the last overload window, µs.
@@ -339,6 +362,12 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
     gauge(&mut out, "rooms", "Rooms with local members", &|s| s.rooms);
     gauge(
         &mut out,
+        "hot_rooms",
+        "Rooms whose pushes are coalesced into batches on this core now",
+        &|s| s.hot_rooms_now,
+    );
+    gauge(
+        &mut out,
         "admission_level",
         "Upstream priority levels admitted (384 = all; lower = shedding)",
         &|s| s.admission_level,
@@ -384,6 +413,23 @@ pub fn render_prometheus(cores: &[Snapshot], draining: bool) -> String {
             "gateway_rejections_total{{reason=\"{}\"}} {total}",
             r.label()
         );
+    }
+    let _ = writeln!(out, "# HELP gateway_room_pushes_dropped_total Room pushes dropped (never sent) by reason and priority: LOW under the room's rate or the core's overload, LOW and NORMAL past a batch's cap\n# TYPE gateway_room_pushes_dropped_total counter");
+    for why in crate::core::rooms::Drop::ALL {
+        for p in [gw_proto::pb::Priority::Low, gw_proto::pb::Priority::Normal] {
+            let cell = crate::core::rooms::drop_cell(why, p);
+            let total: u64 = cores.iter().map(|s| s.counters.room_drops[cell]).sum();
+            let _ = writeln!(
+                out,
+                "gateway_room_pushes_dropped_total{{reason=\"{}\",priority=\"{}\"}} {total}",
+                why.label(),
+                if p == gw_proto::pb::Priority::Low {
+                    "low"
+                } else {
+                    "normal"
+                }
+            );
+        }
     }
     let _ = writeln!(out, "# HELP gateway_closes_total Connections closed, by reason\n# TYPE gateway_closes_total counter");
     for i in 1..CLOSE_REASONS {

@@ -127,6 +127,7 @@ impl Backend for NatsBackend {
                 (contract::H_USER, req.user.to_string()),
                 (contract::H_DEVICE, req.device.to_string()),
                 (contract::H_MSG_ID, req.client_msg_id),
+                (contract::H_ROOM, req.room),
             ],
             route: req.route,
             payload: req.payload,

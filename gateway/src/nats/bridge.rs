@@ -32,7 +32,8 @@ pub enum ToNats {
 /// One upstream request and where its answer goes.
 pub struct Call {
     pub route: String,
-    pub headers: [(&'static str, String); 5],
+    /// An empty Gw-Room is left out.
+    pub headers: [(&'static str, String); 6],
     pub payload: Bytes,
     /// Where the answer goes (back to the core).
     pub reply: super::replies::ReplyTo,
@@ -328,7 +329,9 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let mut h = HeaderMap::new();
     for (k, v) in headers {
-        h.insert(k, v.as_str());
+        if !v.is_empty() || k != contract::H_ROOM {
+            h.insert(k, v.as_str());
+        }
     }
     let req = Request::new()
         .headers(h)
@@ -416,6 +419,13 @@ async fn publish_remote(requests: &Requests, ctx: &Arc<Ctx>, remote: Remote) {
             h.insert(contract::H_KICK, message.as_str());
             client
                 .publish_with_headers(ctx.subjects.user(&user), h, Bytes::new())
+                .await
+        }
+        Remote::RoomMode { room, hot } => {
+            let mut h = HeaderMap::new();
+            h.insert(contract::H_ROOM_MODE, contract::room_mode_header(hot));
+            client
+                .publish_with_headers(ctx.subjects.room(&room), h, Bytes::new())
                 .await
         }
         Remote::Node { node, cmd } => command_node(requests, ctx, node, cmd).await,

@@ -18,10 +18,15 @@ pub const H_CONN: &str = "Gw-Conn";
 pub const H_USER: &str = "Gw-User";
 pub const H_DEVICE: &str = "Gw-Device";
 pub const H_MSG_ID: &str = "Gw-Msg-Id";
+/// The room an upstream frame names (`Upstream.room`); absent when none.
+pub const H_ROOM: &str = "Gw-Room";
 /// Push headers on user and room subjects (anyone to gateways).
 pub const H_ROUTE: &str = "Gw-Route";
 pub const H_ACK: &str = "Gw-Ack";
 pub const H_PRIORITY: &str = "Gw-Priority";
+/// On a room subject: how the room's pushes are sent on the nodes that
+/// hold its members: `hot`, `normal` or `auto` (`SessionOp::RoomMode`).
+pub const H_ROOM_MODE: &str = "Gw-Room-Mode";
 /// On a user subject: close every connection of the user; value = message.
 pub const H_KICK: &str = "Gw-Kick";
 /// In a gateway's answer to a push sent as a request: connections that took it.
@@ -110,6 +115,8 @@ pub enum HeaderError {
     Ack(String),
     #[error("Gw-Priority {0:?}: use low, normal or high")]
     Priority(String),
+    #[error("Gw-Room-Mode {0:?}: use hot, normal or auto")]
+    RoomMode(String),
 }
 
 /// Reads Gw-Route (required), Gw-Ack and Gw-Priority.
@@ -164,6 +171,8 @@ pub enum Remote {
     RoomPush { room: String, order: PushOrder },
     /// Published to `<p>.user.<user>` with Gw-Kick.
     KickUser { user: String, message: String },
+    /// Published to `<p>.room.<room>` with Gw-Room-Mode.
+    RoomMode { room: String, hot: Option<bool> },
     /// Published to `<p>.node.<node>`.
     Node { node: String, cmd: pb::NodeCommand },
 }
@@ -305,9 +314,54 @@ pub fn split(
                 user: k.user.clone(),
                 message: k.message.clone(),
             }),
+            Some(session_op::Op::RoomMode(m)) if !valid_name(&m.room) => out
+                .refused
+                .push(format!("room mode: {:?} cannot be a subject", m.room)),
+            Some(session_op::Op::RoomMode(m)) => {
+                let hot = room_mode_hot(m.mode());
+                if fan_out {
+                    out.remote.push(Remote::RoomMode {
+                        room: m.room.clone(),
+                        hot,
+                    })
+                } else {
+                    out.ops.push(SessionOp::RoomMode {
+                        room: m.room.clone(),
+                        hot,
+                    })
+                }
+            }
         }
     }
     out
+}
+
+/// A room mode as `SessionOp::RoomMode` holds it.
+pub fn room_mode_hot(m: pb::RoomModeKind) -> Option<bool> {
+    match m {
+        pb::RoomModeKind::RoomModeAuto => None,
+        pb::RoomModeKind::RoomModeHot => Some(true),
+        pb::RoomModeKind::RoomModeNormal => Some(false),
+    }
+}
+
+/// The value of a Gw-Room-Mode header.
+pub fn room_mode_header(hot: Option<bool>) -> &'static str {
+    match hot {
+        None => "auto",
+        Some(true) => "hot",
+        Some(false) => "normal",
+    }
+}
+
+/// A Gw-Room-Mode header's value, or None when it is not one.
+pub fn parse_room_mode(v: &str) -> Option<Option<bool>> {
+    match v {
+        "auto" => Some(None),
+        "hot" => Some(Some(true)),
+        "normal" => Some(Some(false)),
+        _ => None,
+    }
 }
 
 /// The local part of a backend reply, ready for the core.
@@ -364,6 +418,14 @@ pub fn encode_op(op: &SessionOp) -> pb::SessionOp {
         SessionOp::KickConn { conn_id, message } => session_op::Op::KickConn(pb::KickConn {
             conn: conn_ref(*conn_id),
             message: message.clone(),
+        }),
+        SessionOp::RoomMode { room, hot } => session_op::Op::RoomMode(pb::RoomMode {
+            room: room.clone(),
+            mode: match hot {
+                None => pb::RoomModeKind::RoomModeAuto,
+                Some(true) => pb::RoomModeKind::RoomModeHot,
+                Some(false) => pb::RoomModeKind::RoomModeNormal,
+            } as i32,
         }),
     };
     pb::SessionOp { op: Some(op) }

@@ -110,6 +110,19 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Ref
         }
         None => return Err(Refused::Subject(m.subject)),
     };
+    if let (Target::Room(room), Some(mode)) =
+        (&target, contract::header(&m.headers, contract::H_ROOM_MODE))
+    {
+        // Every core holding members has its own subscription: mark here only.
+        let Some(hot) = contract::parse_room_mode(mode) else {
+            return Err(Refused::Headers {
+                subject: m.subject,
+                why: contract::HeaderError::RoomMode(mode.to_string()),
+            });
+        };
+        core.mark_room(room, hot);
+        return Ok(());
+    }
     if let (Target::User(user), Some(message)) =
         (&target, contract::header(&m.headers, contract::H_KICK))
     {
@@ -134,7 +147,7 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Ref
     let Some(body) = core.encode_push(&order) else {
         return Ok(());
     };
-    let placed = core.deliver(&order.target, &body, order.ack_required);
+    let placed = core.deliver(&order.target, &body, order.ack_required, order.priority);
     // A push sent as a request learns that somebody took it. Only cores
     // that placed it answer: the first answer is what the requester sees.
     if let Some(reply) = m.reply.filter(|_| placed > 0) {

@@ -314,6 +314,7 @@ impl Client {
             route: route.into(),
             client_msg_id: format!("m{corr}"),
             payload: payload.as_bytes().to_vec().into(),
+            ..Default::default()
         }));
     }
 

@@ -14,12 +14,14 @@ fn samples() -> Vec<Frame> {
             resume_seq: 42,
             metadata: [("os".to_string(), "linux".to_string())].into(),
             heartbeat_interval_ms: 30_000,
+            push_batches: true,
         })),
         b(Body::Upstream(pb::Upstream {
             correlation_id: u64::MAX,
             route: "chat.send".into(),
             client_msg_id: "m1".into(),
             payload: Bytes::from(vec![7u8; 1000]),
+            room: "quiz".into(),
         })),
         b(Body::Push(pb::Push {
             seq: 9,
@@ -28,6 +30,25 @@ fn samples() -> Vec<Frame> {
             ack_required: true,
             priority: pb::Priority::High as i32,
             retransmit: false,
+            ..Default::default()
+        })),
+        // A batch: a Push carrying pushes of one room.
+        b(Body::Push(pb::Push {
+            batch: vec![
+                pb::Push {
+                    route: "like".into(),
+                    priority: pb::Priority::Low as i32,
+                    ..Default::default()
+                },
+                pb::Push {
+                    route: "gift".into(),
+                    payload: Bytes::from_static(b"rose"),
+                    ..Default::default()
+                },
+            ],
+            room: "live-1".into(),
+            dropped: 12,
+            ..Default::default()
         })),
         b(Body::Ack(pb::Ack { seq: 3 })),
     ]

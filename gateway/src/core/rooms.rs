@@ -1,0 +1,502 @@
+//! Live rooms at scale on one core (PROTOCOL.md §7.5, OPERATIONS.md "Live
+//! rooms").
+//!
+//! - **Coalescing.** A hot room's pushes that need no ack and are not HIGH
+//!   are gathered for `rooms.coalesce_window_ms`, then go to each local
+//!   member as one Push carrying the batch: encoded once here and shared
+//!   by every member, like any push body. A room is hot when `rooms.hot`
+//!   names it, when a backend marks it (`SessionOp::RoomMode`), or while
+//!   its pushes on this core pass `rooms.hot_rate_per_s` (until a second
+//!   under half of it). Members that did not ask for batches
+//!   (`Auth.push_batches`) get the same pushes one by one, in the same
+//!   order.
+//! - **Order.** A push of the room that is not gathered (ack-required,
+//!   HIGH, or the room is not hot) sends the pending batch first, so a
+//!   member sees the room's pushes in the order this core received them.
+//! - **Shedding.** LOW pushes are dropped when the room is over its rate
+//!   (`overload.room_broadcast_rate_per_s`) or the core sheds upstreams
+//!   (overload); NORMAL ones over the rate are coalesced (the room turns
+//!   hot) instead of dropped; HIGH ones always go. A batch carries at most
+//!   `rooms.batch_pushes_max` pushes: past it the window's LOW and NORMAL
+//!   pushes are dropped, so one hot room cannot take the core. Drops are
+//!   counted (per reason and priority in /metrics, per room in /stats) and
+//!   told to members in the next batch (`Push.dropped`), never reported
+//!   one by one.
+//! - **Upstream.** Upstream frames naming a room take a token of the
+//!   room's bucket (`rooms.upstream_rate_per_s`, per core): over it BUSY.
+//!
+//! Every window has the same length, so rooms come due in the order their
+//! batches started: one queue and one task per core (`run_rooms`) flush
+//! them, with no timer per room.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use gw_proto::pb::Priority;
+use serde::Serialize;
+
+use super::overload::{Bucket, Rate};
+use super::push;
+use super::wheel::Tick;
+use super::{Core, State};
+use crate::metrics::CoreMetrics;
+
+/// Rooms whose upstream buckets a core keeps; past it they start over.
+const UPSTREAM_BUCKETS_MAX: usize = 65_536;
+/// Hot rooms listed per core in /stats.
+pub const STATS_ROOMS_MAX: usize = 16;
+
+/// Why a room push was dropped (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Over `overload.room_broadcast_rate_per_s` (LOW only).
+    RoomRate,
+    /// The core sheds load (LOW only).
+    Overload,
+    /// The window's batch is full (`rooms.batch_pushes_max`).
+    BatchFull,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 3] = [Drop::RoomRate, Drop::Overload, Drop::BatchFull];
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::RoomRate => "room_rate",
+            Drop::Overload => "overload",
+            Drop::BatchFull => "batch_full",
+        }
+    }
+}
+
+/// Cells of `CoreMetrics::room_drops`: reason × (LOW, NORMAL).
+pub const DROP_CELLS: usize = 6;
+
+/// The cell of a drop.
+pub fn drop_cell(why: Drop, priority: Priority) -> usize {
+    why as usize * 2 + usize::from(priority != Priority::Low)
+}
+
+/// What happens to one push to a room.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Way {
+    /// To each member now (the pending batch first).
+    Now,
+    /// Into the room's batch.
+    Gathered,
+    Dropped(Drop),
+}
+
+/// One room's state on a core.
+#[derive(Default)]
+struct Room {
+    /// A backend's mark: hot or not, over `rooms.hot` and the rate.
+    marked: Option<bool>,
+    /// Hot by rate.
+    auto_hot: bool,
+    /// The second being counted, and its pushes.
+    rate_start: Option<Instant>,
+    rate_count: u32,
+    /// The batch being gathered (push bodies, in order) and its bytes.
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    /// Dropped since the last batch went out.
+    dropped: u32,
+    /// In the due queue.
+    pending: bool,
+    /// For /stats.
+    coalesced: u64,
+    batches: u64,
+    dropped_total: u64,
+}
+
+/// One hot room in /stats.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HotRoom {
+    pub room: String,
+    pub core: usize,
+    /// Pushes gathered into batches, batches sent, pushes dropped.
+    pub coalesced: u64,
+    pub batches: u64,
+    pub dropped: u64,
+}
+
+/// The rooms' state of one core.
+#[derive(Default)]
+pub struct Rooms {
+    map: RefCell<HashMap<Rc<str>, Room>>,
+    /// Rooms whose batch is gathering, in the order they come due.
+    due: RefCell<VecDeque<(Instant, Rc<str>)>>,
+    waker: RefCell<Option<Waker>>,
+    /// `run_rooms` has not ended yet.
+    pub running: Cell<bool>,
+    upstream: RefCell<HashMap<Rc<str>, Bucket>>,
+}
+
+impl Rooms {
+    /// Rooms hot on this core now.
+    pub fn hot_count(&self, named: impl Fn(&str) -> bool) -> u64 {
+        self.map
+            .borrow()
+            .iter()
+            .filter(|(k, r)| r.marked.unwrap_or(r.auto_hot || named(k)))
+            .count() as u64
+    }
+
+    /// Wakes `run_rooms` (a batch started, or the core stops).
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The busiest rooms by pushes gathered, for /stats.
+    pub fn stats(&self, core: usize) -> Vec<HotRoom> {
+        let mut v: Vec<HotRoom> = self
+            .map
+            .borrow()
+            .iter()
+            .filter(|(_, r)| r.coalesced > 0 || r.dropped_total > 0)
+            .map(|(k, r)| HotRoom {
+                room: k.to_string(),
+                core,
+                coalesced: r.coalesced,
+                batches: r.batches,
+                dropped: r.dropped_total,
+            })
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.coalesced + r.dropped));
+        v.truncate(STATS_ROOMS_MAX);
+        v
+    }
+}
+
+/// Appends a protobuf varint.
+fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+/// Bytes a length-delimited field of `len` bytes takes.
+fn field_len(len: usize) -> usize {
+    1 + (64 - (len as u64 | 1).leading_zeros()).div_ceil(7) as usize + len
+}
+
+/// The shared body of a batch: a Push whose `batch` holds the gathered
+/// pushes (each already an encoded Push), with `room` and `dropped`.
+pub fn encode_batch(room: &str, pushes: &[Bytes], dropped: u32) -> Bytes {
+    let len: usize =
+        pushes.iter().map(|p| field_len(p.len())).sum::<usize>() + field_len(room.len()) + 11;
+    let mut out = BytesMut::with_capacity(len);
+    for p in pushes {
+        out.put_u8(0x3a); // Push field 7 (batch), length-delimited
+        put_varint(&mut out, p.len() as u64);
+        out.put_slice(p);
+    }
+    out.put_u8(0x42); // field 8 (room)
+    put_varint(&mut out, room.len() as u64);
+    out.put_slice(room.as_bytes());
+    if dropped > 0 {
+        out.put_u8(0x48); // field 9 (dropped), varint
+        put_varint(&mut out, dropped.into());
+    }
+    out.freeze()
+}
+
+impl Core {
+    /// Decides what happens to a push to `room` that needs no ack.
+    /// `over_rate`: the room is over `overload.room_broadcast_rate_per_s`.
+    pub(super) fn room_way(
+        &self,
+        room: &Rc<str>,
+        body: &Bytes,
+        priority: Priority,
+        over_rate: bool,
+    ) -> Way {
+        let cfg = self.cfg();
+        let rc = &cfg.rooms;
+        let now = Instant::now();
+        let mut map = self.rooms.map.borrow_mut();
+        let r = map.entry(room.clone()).or_default();
+        // The room's rate on this core, measured per second.
+        match r.rate_start {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
+            Some(t) => {
+                let per_s = f64::from(r.rate_count) / now.duration_since(t).as_secs_f64();
+                let hot = f64::from(rc.hot_rate_per_s);
+                if per_s < hot / 2.0 {
+                    r.auto_hot = false;
+                }
+                r.rate_start = Some(now);
+                r.rate_count = 0;
+            }
+            None => r.rate_start = Some(now),
+        }
+        r.rate_count = r.rate_count.saturating_add(1);
+        if rc.hot_rate_per_s > 0 && r.rate_count > rc.hot_rate_per_s {
+            r.auto_hot = true;
+        }
+        if priority == Priority::High {
+            return Way::Now;
+        }
+        let shed = if over_rate {
+            Some(Drop::RoomRate)
+        } else if self.overload.shedding() {
+            Some(Drop::Overload)
+        } else {
+            None
+        };
+        if priority == Priority::Low {
+            if let Some(why) = shed {
+                return self.dropped(r, why, priority);
+            }
+        }
+        let hot = r
+            .marked
+            .unwrap_or_else(|| r.auto_hot || rc.named_hot(room))
+            // Over the rate, NORMAL is coalesced rather than dropped.
+            || over_rate;
+        if !hot {
+            return Way::Now;
+        }
+        if r.batch.len() >= rc.batch_pushes_max as usize {
+            return self.dropped(r, Drop::BatchFull, priority);
+        }
+        let room_bytes = field_len(room.len()) + 11;
+        let limit = (cfg.frame_bytes_max as usize).saturating_sub(push::HEAD_BYTES_MAX);
+        if room_bytes + r.batch_bytes + field_len(body.len()) > limit {
+            // This push would not fit the batch's frame: the batch goes
+            // now and this push starts the next one.
+            drop(map);
+            self.flush_room(room);
+            map = self.rooms.map.borrow_mut();
+        }
+        let r = map.entry(room.clone()).or_default();
+        r.batch_bytes += field_len(body.len());
+        r.batch.push(body.clone());
+        r.coalesced += 1;
+        CoreMetrics::inc(&self.metrics.room_coalesced);
+        if !r.pending {
+            r.pending = true;
+            let window = Duration::from_millis(rc.coalesce_window_ms.into());
+            let was_empty = {
+                let mut due = self.rooms.due.borrow_mut();
+                due.push_back((now + window, room.clone()));
+                due.len() == 1
+            };
+            if was_empty {
+                self.rooms.wake();
+            }
+        }
+        Way::Gathered
+    }
+
+    fn dropped(&self, r: &mut Room, why: Drop, priority: Priority) -> Way {
+        r.dropped = r.dropped.saturating_add(1);
+        r.dropped_total += 1;
+        if let Some(c) = self.metrics.room_drops.get(drop_cell(why, priority)) {
+            CoreMetrics::inc(c);
+        }
+        Way::Dropped(why)
+    }
+
+    /// Whether `room` has a batch gathering here.
+    pub(super) fn room_pending(&self, room: &str) -> bool {
+        self.rooms.map.borrow().get(room).is_some_and(|r| r.pending)
+    }
+
+    /// Sends `room`'s batch to its local members now: one shared body to
+    /// the members that read batches, the pushes one by one to the others.
+    pub(super) fn flush_room(&self, room: &Rc<str>) {
+        let (pushes, dropped) = {
+            let mut map = self.rooms.map.borrow_mut();
+            let Some(r) = map.get_mut(room) else { return };
+            r.pending = false;
+            if r.batch.is_empty() {
+                return;
+            }
+            r.batches += 1;
+            r.batch_bytes = 0;
+            (std::mem::take(&mut r.batch), std::mem::take(&mut r.dropped))
+        };
+        CoreMetrics::inc(&self.metrics.room_batches);
+        let body = encode_batch(room, &pushes, dropped);
+        let now = self.now();
+        let mut lost = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            let State {
+                conns,
+                rooms,
+                wheel,
+                ..
+            } = &mut *st;
+            super::deliver::for_members(rooms.get(&**room), conns, &mut |c| {
+                if c.flags.batches() {
+                    lost.extend(self.deliver_one(c, &body, false, now, wheel));
+                } else {
+                    for p in &pushes {
+                        lost.extend(self.deliver_one(c, p, false, now, wheel));
+                    }
+                }
+            });
+        }
+        debug_assert!(lost.is_empty(), "pushes without ack are never reported");
+    }
+
+    /// Flushes every batch due by now; the next due instant, if any.
+    fn flush_due(&self) -> Option<Instant> {
+        loop {
+            let now = Instant::now();
+            let next = {
+                let mut due = self.rooms.due.borrow_mut();
+                match due.front() {
+                    Some(&(at, _)) if at <= now => due.pop_front(),
+                    Some(&(at, _)) => return Some(at),
+                    None => return None,
+                }
+            };
+            if let Some((_, room)) = next {
+                self.flush_room(&room);
+            }
+        }
+    }
+
+    /// Flushes batches as they come due, until the core stops.
+    pub async fn run_rooms(self: Rc<Self>) {
+        self.rooms.running.set(true);
+        while !self.stopping.get() {
+            match self.flush_due() {
+                Some(at) => {
+                    self.sleep(at.saturating_duration_since(Instant::now()))
+                        .await
+                }
+                None => {
+                    // Park until a batch starts (or the core stops).
+                    std::future::poll_fn(|cx| {
+                        if self.stopping.get() || !self.rooms.due.borrow().is_empty() {
+                            return Poll::Ready(());
+                        }
+                        *self.rooms.waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    })
+                    .await
+                }
+            }
+        }
+        // What is still gathering goes out before the connections close.
+        let rooms: Vec<_> = self.rooms.due.borrow_mut().drain(..).collect();
+        for (_, room) in rooms {
+            self.flush_room(&room);
+        }
+        self.rooms.running.set(false);
+    }
+
+    /// A backend marks `room` hot (`Some(true)`), not hot (`Some(false)`),
+    /// or hands it back to `rooms.hot` and the rate (`None`).
+    pub fn mark_room(&self, room: &str, hot: Option<bool>) {
+        let mut map = self.rooms.map.borrow_mut();
+        match map.get_mut(room) {
+            Some(r) => r.marked = hot,
+            None if hot.is_some() => {
+                map.insert(
+                    Rc::from(room),
+                    Room {
+                        marked: hot,
+                        ..Room::default()
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets rooms with no local member and nothing gathering (called
+    /// when the map has grown past the rooms that have members).
+    pub(super) fn prune_rooms(&self) {
+        let st = self.state.borrow();
+        let mut map = self.rooms.map.borrow_mut();
+        if map.len() <= 2 * st.rooms.len() + 64 {
+            return;
+        }
+        map.retain(|k, r| r.pending || r.marked.is_some() || st.rooms.contains_key(k));
+    }
+
+    /// An upstream frame naming `room`: a token of its bucket, or the ms
+    /// until one is there.
+    pub fn take_room_upstream(&self, room: &str, now: Tick) -> Result<(), u32> {
+        let cfg = self.cfg();
+        let Some(rate) = Rate::new(
+            cfg.rooms.upstream_rate_per_s,
+            cfg.rooms.upstream_burst,
+            cfg.tick_ms,
+        ) else {
+            return Ok(());
+        };
+        let mut buckets = self.rooms.upstream.borrow_mut();
+        if let Some(b) = buckets.get_mut(room) {
+            return b.take(&rate, now);
+        }
+        if buckets.len() >= UPSTREAM_BUCKETS_MAX {
+            buckets.clear();
+        }
+        let mut b = Bucket::default();
+        let res = b.take(&rate, now);
+        buckets.insert(Rc::from(room), b);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_proto::pb;
+    use prost::Message;
+
+    #[test]
+    fn a_batch_decodes_as_a_push_carrying_the_pushes_in_order() {
+        let a = push::encode_body("like", b"1", false, Priority::Low);
+        let b = push::encode_body("gift", b"rose", false, Priority::Normal);
+        let body = encode_batch("live-1", &[a, b], 3);
+        let p = pb::Push::decode(body).expect("decodes");
+        assert_eq!(p.room, "live-1");
+        assert_eq!(p.dropped, 3);
+        assert_eq!(p.seq, 0);
+        assert!(!p.ack_required);
+        let routes: Vec<_> = p.batch.iter().map(|x| x.route.as_str()).collect();
+        assert_eq!(routes, ["like", "gift"]);
+        assert_eq!(&p.batch[1].payload[..], b"rose");
+        assert_eq!(p.batch[0].priority, Priority::Low as i32);
+        // The head of a push frame makes it a whole Frame.
+        let body = encode_batch("r", &[], 0);
+        let h = push::head(0, false, body.len());
+        let mut frame = h.buf[..h.len as usize].to_vec();
+        frame.extend_from_slice(&body);
+        let f = pb::Frame::decode(&frame[4..]).expect("frame");
+        assert!(matches!(f.body, Some(pb::frame::Body::Push(p)) if p.room == "r"));
+    }
+
+    #[test]
+    fn field_len_counts_tag_length_and_bytes() {
+        assert_eq!(field_len(0), 2);
+        assert_eq!(field_len(127), 129);
+        assert_eq!(field_len(128), 131);
+    }
+
+    #[test]
+    fn drop_cells_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for d in Drop::ALL {
+            for p in [Priority::Low, Priority::Normal] {
+                assert!(seen.insert(drop_cell(d, p)));
+                assert!(drop_cell(d, p) < DROP_CELLS);
+            }
+        }
+    }
+}

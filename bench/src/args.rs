@@ -54,6 +54,10 @@ pub struct Common {
     /// Device id sent in Auth.
     #[arg(long, default_value = "d")]
     pub device: String,
+    /// gw only: do not ask for batches (Auth.push_batches): a hot room's
+    /// pushes then come one frame each, as to an old client.
+    #[arg(long)]
+    pub no_batches: bool,
     /// User ids (and MQTT client ids) are u<first-id + i>.
     #[arg(long, default_value_t = 0)]
     pub first_id: u64,

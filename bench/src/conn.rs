@@ -391,7 +391,12 @@ pub async fn establish(
         Protocol::Raw => Bytes::new(),
         Protocol::Gw => {
             let token = wire::token(&ctx.set.secret, ctx.set.kid.as_deref(), user, c.token_ttl_s);
-            ctx.out(wire::auth_frame(token, &c.device, c.heartbeat_ms))
+            ctx.out(wire::auth_frame(
+                token,
+                &c.device,
+                c.heartbeat_ms,
+                !c.no_batches,
+            ))
         }
         Protocol::Mqtt => {
             mqtt::connect(user, c.heartbeat_ms.div_ceil(1000).min(65_535) as u16).into()

@@ -64,7 +64,7 @@ pub fn login(addr: SocketAddr, user: &str) -> anyhow::Result<Session> {
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(LOGIN_TIMEOUT))?;
     let token = wire::token(DEMO_SECRET.as_bytes(), Some(DEMO_KID), user, TOKEN_TTL_S);
-    (&s).write_all(&wire::auth_frame(token, "d", HEARTBEAT_MS))?;
+    (&s).write_all(&wire::auth_frame(token, "d", HEARTBEAT_MS, true))?;
     let mut session = Session {
         s,
         buf: Vec::new(),

@@ -29,7 +29,8 @@ pub fn token(secret: &[u8], kid: Option<&str>, sub: &str, ttl_s: u64) -> String 
 }
 
 /// A length-prefixed `Auth` frame.
-pub fn auth_frame(token: String, device_id: &str, heartbeat_ms: u32) -> Bytes {
+/// `batches`: the client reads a hot room's batches (`Auth.push_batches`).
+pub fn auth_frame(token: String, device_id: &str, heartbeat_ms: u32, batches: bool) -> Bytes {
     gw_proto::encode(&Frame {
         body: Some(Body::Auth(pb::Auth {
             protocol_version: PROTOCOL_VERSION,
@@ -38,7 +39,7 @@ pub fn auth_frame(token: String, device_id: &str, heartbeat_ms: u32) -> Bytes {
             resume_seq: 0,
             metadata: Default::default(),
             heartbeat_interval_ms: heartbeat_ms,
-            push_batches: false,
+            push_batches: batches,
         })),
     })
 }
@@ -98,6 +99,12 @@ pub fn frame_event(frame: Frame, on: &mut dyn FnMut(Event)) {
             error_code_name(e.code)
         ))),
         Body::Pong(_) => on(Event::Pong),
+        // A hot room's batch: each push it carries is a delivery.
+        Body::Push(p) if !p.batch.is_empty() => {
+            for q in &p.batch {
+                on(Event::Delivery(&q.payload));
+            }
+        }
         Body::Push(p) => {
             on(Event::Delivery(&p.payload));
             if p.ack_required {
@@ -182,6 +189,29 @@ pub fn body_name(b: &Body) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_one_delivery_per_push_it_carries() {
+        let push = |payload: &'static [u8]| pb::Push {
+            route: "r".into(),
+            payload: Bytes::from_static(payload),
+            ..Default::default()
+        };
+        let frame = Frame {
+            body: Some(Body::Push(pb::Push {
+                batch: vec![push(b"1"), push(b"2"), push(b"3")],
+                room: "live".into(),
+                ..Default::default()
+            })),
+        };
+        let mut seen = Vec::new();
+        frame_event(frame, &mut |e| {
+            if let Event::Delivery(p) = e {
+                seen.push(p.to_vec());
+            }
+        });
+        assert_eq!(seen, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+    }
 
     #[test]
     fn frames_split_and_keep_partial() {

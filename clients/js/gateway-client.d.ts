@@ -77,6 +77,16 @@ export interface Push {
   priority: number;
   /** A resend of a push not acked in time. */
   retransmit: boolean;
+  /**
+   * A batch (hot rooms, PROTOCOL.md §7.5): the room's pushes gathered over
+   * one window, in order. The client also dispatches each of them as a
+   * "push" event (with `room` set), after a "batch" event for the whole.
+   */
+  batch: Push[];
+  /** The room of a batch (and of each push dispatched from one). */
+  room: string;
+  /** Pushes of the room the gateway dropped since its last batch (shedding). */
+  dropped: number;
 }
 
 export interface Ack {
@@ -248,6 +258,11 @@ export interface GatewayClientOptions {
   metadata?: Record<string, string>;
   /** Heartbeat interval to ask for, ms; 0 = the server's. Default 0. */
   heartbeatIntervalMs?: number;
+  /**
+   * `Auth.push_batches`: take a hot room's pushes as batches (one frame
+   * for many; each still dispatched as a "push" event). Default true.
+   */
+  pushBatches?: boolean;
   /** Ack ack-required pushes after the listeners ran. Default true. */
   autoAck?: boolean;
   /** Reconnect after a connection that was once open closes. Default true. */
@@ -271,6 +286,11 @@ export interface RequestOptions {
   clientMsgId?: string;
   /** Default: the `requestTimeoutMs` option. */
   timeoutMs?: number;
+  /**
+   * `Upstream.room`: the room this request is about (a quiz answer, a
+   * like); it counts against the room's upstream rate (BUSY over it).
+   */
+  room?: string;
 }
 
 export interface CloseDetail {
@@ -293,6 +313,8 @@ export interface GatewayClientEventMap {
   open: CustomEvent<AuthOk>;
   /** A push; ack-required ones are acked after the listeners ran. */
   push: CustomEvent<Push>;
+  /** A hot room's batch, before its pushes are dispatched one by one. */
+  batch: CustomEvent<Push>;
   goaway: CustomEvent<GoAway>;
   /** An `Error` frame from the gateway. */
   error: CustomEvent<ErrorFrame>;

@@ -121,16 +121,17 @@ const STR = "str";
 const BYTES = "bytes";
 const STRS = "strs"; // repeated string
 const MAP = "map"; // map<string, string>
+const PUSHES = "pushes"; // repeated Push (a batch)
 
 const SCHEMA = {
-  auth: { 1: ["protocolVersion", U32], 2: ["token", STR], 3: ["deviceId", STR], 4: ["resumeSeq", U64], 5: ["metadata", MAP], 6: ["heartbeatIntervalMs", U32] },
+  auth: { 1: ["protocolVersion", U32], 2: ["token", STR], 3: ["deviceId", STR], 4: ["resumeSeq", U64], 5: ["metadata", MAP], 6: ["heartbeatIntervalMs", U32], 7: ["pushBatches", BOOL] },
   authOk: { 1: ["protocolVersion", U32], 2: ["connId", U64], 3: ["userId", STR], 4: ["deviceId", STR], 5: ["heartbeatIntervalMs", U32], 6: ["idleTimeoutMs", U32], 7: ["frameBytesMax", U32], 8: ["nodeId", STR], 9: ["tokenExpiresAtUnixS", U64] },
   authError: { 1: ["code", ENUM], 2: ["message", STR] },
   ping: { 1: ["heartbeatIntervalMs", U32] },
   pong: { 1: ["heartbeatIntervalMs", U32] },
-  upstream: { 1: ["correlationId", U64], 2: ["route", STR], 3: ["clientMsgId", STR], 4: ["payload", BYTES] },
+  upstream: { 1: ["correlationId", U64], 2: ["route", STR], 3: ["clientMsgId", STR], 4: ["payload", BYTES], 5: ["room", STR] },
   upstreamReply: { 1: ["correlationId", U64], 2: ["status", U32], 3: ["payload", BYTES], 4: ["retryAfterMs", U32] },
-  push: { 1: ["seq", U64], 2: ["route", STR], 3: ["payload", BYTES], 4: ["ackRequired", BOOL], 5: ["priority", ENUM], 6: ["retransmit", BOOL] },
+  push: { 1: ["seq", U64], 2: ["route", STR], 3: ["payload", BYTES], 4: ["ackRequired", BOOL], 5: ["priority", ENUM], 6: ["retransmit", BOOL], 7: ["batch", PUSHES], 8: ["room", STR], 9: ["dropped", U32] },
   ack: { 1: ["seq", U64] },
   goAway: { 1: ["reason", ENUM], 2: ["retryAfterMs", U32], 3: ["endpoints", STRS], 4: ["message", STR] },
   error: { 1: ["code", ENUM], 2: ["message", STR], 3: ["retryAfterMs", U32] },
@@ -148,7 +149,7 @@ function defaultOf(kind) {
     case BOOL: return false;
     case STR: return "";
     case BYTES: return new Uint8Array(0);
-    case STRS: return [];
+    case STRS: case PUSHES: return [];
     case MAP: return {};
   }
 }
@@ -182,6 +183,9 @@ function encodeMessage(schema, msg) {
       case STRS:
         for (const s of v) w.lenDelimited(field, utf8enc.encode(s));
         break;
+      case PUSHES:
+        for (const p of v) w.lenDelimited(field, encodeMessage(SCHEMA.push, p));
+        break;
       case MAP:
         for (const [k, val] of Object.entries(v)) {
           const e = new Writer();
@@ -212,6 +216,7 @@ function decodeMessage(schema, bytes) {
       case STR: out[name] = utf8dec.decode(v); break;
       case BYTES: out[name] = v.slice(); break;
       case STRS: out[name].push(utf8dec.decode(v)); break;
+      case PUSHES: out[name].push(decodeMessage(SCHEMA.push, v)); break;
       case MAP: {
         let k = "", val = "";
         new Reader(v).each((f, wt, x) => {
@@ -279,6 +284,7 @@ const DEFAULTS = {
   resumeSeq: 0n,
   metadata: {},
   heartbeatIntervalMs: 0,
+  pushBatches: true,
   autoAck: true,
   reconnect: true,
   connectTimeoutMs: 10000,
@@ -365,6 +371,7 @@ export class GatewayClient extends EventTarget {
           resumeSeq: typeof this.opts.resumeSeq === "function" ? this.opts.resumeSeq() : this.opts.resumeSeq,
           metadata: this.opts.metadata,
           heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+          pushBatches: this.opts.pushBatches,
         });
       };
       ws.onmessage = (ev) => {
@@ -405,7 +412,7 @@ export class GatewayClient extends EventTarget {
   // connected, when too many requests are pending, on timeout, or when the
   // connection closes first (the request may or may not have been served:
   // resend with the same clientMsgId so the backend can deduplicate).
-  request(route, payload, { clientMsgId = "", timeoutMs = this.opts.requestTimeoutMs } = {}) {
+  request(route, payload, { clientMsgId = "", timeoutMs = this.opts.requestTimeoutMs, room = "" } = {}) {
     if (this.state !== "open") return Promise.reject(new Error("not connected"));
     if (this.pending.size >= this.opts.pendingRequestsMax) return Promise.reject(new Error("too many pending requests"));
     const correlationId = this.nextCorrelation++;
@@ -416,7 +423,7 @@ export class GatewayClient extends EventTarget {
       }, timeoutMs);
       this.pending.set(correlationId, { resolve, reject, timer });
       try {
-        this.sendFrame("upstream", { correlationId, route, clientMsgId, payload: bytesOf(payload) });
+        this.sendFrame("upstream", { correlationId, route, clientMsgId, payload: bytesOf(payload), room });
       } catch (e) {
         clearTimeout(timer);
         this.pending.delete(correlationId);
@@ -482,7 +489,15 @@ export class GatewayClient extends EventTarget {
         break;
       }
       case "push":
-        if (body.ackRequired) {
+        if (body.batch.length || body.room) {
+          // A hot room's batch (PROTOCOL.md §7.5): never acked. A "batch"
+          // event, then each push as a "push" event naming its room.
+          this.dispatchEvent(new CustomEvent("batch", { detail: body }));
+          for (const p of body.batch) {
+            p.room = body.room;
+            this.dispatchEvent(new CustomEvent("push", { detail: p }));
+          }
+        } else if (body.ackRequired) {
           const dup = body.seq <= this.lastSeq;
           if (!dup) this.lastSeq = body.seq;
           if (!dup) this.dispatchEvent(new CustomEvent("push", { detail: body }));

@@ -195,6 +195,23 @@ fn show(b: &Body) -> String {
                 text(&r.payload)
             )
         }
+        Body::Push(p) if !p.batch.is_empty() || !p.room.is_empty() => {
+            // A hot room's batch: one line for it, one per push.
+            let mut out = format!(
+                "Batch room={} pushes={} dropped={}",
+                p.room,
+                p.batch.len(),
+                p.dropped
+            );
+            for q in &p.batch {
+                out.push_str(&format!(
+                    "\n<   Push route={} payload={}",
+                    q.route,
+                    text(&q.payload)
+                ));
+            }
+            out
+        }
         Body::Push(p) => format!(
             "Push seq={} route={} payload={}",
             p.seq,
@@ -373,6 +390,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         protocol_version: gw_proto::PROTOCOL_VERSION,
         token,
         device_id: a.device,
+        // gwcat prints batches (a hot room's pushes, PROTOCOL.md §7.5).
+        push_batches: true,
         ..Default::default()
     };
     send(&mut s, Body::Auth(auth)).context("sending Auth")?;
@@ -487,6 +506,20 @@ mod tests {
             expires_at_unix_s: 0,
         });
         assert!(show(&refused).starts_with("refresh refused: TOKEN_INVALID: bad signature"));
+        let batch = Body::Push(pb::Push {
+            room: "live".into(),
+            dropped: 2,
+            batch: vec![pb::Push {
+                route: "like".into(),
+                payload: bytes::Bytes::from_static(b"1"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            show(&batch),
+            "Batch room=live pushes=1 dropped=2\n<   Push route=like payload=1"
+        );
         let odd = Body::Ping(pb::Ping::default());
         assert_eq!(show(&odd), "unexpected Ping frame from the server");
         // Nothing reads as Rust debug output.

@@ -219,3 +219,25 @@ test("resumeSeq given as a function is asked on every connect", async () => {
   assert.equal(next.frames("auth")[0].body.resumeSeq, 42n);
   gw.close();
 });
+
+test("a hot room's batch is one 'batch' event, then each push in order, never acked", async () => {
+  const { gw, ws } = await connected();
+  assert.equal(ws.frames("auth")[0].body.pushBatches, true, "the client asks for batches");
+  const batches = [];
+  const seen = [];
+  gw.addEventListener("batch", (e) => batches.push([e.detail.room, e.detail.dropped, e.detail.batch.length]));
+  gw.addEventListener("push", (e) => seen.push(`${e.detail.room}:${e.detail.route}`));
+  ws.recv({ type: "push", body: { room: "live", dropped: 4, batch: [{ route: "like" }, { route: "gift", priority: 1 }] } });
+  ws.recv({ type: "push", body: { route: "after" } });
+  await tick();
+  assert.deepEqual(batches, [["live", 4, 2]]);
+  assert.deepEqual(seen, ["live:like", "live:gift", ":after"]);
+  assert.deepEqual(ws.frames("ack"), []);
+  // A request can name its room (the room's upstream rate).
+  const r = gw.request("quiz.answer", "B", { room: "quiz" });
+  await tick();
+  assert.equal(ws.frames("upstream")[0].body.room, "quiz");
+  ws.recv({ type: "upstreamReply", body: { correlationId: ws.frames("upstream")[0].body.correlationId } });
+  await r;
+  gw.close();
+});

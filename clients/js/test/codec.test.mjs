@@ -64,7 +64,7 @@ test("server frames decode with 64-bit values intact", () => {
 
 test("defaults fill absent fields and unknown fields are skipped", () => {
   const f = decodeFrame(bytes("4200"));
-  assert.deepEqual(f.body, { seq: 0n, route: "", payload: new Uint8Array(0), ackRequired: false, priority: 0, retransmit: false });
+  assert.deepEqual(f.body, { seq: 0n, route: "", payload: new Uint8Array(0), ackRequired: false, priority: 0, retransmit: false, batch: [], room: "", dropped: 0 });
   // Push with an unknown varint field 15 and an unknown fixed64 field 16.
   const g = decodeFrame(bytes("420e0805780181010102030405060708"));
   assert.equal(g.body.seq, 5n);
@@ -82,4 +82,17 @@ test("close codes carry the typed reason", () => {
   assert.equal(CloseReason[closeReasonOf(4007)], "SLOW_CONSUMER");
   assert.equal(CloseReason[closeReasonOf(1000)], "CLIENT_CLOSED");
   assert.equal(closeReasonOf(1006), 0);
+});
+
+test("a hot room's batch decodes as a push carrying pushes, and upstream names a room", () => {
+  // Push { batch: [Push { route: "like", payload: "1", priority: LOW }, Push { route: "gift", payload: "rose" }], room: "live-1", dropped: 3 } (prost)
+  const f = decodeFrame(bytes("42253a0b12046c696b651a013128023a0c1204676966741a04726f736542066c6976652d314803"));
+  assert.equal(f.type, "push");
+  assert.equal(f.body.room, "live-1");
+  assert.equal(f.body.dropped, 3);
+  assert.equal(f.body.seq, 0n);
+  assert.deepEqual(f.body.batch.map((p) => [p.route, new TextDecoder().decode(p.payload), p.priority]), [["like", "1", 2], ["gift", "rose", 0]]);
+  // Upstream { correlation_id: 7, route: "quiz.answer", payload: "B", room: "quiz" } (prost)
+  const up = { correlationId: 7n, route: "quiz.answer", payload: "B", room: "quiz" };
+  assert.equal(hex(encodeFrame({ type: "upstream", body: up })), "32180807120b7175697a2e616e737765722201422a047175697a");
 });

@@ -459,10 +459,16 @@ mod tests {
     use gw_proto::pb;
     use prost::Message;
 
+    fn a2() -> Bytes {
+        push::encode_body("like", b"1", false, Priority::Low)
+    }
+    fn b2() -> Bytes {
+        push::encode_body("gift", b"rose", false, Priority::Normal)
+    }
+
     #[test]
     fn a_batch_decodes_as_a_push_carrying_the_pushes_in_order() {
-        let a = push::encode_body("like", b"1", false, Priority::Low);
-        let b = push::encode_body("gift", b"rose", false, Priority::Normal);
+        let (a, b) = (a2(), b2());
         let body = encode_batch("live-1", &[a, b], 3);
         let p = pb::Push::decode(body).expect("decodes");
         assert_eq!(p.room, "live-1");
@@ -473,6 +479,8 @@ mod tests {
         assert_eq!(routes, ["like", "gift"]);
         assert_eq!(&p.batch[1].payload[..], b"rose");
         assert_eq!(p.batch[0].priority, Priority::Low as i32);
+        // Byte for byte what prost makes of the same message.
+        assert_eq!(encode_batch("live-1", &[a2(), b2()], 3), p.encode_to_vec());
         // The head of a push frame makes it a whole Frame.
         let body = encode_batch("r", &[], 0);
         let h = push::head(0, false, body.len());

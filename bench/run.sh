@@ -24,6 +24,17 @@
 #             connections hold in room "bench"; $PUBS `natspub` publishers
 #             send to gw.room.bench at $PUB_RATE/s each ($PAYLOAD bytes) for
 #             $PUB_S s; deliveries counted at the clients, missing ones too.
+#   hot-room  live rooms (bench/run_rooms.sh): $GW_PROCS (6) gateway processes
+#             (--cores 1, NATS, --rooms-hot-rate-per-s 0, no room rate limit)
+#             + nats-server + chat-backend; $N_ROOM (100,000) connections hold
+#             in room "bench" over $FLOOD_PROCS processes; natspub publishes to
+#             the room at each rate of $ROOM_RATES [100 300 1000] for $PHASE_S
+#             (10) s with $PRIORITY_MIX [low=50,normal=40,high=10], first with
+#             the room marked normal (coalescing off), then hot (on, window
+#             $WINDOW_MS [100] ms), then $LONG_RATE (100)/s for $LONG_S (60) s
+#             on. Per phase: deliveries/s, frames/s, gateway CPU per delivery,
+#             latency p50/p99 (publish to receipt), drops, HIGH lost, box CPU;
+#             the on/off ratio of deliveries per gateway CPU-second.
 #   nats-broadcast  $GW_PROCS (4) gateway processes (--cores 1, one port,
 #             distinct --node-id) + nats-server + chat-backend; `flood
 #             broadcast` (room.send) with $N_BCAST connections.
@@ -143,7 +154,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 case $SCENARIO in
-    peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster) ;;
+    peers | baseline | million | nats-echo | nats-push | nats-broadcast | nats-interest | nats-cluster | hot-room) ;;
     idle | idle-tcp | idle-ws | idle-tls | idle-wss) ;;
     latency | latency-tcp | latency-ws | latency-tls | latency-wss) ;;
     soak | hostile | limit | slab) ;;
@@ -405,6 +416,8 @@ conditions() { # extra JSON
 # The nats-* scenarios (nats_scenario and its helpers).
 # shellcheck source=bench/run_nats.sh
 source bench/run_nats.sh
+# shellcheck source=bench/run_rooms.sh
+source bench/run_rooms.sh
 # The nats-cluster scenario (cluster_scenario).
 # shellcheck source=bench/run_cluster.sh
 source bench/run_cluster.sh
@@ -593,7 +606,7 @@ million)
         "slab +\(.kernel_slab_delta_bytes / 1048576 | floor) MiB; connect \(.connect_rate_per_s|floor)/s; " +
         "\(.heartbeats_per_s|floor) heartbeats/s at \(.gateway_cpu_pct_hold // 0 | . * 100 | floor / 100)% of one core"' "$OUT"
     ;;
-nats-echo | nats-push | nats-broadcast | nats-interest)
+nats-echo | nats-push | nats-broadcast | nats-interest | hot-room)
     nats_scenario "$SCENARIO"
     ;;
 nats-cluster)

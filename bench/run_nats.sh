@@ -35,7 +35,7 @@ start_gws() { # NAME PROCS CORES NATS(yes|no)
         MIMALLOC_ALLOW_THP=$GW_ALLOW_THP "$GW_BIN_DIR/gateway" --demo --cores "$3" \
             $(shared_flag "$GW_BIN_DIR/gateway") \
             --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$((ADMIN_PORT + i))" \
-            --node-id "$1-$i" "${extra[@]}" >"$TMP/$1-$i.log" 2>&1 &
+            --node-id "$1-$i" "${extra[@]}" "${GW_EXTRA[@]}" >"$TMP/$1-$i.log" 2>&1 &
         GW_PIDS+=("$!")
         STARTED+=("$!")
     done
@@ -309,6 +309,7 @@ nats_scenario() {
     NATS_PID=""
     CB_PID=""
     GW_PIDS=()
+    GW_EXTRA=()
     NATS_VERSION=$("$NATS_BIN" --version 2>/dev/null || echo unknown)
     CONNS=${CONNS:-1000}
     MSGS_PER_S=${MSGS_PER_S:-10000}
@@ -318,5 +319,6 @@ nats_scenario() {
         nats-push) nats_push ;;
         nats-broadcast) nats_broadcast ;;
         nats-interest) nats_interest ;;
+        hot-room) hot_room ;;
     esac
 }

@@ -261,6 +261,8 @@ impl Scenario {
     /// The latency this scenario measures as it runs.
     pub fn latency(&self) -> Latency {
         match self {
+            // Holding a room: what arrives, from publish to receipt.
+            Scenario::Hold(h) if h.room.is_some() => Latency::Delivery,
             Scenario::Hold(_) | Scenario::Storm(_) => Latency::PingRtt,
             Scenario::Echo(_) => Latency::EchoRtt,
             Scenario::Chat(_) => Latency::SendToPush,

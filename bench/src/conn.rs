@@ -57,6 +57,8 @@ pub struct Shared {
     pub pongs: AtomicU64,
     pub other_frames: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Deliveries whose payload says `"prio":"h"` (natspub --priority-mix).
+    pub deliveries_high: AtomicU64,
     pub replies: AtomicU64,
     /// `go` lines received from the coordinator.
     pub go: AtomicU32,
@@ -90,6 +92,7 @@ impl Default for Shared {
             pongs: z(),
             other_frames: z(),
             deliveries: z(),
+            deliveries_high: z(),
             replies: z(),
             go: AtomicU32::new(0),
             stop: AtomicBool::new(false),
@@ -198,6 +201,9 @@ impl Ctx {
 
     pub fn on_delivery(&self, payload: &[u8]) {
         self.shared.deliveries.fetch_add(1, Relaxed);
+        if proto::is_high(payload) {
+            self.shared.deliveries_high.fetch_add(1, Relaxed);
+        }
         let Some((r, sent_ns)) = proto::parse_text(payload) else {
             bump(&self.dropped, "bad_broadcast_payload".into());
             return;

@@ -35,6 +35,12 @@ pub struct Sample {
     pub flood_rss_bytes: u64,
     pub slab_bytes: u64,
     pub sunreclaim_bytes: u64,
+    /// Wall clock of the sample, ms since the Unix epoch (to cut a run into
+    /// the phases a script drove: bench/run_rooms.sh).
+    pub unix_ms: u64,
+    /// Pushes received so far, and of them HIGH ones (cumulative).
+    pub deliveries: u64,
+    pub deliveries_high: u64,
     /// The scenario's latency ([`Latency`]) reported since the previous
     /// sample: median, 99th percentile (ms) and count. Only in samples of
     /// the series (`Coord::samples`) whose interval had any.
@@ -207,6 +213,7 @@ impl Coord {
             t.pings += p.pings;
             t.pongs += p.pongs;
             t.deliveries += p.deliveries;
+            t.deliveries_high += p.deliveries_high;
             t.replies += p.replies;
             t.flood_rss_bytes += p.flood_rss_bytes;
         }
@@ -238,6 +245,11 @@ impl Coord {
             flood_rss_bytes: t.flood_rss_bytes,
             slab_bytes: slab.slab_bytes,
             sunreclaim_bytes: slab.sunreclaim_bytes,
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            deliveries: t.deliveries,
+            deliveries_high: t.deliveries_high,
             ..Sample::default()
         }
     }

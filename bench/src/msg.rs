@@ -26,6 +26,9 @@ pub struct Progress {
     pub pings: u64,
     pub pongs: u64,
     pub deliveries: u64,
+    /// Deliveries of HIGH pushes (natspub --priority-mix marks them).
+    #[serde(default)]
+    pub deliveries_high: u64,
     pub replies: u64,
     pub flood_rss_bytes: u64,
     /// The scenario's latency ([`crate::args::Latency`]) measured since the

@@ -118,6 +118,12 @@ pub fn publish(proto: Protocol, room: &str, corr: u64, text: &str) -> Bytes {
     }
 }
 
+/// Whether a pushed payload is marked HIGH by natspub (`"prio":"h"`).
+pub fn is_high(payload: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"prio\":\"h\"";
+    payload.windows(KEY.len()).any(|w| w == KEY)
+}
+
 /// The `"text":"<round>:<ns>"` of a broadcast payload.
 pub fn parse_text(payload: &[u8]) -> Option<(u32, u64)> {
     const KEY: &[u8] = b"\"text\":\"";

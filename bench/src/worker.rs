@@ -65,6 +65,7 @@ fn counters(sh: &Shared) -> Progress {
         pings: sh.pings.load(Relaxed),
         pongs: sh.pongs.load(Relaxed),
         deliveries: sh.deliveries.load(Relaxed),
+        deliveries_high: sh.deliveries_high.load(Relaxed),
         replies: sh.replies.load(Relaxed),
         flood_rss_bytes: procfs::self_rss_bytes().unwrap_or(0),
     }

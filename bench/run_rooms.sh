@@ -1,0 +1,136 @@
+# The hot-room scenario of bench/run.sh (described in run.sh's header).
+# Sourced by bench/run.sh through nats_scenario (bench/run_nats.sh), whose
+# helpers it uses (start_nats_mon, start_cb, start_gws, pid_flags, now,
+# cpu_ticks); not run directly.
+# shellcheck shell=bash
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    echo "bench/run_rooms.sh is sourced by bench/run.sh: run bench/run.sh hot-room" >&2
+    exit 2
+fi
+
+# box_ticks: busy and total jiffies of the whole machine (/proc/stat).
+box_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+# gw_sum REGEX: the sum over every gateway of the /metrics samples whose
+# name (with labels) matches REGEX.
+gw_sum() {
+    local i total=0 v
+    for i in "${!GW_PIDS[@]}"; do
+        v=$(curl -fsS --max-time 5 "http://127.0.0.1:$((ADMIN_PORT + i))/metrics" 2>/dev/null |
+            awk -v re="$1" '$1 ~ re {s += $2} END {printf "%d", s}')
+        total=$(( total + ${v:-0} ))
+    done
+    echo "$total"
+}
+gw_ticks() { local p t=0; for p in "${GW_PIDS[@]}"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
+
+# One phase: publishers at RATE/s for PHASE_S s with the priority mix, then
+# a tail for the last window to arrive. Appends a JSON line to
+# $TMP/phases.jsonl with the wall times (to cut flood's samples), the CPU of
+# the gateways and of the box, and the gateways' counters over the phase.
+room_phase() { # MODE RATE SECONDS
+    local mode=$1 rate=$2 secs=$3 t0 t1 g0 g1 b0 b1 f0 f1 c0 c1 k0 k1 d0 d1
+    t0=$(date +%s%3N); g0=$(gw_ticks); read -r b0 bt0 < <(box_ticks)
+    f0=$(gw_sum '^gateway_frames_out_total'); c0=$(gw_sum '^gateway_room_coalesced_total')
+    k0=$(gw_sum '^gateway_room_batches_total'); d0=$(gw_sum '^gateway_room_pushes_dropped_total')
+    ./target/release/natspub --url "nats://127.0.0.1:$NATS_PORT" --subject gw.room.bench --rate "$rate" \
+        --duration-s "$secs" --payload-bytes "$PAYLOAD" --priority-mix "$MIX" >"$TMP/pub.json" 2>"$TMP/pub.err" ||
+        { cat "$TMP/pub.err" >&2; exit 1; }
+    sleep "$TAIL_S"
+    t1=$(date +%s%3N); g1=$(gw_ticks); read -r b1 bt1 < <(box_ticks)
+    f1=$(gw_sum '^gateway_frames_out_total'); c1=$(gw_sum '^gateway_room_coalesced_total')
+    k1=$(gw_sum '^gateway_room_batches_total'); d1=$(gw_sum '^gateway_room_pushes_dropped_total')
+    jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" \
+        --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(( f1 - f0 ))" --arg c "$(( c1 - c0 ))" \
+        --arg k "$(( k1 - k0 ))" --arg d "$(( d1 - d0 ))" --arg hz "$(getconf CLK_TCK)" \
+        '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
+          gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
+          frames_out: ($f|tonumber), coalesced: ($c|tonumber), batches: ($k|tonumber), dropped: ($d|tonumber),
+          publisher: .}' "$TMP/pub.json" >>"$TMP/phases.jsonl"
+    echo "  [$mode $rate/s] $(jq -c '{published, published_high}' "$TMP/pub.json"), gateway CPU $(( g1 - g0 )) ticks, frames $(( f1 - f0 )), dropped $(( d1 - d0 ))"
+}
+
+hot_room() {
+    GW_PROCS=${GW_PROCS:-6}
+    N=${N_ROOM:-100000}
+    FP=${FLOOD_PROCS:-$(( (N + 17999) / 18000 ))}
+    read -r -a RATES <<<"${ROOM_RATES:-100 300 1000}"
+    PHASE_S=${PHASE_S:-10}
+    TAIL_S=${TAIL_S:-2}
+    LONG_S=${LONG_S:-60}
+    LONG_RATE=${LONG_RATE:-100}
+    MIX=${PRIORITY_MIX:-low=50,normal=40,high=10}
+    WINDOW_MS=${WINDOW_MS:-100}
+    PAYLOAD=${PAYLOAD:-64}
+    # Coalescing only when the room is marked (not by rate), and no room
+    # rate limit: the two modes differ in the mark alone.
+    GW_EXTRA=(--rooms-hot-rate-per-s 0 --rooms-coalesce-window-ms "$WINDOW_MS" --overload-room-broadcast-rate-per-s 0)
+    local phases=$(( 2 * ${#RATES[@]} ))
+    local hold=$(( phases * (PHASE_S + TAIL_S + 3) + LONG_S + TAIL_S + 20 ))
+    start_nats_mon
+    start_cb # room.join is a backend route
+    start_gws gwr "$GW_PROCS" 1 yes
+    mapfile -t PF < <(pid_flags)
+    echo "== hot room: $N members of room bench over $GW_PROCS gateway processes (--cores 1) and $FP flood processes; rates ${RATES[*]}/s, mix $MIX, window $WINDOW_MS ms"
+    "$FLOOD" hold --target "127.0.0.1:$GW_PORT" --conns "$N" --procs "$FP" --sources "$SOURCES" --rate "$RATE" \
+        --inflight "$INFLIGHT" --room bench --settle-s 2 --sample-ms 500 --hold-s "$hold" --ready-file "$TMP/ready" \
+        "${PF[@]}" --json "$STEM-flood.json" >"$TMP/flood.log" 2>&1 &
+    FPID=$!
+    STARTED+=("$FPID")
+    while [[ ! -s $TMP/ready ]]; do kill -0 "$FPID" 2>/dev/null || { tail "$TMP/flood.log" >&2; exit 1; }; sleep 0.2; done
+    sleep 2
+    : >"$TMP/phases.jsonl"
+    local mode rate
+    for mode in off on; do
+        local mark=normal
+        [[ $mode == on ]] && mark=hot
+        ./target/release/natspub --url "nats://127.0.0.1:$NATS_PORT" --subject gw.room.bench --room-mode "$mark" >/dev/null
+        sleep 1
+        for rate in "${RATES[@]}"; do room_phase "$mode" "$rate" "$PHASE_S"; done
+    done
+    # The long hold: coalescing on, LONG_RATE/s for LONG_S s.
+    (( LONG_S > 0 )) && room_phase on-long "$LONG_RATE" "$LONG_S"
+    kill -INT "$FPID" 2>/dev/null || true
+    wait "$FPID" || true
+    forget "$FPID"
+    grep -v '^\[' "$TMP/flood.log" | tail -5 | sed 's/^/  [flood] /'
+    [[ -s $STEM-flood.json ]] || { echo "flood wrote no report" >&2; exit 1; }
+    COND=$(conditions "$(jq -nc --arg gp "$GW_PROCS" --arg fp "$FP" --arg v "$NATS_VERSION" --arg w "$WINDOW_MS" --arg mix "$MIX" '{
+        gateway_processes: ($gp|tonumber), gateway_cores_per_process: 1, flood_processes: ($fp|tonumber),
+        nats_server: $v, coalesce_window_ms: ($w|tonumber), priority_mix: $mix,
+        note: "gateways, flood, nats-server, chat-backend and natspub share the 2 vCPUs"}')")
+    # Per phase, from flood's samples between its wall times: deliveries
+    # (all and HIGH), latency (p50: median of the samples, p99: their max).
+    jq -s --slurpfile f "$STEM-flood.json" --argjson cond "$COND" '
+        ($f[0]) as $f | ($f.conns_established) as $members |
+        ($f.rss.samples // []) as $s |
+        def at($ms): ([$s[] | select(.unix_ms <= $ms)] | last) // {deliveries: 0, deliveries_high: 0};
+        def median: sort | if length == 0 then null else .[length / 2 | floor] end;
+        [.[] | . as $p |
+          ([$s[] | select(.unix_ms > $p.t0_ms and .unix_ms <= $p.t1_ms)]) as $in |
+          (at($p.t1_ms).deliveries - at($p.t0_ms).deliveries) as $del |
+          (at($p.t1_ms).deliveries_high - at($p.t0_ms).deliveries_high) as $high |
+          (($p.t1_ms - $p.t0_ms) / 1000) as $secs |
+          {mode, rate, seconds: $secs, published: $p.publisher.published,
+           published_by_priority: {low: $p.publisher.published_low, normal: $p.publisher.published_normal, high: $p.publisher.published_high},
+           deliveries: $del, deliveries_per_s: ($del / $secs),
+           frames_out: $p.frames_out, frames_per_s: ($p.frames_out / $secs),
+           gateway_cpu_s: $p.gateway_cpu_s,
+           deliveries_per_gateway_cpu_s: (if $p.gateway_cpu_s > 0 then $del / $p.gateway_cpu_s else null end),
+           gateway_cpu_us_per_delivery: (if $del > 0 then $p.gateway_cpu_s * 1e6 / $del else null end),
+           box_cpu_pct: $p.box_cpu_pct,
+           latency_p50_ms: ([$in[] | .latency_p50_ms // empty] | median),
+           latency_p99_ms: ([$in[] | .latency_p99_ms // empty] | max),
+           coalesced: $p.coalesced, batches: $p.batches, dropped: $p.dropped,
+           high_expected: ($p.publisher.published_high * $members), high_received: $high,
+           high_lost: ($p.publisher.published_high * $members - $high)}] as $ph |
+        {scenario: "hot-room", members: $members, phases: $ph,
+         ratio_on_off: [ $ph[] | select(.mode == "on") | . as $on |
+            ($ph[] | select(.mode == "off" and .rate == $on.rate)) as $off |
+            {rate: $on.rate, deliveries_per_cpu_s: (if ($off.deliveries_per_gateway_cpu_s // 0) > 0 and $on.deliveries_per_gateway_cpu_s != null
+               then $on.deliveries_per_gateway_cpu_s / $off.deliveries_per_gateway_cpu_s else null end)} ],
+         flood_schema_version: $f.schema_version, gateway_version: $f.gateway_version,
+         conns_dropped: $f.conns_dropped, conditions: $cond}' "$TMP/phases.jsonl" >"$OUT"
+    echo "== result ($OUT)"
+    jq -r '.phases[] | "\(.mode) \(.rate)/s: \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
+    jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x"' "$OUT"
+}

@@ -770,3 +770,64 @@ fn a_backlog_sent_concurrently_after_online_reaches_an_acking_client_in_order() 
     );
     gw.shutdown(false);
 }
+
+/// A room marked hot over NATS (`Gw-Room-Mode`, as a backend's `room_mode`
+/// op is sent): pushes published to the room come to a member that reads
+/// batches as one batch; a HIGH one is sent at once, after what was
+/// gathered; a bad mode is refused and counted.
+#[test]
+fn a_room_marked_hot_over_nats_sends_batches() {
+    let nats_server = NatsServer::start();
+    let _backend = ChatBackend::start(&nats_server.url(), &[]);
+    let mut cfg = nats_config("gw-a", &nats_server.url());
+    cfg.cores = 1;
+    cfg.rooms.coalesce_window_ms = 50;
+    let gw = start(cfg);
+    let nats = Nats::connect(&nats_server.url());
+    let mut c = Client::connect(gw.local_addr);
+    c.send(Body::Auth(pb::Auth {
+        protocol_version: gw_proto::PROTOCOL_VERSION,
+        token: common::token("m", 600),
+        device_id: "d".into(),
+        push_batches: true,
+        ..Default::default()
+    }));
+    assert!(matches!(c.recv(), Ok(Body::AuthOk(_))));
+    let mut corr = 0;
+    call_until_served(&mut c, &mut corr, "room.join", r#"{"room":"live"}"#);
+    wait_for_interest(&nats, "gw.room.live");
+    nats.publish("gw.room.live", &[("Gw-Room-Mode", "hot")], b"");
+    nats.publish("gw.room.live", &[("Gw-Room-Mode", "tepid")], b"");
+    for (text, prio) in [("1", "normal"), ("2", "low"), ("3", "high")] {
+        nats.publish(
+            "gw.room.live",
+            &[("Gw-Route", "r"), ("Gw-Priority", prio)],
+            text.as_bytes(),
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Body::Push(p) = c.recv().expect("push") {
+            if p.route == "probe" {
+                continue; // wait_for_interest's
+            }
+            got.push(if p.batch.is_empty() {
+                String::from_utf8_lossy(&p.payload).into_owned()
+            } else {
+                let items: Vec<_> = p
+                    .batch
+                    .iter()
+                    .map(|q| String::from_utf8_lossy(&q.payload).into_owned())
+                    .collect();
+                format!("[{}]", items.join(" "))
+            });
+        }
+    }
+    assert_eq!(got, ["[1 2]", "3"]);
+    let (_, metrics) = common::http_get(gw.admin_addr.expect("admin"), "/metrics");
+    assert!(
+        metrics.contains("gateway_nats_inbound_refused_total 1"),
+        "{metrics}"
+    );
+    gw.shutdown(false);
+}

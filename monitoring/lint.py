@@ -30,6 +30,7 @@ import tempfile
 GAUGES_PER_CORE = [
     "gateway_connections", "gateway_sessions", "gateway_rooms", "gateway_admission_level",
     "gateway_queue_delay_seconds", "gateway_nats_subscriptions_up", "gateway_nats_requests_up",
+    "gateway_hot_rooms",
 ]
 GAUGES = [
     "gateway_draining", "gateway_ready", "gateway_heap_allocated_bytes", "gateway_build_info",
@@ -44,7 +45,7 @@ COUNTERS_PER_CORE = ["gateway_%s_total" % n for n in (
     "pushes_too_large pushes_acked pushes_waited retransmits undelivered slow_consumers "
     "preauth_evictions refreshes refresh_failures expiry_notices resyncs tls_handshakes "
     "tls_failures tls_handovers tls_key_updates_sent tls_key_updates_received ws_upgrades "
-    "ws_rejected").split()]
+    "ws_rejected room_coalesced room_batches").split()]
 NATS_COUNTERS = ["gateway_nats_%s_total" % n for n in (
     "requests request_timeouts no_responders unavailable bad_replies remote_publishes "
     "publish_errors push_unconfirmed events_dropped events_confirmed events_resent "
@@ -55,7 +56,10 @@ HISTOGRAMS = [
 ]
 REASONS = {
     "gateway_rejections_total": set(
-        "conn_limit accept_rate upstream_rate inflight_conn inflight_core overload_shed room_rate".split()),
+        "conn_limit accept_rate upstream_rate inflight_conn inflight_core overload_shed room_rate "
+        "room_upstream_rate".split()),
+    # Live rooms (PROTOCOL.md §7.5); its `priority` label is low or normal.
+    "gateway_room_pushes_dropped_total": set("room_rate overload batch_full".split()),
     "gateway_closes_total": set((
         "client_closed auth_timeout auth_failed stale_heartbeat bad_frame frame_too_large "
         "slow_consumer kicked drain shutdown io_error conn_limit protocol_violation "

@@ -1,7 +1,8 @@
 //! Live rooms over real sockets (`core/rooms.rs`): a hot room's pushes
 //! reach a member that reads batches as one Push carrying them, and a
 //! member that does not as the same pushes one by one, in the same order;
-//! HIGH and ack-required pushes are never gathered and keep the order;
+//! a HIGH push is never held (it ends the batch, in the same frame) and an
+//! ack-required one is never batched, and the order holds;
 //! LOW is shed over the room's rate, NORMAL coalesced, HIGH always sent;
 //! a batch's cap drops and counts; a backend can mark a room; upstream
 //! frames naming a room are held to the room's rate.
@@ -160,16 +161,15 @@ fn a_hot_room_sends_one_batch_to_readers_and_the_same_pushes_to_the_others() {
 }
 
 #[test]
-fn high_and_ack_required_pushes_are_never_gathered_and_keep_the_order() {
+fn high_pushes_are_never_held_and_ack_required_ones_never_batched() {
     let gw = start_rooms(|c| c.rooms.hot = vec!["live".into()]);
     let mut reader = member(&gw, "reader", true, "live");
     let mut plain = member(&gw, "plain", false, "live");
     let mut sender = member(&gw, "sender", true, "live");
     send(&mut sender, 2, "live", "nnhnan");
-    // The batch so far goes before the HIGH push, and again before the
-    // ack-required one.
-    assert_eq!(next(&mut reader), "[r.n:0 r.n:1]");
-    assert_eq!(next(&mut reader), "r.h:2");
+    // The HIGH push ends the batch at once, in the same frame; the batch
+    // so far goes before the ack-required push.
+    assert_eq!(next(&mut reader), "[r.n:0 r.n:1 r.h:2]");
     assert_eq!(next(&mut reader), "[r.n:3]");
     let acked = reader.recv_until("the ack-required push", |b| match b {
         Body::Push(p) if p.ack_required => Some(p.clone()),
@@ -198,8 +198,7 @@ fn over_the_rate_low_is_shed_normal_coalesced_and_high_sent() {
     // The first push takes the burst; the rest are over the rate.
     send(&mut sender, 2, "r", "nllnhn");
     assert_eq!(next(&mut reader), "r.n:0");
-    assert_eq!(next(&mut reader), "[r.n:3]+2");
-    assert_eq!(next(&mut reader), "r.h:4");
+    assert_eq!(next(&mut reader), "[r.n:3 r.h:4]+2");
     assert_eq!(next(&mut reader), "[r.n:5]");
     let (_, metrics) = http_get(gw.admin_addr.expect("admin"), "/metrics");
     assert!(
@@ -226,8 +225,8 @@ fn a_full_batch_drops_and_counts_and_one_room_cannot_take_the_window() {
     let mut reader = member(&gw, "reader", true, "r");
     let mut sender = member(&gw, "sender", true, "r");
     send(&mut sender, 2, "r", "nnnnlh");
-    assert_eq!(next(&mut reader), "[r.n:0 r.n:1 r.n:2]+2");
-    assert_eq!(next(&mut reader), "r.h:5");
+    // HIGH is taken past the cap: never dropped.
+    assert_eq!(next(&mut reader), "[r.n:0 r.n:1 r.n:2 r.h:5]+2");
     let (_, metrics) = http_get(gw.admin_addr.expect("admin"), "/metrics");
     for (p, n) in [("normal", 1), ("low", 1)] {
         let line = format!(
@@ -243,6 +242,9 @@ fn a_backend_marks_a_room_hot_or_normal() {
     let gw = start_rooms(|c| c.rooms.hot = vec!["r".into()]);
     let mut reader = member(&gw, "reader", true, "r");
     let mut sender = member(&gw, "sender", true, "r");
+    // HIGH alone (nothing gathering) goes alone.
+    send(&mut sender, 9, "r", "h");
+    assert_eq!(next(&mut reader), "r.h:0");
     assert_eq!(sender.call(2, "test.mode", "r normal").status, 0);
     send(&mut sender, 3, "r", "nn");
     assert_eq!(next(&mut reader), "r.n:0");

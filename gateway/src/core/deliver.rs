@@ -207,6 +207,10 @@ impl Core {
                     match self.room_way(&key, body, priority, over_rate) {
                         // Every member will have it (or its drop counted).
                         super::rooms::Way::Gathered | super::rooms::Way::Dropped(_) => return 1,
+                        super::rooms::Way::GatheredLast => {
+                            self.flush_room(&key);
+                            return 1;
+                        }
                         super::rooms::Way::Now => over_rate = false,
                     }
                 } else if priority == Priority::High {

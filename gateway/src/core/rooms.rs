@@ -11,8 +11,10 @@
 //!   (`Auth.push_batches`) get the same pushes one by one, in the same
 //!   order.
 //! - **Order.** A push of the room that is not gathered (ack-required,
-//!   HIGH, or the room is not hot) sends the pending batch first, so a
-//!   member sees the room's pushes in the order this core received them.
+//!   or the room is not hot) sends the pending batch first, so a member
+//!   sees the room's pushes in the order this core received them. A HIGH
+//!   push is never held: it joins the pending batch, which goes out at
+//!   once (one frame), or goes alone when nothing is gathering.
 //! - **Shedding.** LOW pushes are dropped when the room is over its rate
 //!   (`overload.room_broadcast_rate_per_s`) or the core sheds upstreams
 //!   (overload); NORMAL ones over the rate are coalesced (the room turns
@@ -87,6 +89,9 @@ pub enum Way {
     Now,
     /// Into the room's batch.
     Gathered,
+    /// Into the room's batch, which goes out now (a HIGH push ending a
+    /// window early, in one frame with what was gathered before it).
+    GatheredLast,
     Dropped(Drop),
 }
 
@@ -243,6 +248,15 @@ impl Core {
             r.auto_hot = true;
         }
         if priority == Priority::High {
+            // Never held: with a batch gathering, it ends the batch (one
+            // frame, order kept); else it goes alone.
+            let fits = field_len(room.len()) + 11 + r.batch_bytes + field_len(body.len())
+                <= (cfg.frame_bytes_max as usize).saturating_sub(push::HEAD_BYTES_MAX);
+            if r.pending && fits {
+                r.batch_bytes += field_len(body.len());
+                r.batch.push(body.clone());
+                return Way::GatheredLast;
+            }
             return Way::Now;
         }
         let shed = if over_rate {

@@ -150,10 +150,10 @@ hot_room() {
            coalesced: $p.coalesced, batches: $p.batches, dropped: $p.dropped,
            high_expected: ($p.publisher.published_high * $members), high_received: $high,
            high_lost: ($p.publisher.published_high * $members - $high)}] as $ph |
-        ($s | last // {deliveries_high: 0}) as $end |
+        ($s | last // {deliveries_high: 0}) as $final |
         {scenario: "hot-room", members: $members, phases: $ph, skipped: $skipped,
-         high_expected_total: ([$ph[].high_expected] | add), high_received_total: $end.deliveries_high,
-         high_lost_total: (([$ph[].high_expected] | add) - $end.deliveries_high),
+         high_expected_total: ([$ph[].high_expected] | add), high_received_total: $final.deliveries_high,
+         high_lost_total: (([$ph[].high_expected] | add) - $final.deliveries_high),
          ratio_on_off: [ $ph[] | select(.mode == "on") | . as $on |
             ($ph[] | select(.mode == "off" and .rate == $on.rate)) as $off |
             {rate: $on.rate, deliveries_per_cpu_s: (if ($off.deliveries_per_gateway_cpu_s // 0) > 0 and $on.deliveries_per_gateway_cpu_s != null

@@ -41,24 +41,27 @@ drain() {
 # $TMP/phases.jsonl with the wall times (to cut flood's samples), the CPU of
 # the gateways and of the box, and the gateways' counters over the phase.
 room_phase() { # MODE RATE SECONDS
-    local mode=$1 rate=$2 secs=$3 t0 t1 g0 g1 b0 b1 f0 f1 c0 c1 k0 k1 d0 d1
+    local mode=$1 rate=$2 secs=$3 t0 t1 g0 g1 b0 b1 f0 f1 c0 c1 k0 k1 d0 d1 s0 s1
     t0=$(date +%s%3N); g0=$(gw_ticks); read -r b0 bt0 < <(box_ticks)
-    f0=$(gw_sum '^gateway_frames_out_total'); c0=$(gw_sum '^gateway_room_coalesced_total')
+    f0=$(gw_sum '^gateway_pushes_total'); c0=$(gw_sum '^gateway_room_coalesced_total')
     k0=$(gw_sum '^gateway_room_batches_total'); d0=$(gw_sum '^gateway_room_pushes_dropped_total')
+    s0=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
     ./target/release/natspub --url "nats://127.0.0.1:$NATS_PORT" --subject gw.room.bench --rate "$rate" \
         --duration-s "$secs" --payload-bytes "$PAYLOAD" --priority-mix "$MIX" >"$TMP/pub.json" 2>"$TMP/pub.err" ||
         { cat "$TMP/pub.err" >&2; exit 1; }
     sleep "$TAIL_S"
     drain
     t1=$(date +%s%3N); g1=$(gw_ticks); read -r b1 bt1 < <(box_ticks)
-    f1=$(gw_sum '^gateway_frames_out_total'); c1=$(gw_sum '^gateway_room_coalesced_total')
+    f1=$(gw_sum '^gateway_pushes_total'); c1=$(gw_sum '^gateway_room_coalesced_total')
     k1=$(gw_sum '^gateway_room_batches_total'); d1=$(gw_sum '^gateway_room_pushes_dropped_total')
+    s1=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
     jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" \
         --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(( f1 - f0 ))" --arg c "$(( c1 - c0 ))" \
-        --arg k "$(( k1 - k0 ))" --arg d "$(( d1 - d0 ))" --arg hz "$(getconf CLK_TCK)" \
+        --arg k "$(( k1 - k0 ))" --arg d "$(( d1 - d0 ))" --arg sc "$(( s1 - s0 ))" --arg hz "$(getconf CLK_TCK)" \
         '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
           gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
           frames_out: ($f|tonumber), coalesced: ($c|tonumber), batches: ($k|tonumber), dropped: ($d|tonumber),
+          closed_slow_or_stale: ($sc|tonumber),
           publisher: .}' "$TMP/pub.json" >>"$TMP/phases.jsonl"
     echo "  [$mode $rate/s] $(jq -c '{published, published_high}' "$TMP/pub.json"), gateway CPU $(( g1 - g0 )) ticks, frames $(( f1 - f0 )), dropped $(( d1 - d0 ))"
 }
@@ -67,7 +70,7 @@ hot_room() {
     GW_PROCS=${GW_PROCS:-6}
     N=${N_ROOM:-100000}
     FP=${FLOOD_PROCS:-$(( (N + 17999) / 18000 ))}
-    read -r -a RATES <<<"${ROOM_RATES:-10 100 1000}"
+    read -r -a RATES <<<"${ROOM_RATES:-10 100}"
     PHASE_S=${PHASE_S:-10}
     TAIL_S=${TAIL_S:-2}
     LONG_S=${LONG_S:-60}
@@ -77,7 +80,7 @@ hot_room() {
     # Without coalescing, a phase whose deliveries (rate x members x
     # seconds) exceed this is left out: the box would need minutes to write
     # them, and the same rates are run with coalescing on.
-    OFF_DELIVERIES_MAX=${OFF_DELIVERIES_MAX:-150000000}
+    OFF_DELIVERIES_MAX=${OFF_DELIVERIES_MAX:-20000000}
     WINDOW_MS=${WINDOW_MS:-100}
     PAYLOAD=${PAYLOAD:-64}
     # Coalescing only when the room is marked (not by rate), and no room
@@ -99,7 +102,10 @@ hot_room() {
     sleep 2
     : >"$TMP/phases.jsonl"
     local mode rate
-    for mode in off on; do
+    # Coalescing on first (with the long hold), then off: an uncoalesced
+    # phase the box cannot keep up with closes slow consumers, which must
+    # not leave the on phases fewer members.
+    for mode in on off; do
         local mark=normal
         [[ $mode == on ]] && mark=hot
         ./target/release/natspub --url "nats://127.0.0.1:$NATS_PORT" --subject gw.room.bench --room-mode "$mark" >/dev/null
@@ -112,9 +118,9 @@ hot_room() {
             fi
             room_phase "$mode" "$rate" "$PHASE_S"
         done
+        # The long hold: coalescing on, LONG_RATE/s for LONG_S s.
+        if [[ $mode == on ]] && (( LONG_S > 0 )); then room_phase on-long "$LONG_RATE" "$LONG_S"; fi
     done
-    # The long hold: coalescing on, LONG_RATE/s for LONG_S s.
-    (( LONG_S > 0 )) && room_phase on-long "$LONG_RATE" "$LONG_S"
     kill -INT "$FPID" 2>/dev/null || true
     wait "$FPID" || true
     forget "$FPID"
@@ -148,6 +154,8 @@ hot_room() {
            latency_p50_ms: ([$in[] | .latency_p50_ms // empty] | median),
            latency_p99_ms: ([$in[] | .latency_p99_ms // empty] | max),
            coalesced: $p.coalesced, batches: $p.batches, dropped: $p.dropped,
+           closed_slow_or_stale: $p.closed_slow_or_stale,
+           members_open_at_start: (at($p.t0_ms).open // null), members_open_at_end: (at($p.t1_ms).open // null),
            high_expected: ($p.publisher.published_high * $members), high_received: $high,
            high_lost: ($p.publisher.published_high * $members - $high)}] as $ph |
         ($s | last // {deliveries_high: 0}) as $final |
@@ -161,7 +169,7 @@ hot_room() {
          flood_schema_version: $f.schema_version, gateway_version: $f.gateway_version,
          conns_dropped: $f.conns_dropped, conditions: $cond}' "$TMP/phases.jsonl" >"$OUT"
     echo "== result ($OUT)"
-    jq -r '.phases[] | "\(.mode) \(.rate)/s: \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
+    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
     jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x"' "$OUT"
     jq -r '"HIGH over the run: \(.high_received_total) of \(.high_expected_total) received (lost \(.high_lost_total))"' "$OUT"
 }

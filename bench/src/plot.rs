@@ -125,18 +125,7 @@ pub fn svg(title: &str, samples: &[Sample], duration_s: f64, latency: &str) -> S
     for i in 0..=5 {
         let f = i as f64 / 5.0;
         let gy = TOP + ph * (1.0 - f);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#ddd"/>"##,
-            W - RIGHT
-        );
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{BLUE}">{}</text>"##,
-            LEFT - 6.0,
-            gy + 4.0,
-            (c_max * f).round()
-        );
+        grid_line(&mut out, gy, &(c_max * f).round().to_string(), Some(BLUE));
         if has_rss {
             let _ = writeln!(
                 out,
@@ -243,18 +232,7 @@ fn latency_panel(
     };
     for k in a..=b {
         let gy = top + ph * (1.0 - (k - a) as f64 / span);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#ddd"/>"##,
-            W - RIGHT
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 6.0,
-            gy + 4.0,
-            decade_label(k)
-        );
+        grid_line(out, gy, &decade_label(k), None);
     }
     time_axis(out, ticks, decimals, t_end, top, ph);
     let _ = writeln!(
@@ -279,6 +257,23 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A horizontal grid line at `gy` with its label left of the plot
+/// (in `color`, or the default).
+fn grid_line(out: &mut String, gy: f64, label: &str, color: Option<&str>) {
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#ddd"/>"##,
+        W - RIGHT
+    );
+    let fill = color.map(|c| format!(r#" fill="{c}""#)).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end"{fill}>{label}</text>"#,
+        LEFT - 6.0,
+        gy + 4.0,
+    );
 }
 
 #[cfg(test)]

@@ -315,32 +315,7 @@ impl Backend for RecordingBackend {
         self.inner.upstream(req)
     }
     fn event(&self, ev: SessionEvent) {
-        let e = match &ev {
-            SessionEvent::Online {
-                user,
-                device,
-                resume_seq,
-                ..
-            } => Ev::Online {
-                user: user.to_string(),
-                device: device.to_string(),
-                resume_seq: *resume_seq,
-            },
-            SessionEvent::Offline { user, reason, .. } => Ev::Offline {
-                user: user.to_string(),
-                reason: *reason,
-            },
-            SessionEvent::Undelivered { user, pushes, .. } => Ev::Undelivered {
-                user: user.to_string(),
-                seqs: pushes.iter().map(|p| p.seq).collect(),
-                routes: pushes.iter().map(|p| p.route.clone()).collect(),
-            },
-        };
-        self.rec
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(e);
+        self.rec.record(&ev);
         self.inner.event(ev);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -120,28 +120,7 @@ impl Backend for RecordingBackend {
         self.inner.upstream(req)
     }
     fn event(&self, ev: SessionEvent) {
-        let e = match ev {
-            SessionEvent::Online {
-                user,
-                device,
-                resume_seq,
-                ..
-            } => Ev::Online {
-                user: user.to_string(),
-                device: device.to_string(),
-                resume_seq,
-            },
-            SessionEvent::Offline { user, reason, .. } => Ev::Offline {
-                user: user.to_string(),
-                reason,
-            },
-            SessionEvent::Undelivered { user, pushes, .. } => Ev::Undelivered {
-                user: user.to_string(),
-                seqs: pushes.iter().map(|p| p.seq).collect(),
-                routes: pushes.iter().map(|p| p.route.clone()).collect(),
-            },
-        };
-        self.log.lock().unwrap().push(e);
+        Recorder::record_into(&self.log, &ev);
     }
 }
 
@@ -155,6 +134,37 @@ impl BackendFactory for Recorder {
 }
 
 impl Recorder {
+    /// Records a session event (for backends of other tests that keep a
+    /// `Recorder`'s log).
+    pub fn record(&self, ev: &SessionEvent) {
+        Self::record_into(&self.0, ev);
+    }
+
+    fn record_into(log: &Mutex<Vec<Ev>>, ev: &SessionEvent) {
+        let e = match ev {
+            SessionEvent::Online {
+                user,
+                device,
+                resume_seq,
+                ..
+            } => Ev::Online {
+                user: user.to_string(),
+                device: device.to_string(),
+                resume_seq: *resume_seq,
+            },
+            SessionEvent::Offline { user, reason, .. } => Ev::Offline {
+                user: user.to_string(),
+                reason: *reason,
+            },
+            SessionEvent::Undelivered { user, pushes, .. } => Ev::Undelivered {
+                user: user.to_string(),
+                seqs: pushes.iter().map(|p| p.seq).collect(),
+                routes: pushes.iter().map(|p| p.route.clone()).collect(),
+            },
+        };
+        log.lock().unwrap_or_else(PoisonError::into_inner).push(e);
+    }
+
     pub fn events(&self) -> Vec<Ev> {
         self.0.lock().unwrap().clone()
     }

@@ -15,11 +15,22 @@ fn main() {
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=GATEWAY_REVISION={rev}");
-    // Again when HEAD moves (a commit, a checkout); not for every edit of
-    // the work tree, so "-dirty" may lag until the next commit.
-    for p in ["../.git/HEAD", "../.git/index"] {
-        if std::path::Path::new(p).exists() {
-            println!("cargo:rerun-if-changed={p}");
+    // Again when HEAD moves (a commit, a checkout): HEAD itself and the
+    // branch file it names. Not the index, so staging files does not
+    // rebuild; "-dirty" may lag until the next commit.
+    let head = std::path::Path::new("../.git/HEAD");
+    if head.exists() {
+        println!("cargo:rerun-if-changed=../.git/HEAD");
+        if let Some(r) = std::fs::read_to_string(head)
+            .ok()
+            .and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_string()))
+        {
+            // The branch is a file of its own, or a line of packed-refs.
+            for f in [format!("../.git/{r}"), "../.git/packed-refs".into()] {
+                if std::path::Path::new(&f).exists() {
+                    println!("cargo:rerun-if-changed={f}");
+                }
+            }
         }
     }
 }

@@ -280,16 +280,21 @@ fn upstream_frames_naming_a_room_are_held_to_its_rate() {
     // Another room, and no room, are not held by q's bucket.
     all.extend_from_slice(&frame(13, "other"));
     all.extend_from_slice(&frame(14, ""));
+    // Not a room name (it would become a NATS header): BAD_REQUEST, and the
+    // session goes on.
+    all.extend_from_slice(&frame(15, "a\r\nGw-User: mallory"));
+    all.extend_from_slice(&frame(16, &"r".repeat(300)));
     c.send_raw(&all);
     let mut replies = Vec::new();
-    while replies.len() < 5 {
+    while replies.len() < 7 {
         if let Body::UpstreamReply(r) = c.recv().expect("reply") {
             replies.push(r);
         }
     }
     replies.sort_by_key(|r| r.correlation_id);
     let status: Vec<u32> = replies.iter().map(|r| r.status).collect();
-    assert_eq!(status, [0, 0, ErrorCode::Busy as u32, 0, 0]);
+    let bad = ErrorCode::BadRequest as u32;
+    assert_eq!(status, [0, 0, ErrorCode::Busy as u32, 0, 0, bad, bad]);
     assert!(replies[2].retry_after_ms >= 1, "{:?}", replies[2]);
     let snaps = gw.snapshots();
     let n = total(&snaps, |s| {

@@ -277,6 +277,18 @@ fn upstream(core: &Rc<Core>, key: ConnKey, u: pb::Upstream) {
         core.send_frame(key, reply_body(corr, &r));
         return;
     }
+    if !u.room.is_empty() && !crate::nats::contract::valid_name(&u.room) {
+        // The room keys a bucket and becomes a NATS header: a name, not bytes.
+        let r = BackendReply::error(
+            ErrorCode::BadRequest,
+            &format!(
+                "room must be 1 to {} bytes with no spaces, control characters, '*' or '>', and no empty '.'-separated part",
+                crate::nats::contract::NAME_BYTES_MAX
+            ),
+        );
+        core.send_frame(key, reply_body(corr, &r));
+        return;
+    }
     let (user, device) = match admit(core, key, &u.route, &u.room) {
         Ok(Some(who)) => who,
         Ok(None) => return, // closed meanwhile

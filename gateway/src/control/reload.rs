@@ -101,7 +101,7 @@ pub fn merge(running: &Config, new: &Config) -> anyhow::Result<(Config, Changes)
         }
         let restart = RESTART.contains(&key.as_str())
             // TLS on or off takes a restart; its files and settings do not.
-            || (key == "tls" && enabled(was) != enabled(now));
+            || (key == "tls" && running.tls.enabled() != new.tls.enabled());
         if restart {
             changes.kept.push(key.clone());
             *now = was.clone();
@@ -126,16 +126,6 @@ pub fn merge(running: &Config, new: &Config) -> anyhow::Result<(Config, Changes)
     changes.applied.sort();
     changes.kept.sort();
     Ok((serde_json::from_value(next)?, changes))
-}
-
-/// Whether a `[tls]` table (as JSON) turns TLS on.
-fn enabled(tls: &Value) -> bool {
-    let set = |k: &str| {
-        tls.get(k)
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
-    };
-    (set("cert_file") && set("key_file")) || tls.get("self_signed") == Some(&Value::Bool(true))
 }
 
 /// Runs a reload; the summary of what changed, or why nothing did.

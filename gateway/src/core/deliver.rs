@@ -188,18 +188,19 @@ impl Core {
         let now = self.now();
         let mut over_rate = false;
         if let Target::Room(r) = target {
-            let key = {
+            self.prune_rooms();
+            // The room's key (when it has members here) and its rate.
+            let room = {
                 let st = self.state.borrow();
-                st.rooms.get_key_value(r.as_str()).map(|(k, _)| k.clone())
-            };
-            if let Some(key) = key {
-                self.prune_rooms();
-                over_rate = {
-                    let st = self.state.borrow();
-                    !self
+                st.rooms.get_key_value(r.as_str()).map(|(k, _)| {
+                    let over = !self
                         .overload
-                        .take_room(&key, now, |k| st.rooms.contains_key(k))
-                };
+                        .take_room(k, now, |k| st.rooms.contains_key(k));
+                    (k.clone(), over)
+                })
+            };
+            if let Some((key, over)) = room {
+                over_rate = over;
                 if over_rate {
                     self.metrics.rejected(Reject::RoomRate);
                 }

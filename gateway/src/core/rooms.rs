@@ -110,8 +110,10 @@ struct Room {
     batch_bytes: usize,
     /// Dropped since the last batch went out.
     dropped: u32,
-    /// In the due queue.
-    pending: bool,
+    /// When the gathering batch is due (its entry in the due queue); None
+    /// when nothing gathers. An entry whose instant is not this one is
+    /// stale (the batch went early, with a HIGH push or a full frame).
+    due_at: Option<Instant>,
     /// For /stats.
     coalesced: u64,
     batches: u64,
@@ -179,6 +181,23 @@ impl Rooms {
     }
 }
 
+impl Room {
+    /// Gathers one push body.
+    fn add(&mut self, body: &Bytes) {
+        self.batch_bytes += field_len(body.len());
+        self.batch.push(body.clone());
+    }
+}
+
+/// Bytes at most of a `dropped` field (tag and a u32 varint).
+const DROPPED_BYTES_MAX: usize = 6;
+
+/// Bytes of a batch body for `room` whose pushes take `pushes_bytes`, at
+/// most (with its `dropped` field).
+fn batch_len(room: &str, pushes_bytes: usize) -> usize {
+    pushes_bytes + field_len(room.len()) + DROPPED_BYTES_MAX
+}
+
 /// Appends a protobuf varint.
 fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -196,9 +215,8 @@ fn field_len(len: usize) -> usize {
 /// The shared body of a batch: a Push whose `batch` holds the gathered
 /// pushes (each already an encoded Push), with `room` and `dropped`.
 pub fn encode_batch(room: &str, pushes: &[Bytes], dropped: u32) -> Bytes {
-    let len: usize =
-        pushes.iter().map(|p| field_len(p.len())).sum::<usize>() + field_len(room.len()) + 11;
-    let mut out = BytesMut::with_capacity(len);
+    let pushes_bytes = pushes.iter().map(|p| field_len(p.len())).sum();
+    let mut out = BytesMut::with_capacity(batch_len(room, pushes_bytes));
     for p in pushes {
         out.put_u8(0x3a); // Push field 7 (batch), length-delimited
         put_varint(&mut out, p.len() as u64);
@@ -247,14 +265,13 @@ impl Core {
         if rc.hot_rate_per_s > 0 && r.rate_count > rc.hot_rate_per_s {
             r.auto_hot = true;
         }
+        let limit = (cfg.frame_bytes_max as usize).saturating_sub(push::HEAD_BYTES_MAX);
+        let fits = batch_len(room, r.batch_bytes + field_len(body.len())) <= limit;
         if priority == Priority::High {
             // Never held: with a batch gathering, it ends the batch (one
             // frame, order kept); else it goes alone.
-            let fits = field_len(room.len()) + 11 + r.batch_bytes + field_len(body.len())
-                <= (cfg.frame_bytes_max as usize).saturating_sub(push::HEAD_BYTES_MAX);
-            if r.pending && fits {
-                r.batch_bytes += field_len(body.len());
-                r.batch.push(body.clone());
+            if r.due_at.is_some() && fits {
+                r.add(body);
                 return Way::GatheredLast;
             }
             return Way::Now;
@@ -282,9 +299,7 @@ impl Core {
         if r.batch.len() >= rc.batch_pushes_max as usize {
             return self.dropped(r, Drop::BatchFull, priority);
         }
-        let room_bytes = field_len(room.len()) + 11;
-        let limit = (cfg.frame_bytes_max as usize).saturating_sub(push::HEAD_BYTES_MAX);
-        if room_bytes + r.batch_bytes + field_len(body.len()) > limit {
+        if !fits {
             // This push would not fit the batch's frame: the batch goes
             // now and this push starts the next one.
             drop(map);
@@ -292,16 +307,15 @@ impl Core {
             map = self.rooms.map.borrow_mut();
         }
         let r = map.entry(room.clone()).or_default();
-        r.batch_bytes += field_len(body.len());
-        r.batch.push(body.clone());
+        r.add(body);
         r.coalesced += 1;
         CoreMetrics::inc(&self.metrics.room_coalesced);
-        if !r.pending {
-            r.pending = true;
-            let window = Duration::from_millis(rc.coalesce_window_ms.into());
+        if r.due_at.is_none() {
+            let at = now + Duration::from_millis(rc.coalesce_window_ms.into());
+            r.due_at = Some(at);
             let was_empty = {
                 let mut due = self.rooms.due.borrow_mut();
-                due.push_back((now + window, room.clone()));
+                due.push_back((at, room.clone()));
                 due.len() == 1
             };
             if was_empty {
@@ -322,7 +336,11 @@ impl Core {
 
     /// Whether `room` has a batch gathering here.
     pub(super) fn room_pending(&self, room: &str) -> bool {
-        self.rooms.map.borrow().get(room).is_some_and(|r| r.pending)
+        self.rooms
+            .map
+            .borrow()
+            .get(room)
+            .is_some_and(|r| r.due_at.is_some())
     }
 
     /// Sends `room`'s batch to its local members now: one shared body to
@@ -331,7 +349,7 @@ impl Core {
         let (pushes, dropped) = {
             let mut map = self.rooms.map.borrow_mut();
             let Some(r) = map.get_mut(room) else { return };
-            r.pending = false;
+            r.due_at = None;
             if r.batch.is_empty() {
                 return;
             }
@@ -376,8 +394,11 @@ impl Core {
                     None => return None,
                 }
             };
-            if let Some((_, room)) = next {
-                self.flush_room(&room);
+            if let Some((at, room)) = next {
+                let current = self.rooms.map.borrow().get(&room).and_then(|r| r.due_at) == Some(at);
+                if current {
+                    self.flush_room(&room);
+                }
             }
         }
     }
@@ -439,7 +460,7 @@ impl Core {
         if map.len() <= 2 * st.rooms.len() + 64 {
             return;
         }
-        map.retain(|k, r| r.pending || r.marked.is_some() || st.rooms.contains_key(k));
+        map.retain(|k, r| r.due_at.is_some() || r.marked.is_some() || st.rooms.contains_key(k));
     }
 
     /// An upstream frame naming `room`: a token of its bucket, or the ms

@@ -32,7 +32,8 @@
 #             (10) s with $PRIORITY_MIX [low=50,normal=40,high=10], first with
 #             the room marked normal (coalescing off), then hot (on, window
 #             $WINDOW_MS [100] ms), then $LONG_RATE (100)/s for $LONG_S (60) s
-#             on. Per phase: deliveries/s, frames/s, gateway CPU per delivery,
+#             on ($ROOM_FLAGS: more gateway flags, e.g. --rooms-frames-per-s-max).
+#             Per phase: deliveries/s, frames/s, gateway CPU per delivery (and user-space alone),
 #             latency p50/p99 (publish to receipt), drops, HIGH lost, box CPU;
 #             the on/off ratio of deliveries per gateway CPU-second.
 #   nats-broadcast  $GW_PROCS (4) gateway processes (--cores 1, one port,

@@ -22,6 +22,10 @@ gw_sum() {
     echo "$total"
 }
 gw_ticks() { local p t=0; for p in "${GW_PIDS[@]}"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
+# gw_uticks: the gateways' user-space jiffies alone. On loopback the kernel
+# time of a write includes the receiving socket's TCP work and the reader's
+# wake-up, which a real network puts on another machine.
+gw_uticks() { local p t=0 u; for p in "${GW_PIDS[@]}"; do u=$(awk '{print $14}' "/proc/$p/stat" 2>/dev/null); t=$(( t + ${u:-0} )); done; echo "$t"; }
 # drain: waits (at most DRAIN_MAX_S) until the gateways are idle: less than
 # 5% of one core each over a second, i.e. everything published was written.
 drain() {
@@ -41,8 +45,8 @@ drain() {
 # $TMP/phases.jsonl with the wall times (to cut flood's samples), the CPU of
 # the gateways and of the box, and the gateways' counters over the phase.
 room_phase() { # MODE RATE SECONDS
-    local mode=$1 rate=$2 secs=$3 t0 t1 g0 g1 b0 b1 f0 f1 c0 c1 k0 k1 d0 d1 s0 s1
-    t0=$(date +%s%3N); g0=$(gw_ticks); read -r b0 bt0 < <(box_ticks)
+    local mode=$1 rate=$2 secs=$3 t0 t1 g0 g1 u0 u1 b0 b1 f0 f1 c0 c1 k0 k1 d0 d1 s0 s1
+    t0=$(date +%s%3N); g0=$(gw_ticks); u0=$(gw_uticks); read -r b0 bt0 < <(box_ticks)
     f0=$(gw_sum '^gateway_pushes_total'); c0=$(gw_sum '^gateway_room_coalesced_total')
     k0=$(gw_sum '^gateway_room_batches_total'); d0=$(gw_sum '^gateway_room_pushes_dropped_total')
     s0=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
@@ -51,15 +55,15 @@ room_phase() { # MODE RATE SECONDS
         { cat "$TMP/pub.err" >&2; exit 1; }
     sleep "$TAIL_S"
     drain
-    t1=$(date +%s%3N); g1=$(gw_ticks); read -r b1 bt1 < <(box_ticks)
+    t1=$(date +%s%3N); g1=$(gw_ticks); u1=$(gw_uticks); read -r b1 bt1 < <(box_ticks)
     f1=$(gw_sum '^gateway_pushes_total'); c1=$(gw_sum '^gateway_room_coalesced_total')
     k1=$(gw_sum '^gateway_room_batches_total'); d1=$(gw_sum '^gateway_room_pushes_dropped_total')
     s1=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
-    jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" \
+    jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" --arg u "$(( u1 - u0 ))" \
         --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(( f1 - f0 ))" --arg c "$(( c1 - c0 ))" \
         --arg k "$(( k1 - k0 ))" --arg d "$(( d1 - d0 ))" --arg sc "$(( s1 - s0 ))" --arg hz "$(getconf CLK_TCK)" \
         '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
-          gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
+          gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), gateway_user_cpu_s: (($u|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
           frames_out: ($f|tonumber), coalesced: ($c|tonumber), batches: ($k|tonumber), dropped: ($d|tonumber),
           closed_slow_or_stale: ($sc|tonumber),
           publisher: .}' "$TMP/pub.json" >>"$TMP/phases.jsonl"
@@ -85,7 +89,10 @@ hot_room() {
     PAYLOAD=${PAYLOAD:-64}
     # Coalescing only when the room is marked (not by rate), and no room
     # rate limit: the two modes differ in the mark alone.
-    GW_EXTRA=(--rooms-hot-rate-per-s 0 --rooms-coalesce-window-ms "$WINDOW_MS" --overload-room-broadcast-rate-per-s 0)
+    # ROOM_FLAGS: more gateway flags (e.g. --rooms-frames-per-s-max N),
+    # recorded in the conditions.
+    read -r -a ROOM_FLAGS_A <<<"${ROOM_FLAGS:-}"
+    GW_EXTRA=(--rooms-hot-rate-per-s 0 --rooms-coalesce-window-ms "$WINDOW_MS" --overload-room-broadcast-rate-per-s 0 "${ROOM_FLAGS_A[@]}")
     local phases=$(( 2 * ${#RATES[@]} ))
     local hold=$(( phases * (PHASE_S + TAIL_S + DRAIN_MAX_S + 3) + LONG_S + TAIL_S + 60 ))
     start_nats_mon
@@ -126,9 +133,9 @@ hot_room() {
     forget "$FPID"
     grep -v '^\[' "$TMP/flood.log" | tail -5 | sed 's/^/  [flood] /'
     [[ -s $STEM-flood.json ]] || { echo "flood wrote no report" >&2; exit 1; }
-    COND=$(conditions "$(jq -nc --arg gp "$GW_PROCS" --arg fp "$FP" --arg v "$NATS_VERSION" --arg w "$WINDOW_MS" --arg mix "$MIX" '{
+    COND=$(conditions "$(jq -nc --arg gp "$GW_PROCS" --arg fp "$FP" --arg v "$NATS_VERSION" --arg w "$WINDOW_MS" --arg mix "$MIX" --arg rf "${ROOM_FLAGS:-}" '{
         gateway_processes: ($gp|tonumber), gateway_cores_per_process: 1, flood_processes: ($fp|tonumber),
-        nats_server: $v, coalesce_window_ms: ($w|tonumber), priority_mix: $mix,
+        nats_server: $v, coalesce_window_ms: ($w|tonumber), priority_mix: $mix, gateway_room_flags: $rf,
         note: "gateways, flood, nats-server, chat-backend and natspub share the 2 vCPUs"}')")
     # Per phase, from flood's samples between its wall times: deliveries
     # (all and HIGH), latency (p50: median of the samples, p99: their max).
@@ -150,6 +157,9 @@ hot_room() {
            gateway_cpu_s: $p.gateway_cpu_s,
            deliveries_per_gateway_cpu_s: (if $p.gateway_cpu_s > 0 then $del / $p.gateway_cpu_s else null end),
            gateway_cpu_us_per_delivery: (if $del > 0 then $p.gateway_cpu_s * 1e6 / $del else null end),
+           gateway_user_cpu_s: $p.gateway_user_cpu_s,
+           gateway_user_cpu_us_per_delivery: (if $del > 0 then $p.gateway_user_cpu_s * 1e6 / $del else null end),
+           gateway_cpu_us_per_frame: (if $p.frames_out > 0 then $p.gateway_cpu_s * 1e6 / $p.frames_out else null end),
            box_cpu_pct: $p.box_cpu_pct,
            latency_p50_ms: ([$in[] | .latency_p50_ms // empty] | median),
            latency_p99_ms: ([$in[] | .latency_p99_ms // empty] | max),
@@ -165,11 +175,13 @@ hot_room() {
          ratio_on_off: [ $ph[] | select(.mode == "on") | . as $on |
             ($ph[] | select(.mode == "off" and .rate == $on.rate)) as $off |
             {rate: $on.rate, deliveries_per_cpu_s: (if ($off.deliveries_per_gateway_cpu_s // 0) > 0 and $on.deliveries_per_gateway_cpu_s != null
-               then $on.deliveries_per_gateway_cpu_s / $off.deliveries_per_gateway_cpu_s else null end)} ],
+               then $on.deliveries_per_gateway_cpu_s / $off.deliveries_per_gateway_cpu_s else null end),
+             deliveries_per_user_cpu_s: (if ($on.gateway_user_cpu_us_per_delivery // 0) > 0 and $off.gateway_user_cpu_us_per_delivery != null
+               then $off.gateway_user_cpu_us_per_delivery / $on.gateway_user_cpu_us_per_delivery else null end)} ],
          flood_schema_version: $f.schema_version, gateway_version: $f.gateway_version,
          conns_dropped: $f.conns_dropped, conditions: $cond}' "$TMP/phases.jsonl" >"$OUT"
     echo "== result ($OUT)"
-    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
-    jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x"' "$OUT"
+    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery (user \(.gateway_user_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000)), \(.gateway_cpu_us_per_frame // 0 | . * 10 | floor / 10) us per frame, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
+    jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x (user-space CPU alone: \(.deliveries_per_user_cpu_s // 0 | . * 10 | floor / 10)x)"' "$OUT"
     jq -r '"HIGH over the run: \(.high_received_total) of \(.high_expected_total) received (lost \(.high_lost_total))"' "$OUT"
 }

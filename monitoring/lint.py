@@ -45,7 +45,7 @@ COUNTERS_PER_CORE = ["gateway_%s_total" % n for n in (
     "pushes_too_large pushes_acked pushes_waited retransmits undelivered slow_consumers "
     "preauth_evictions refreshes refresh_failures expiry_notices resyncs tls_handshakes "
     "tls_failures tls_handovers tls_key_updates_sent tls_key_updates_received ws_upgrades "
-    "ws_rejected room_coalesced room_batches").split()]
+    "ws_rejected room_coalesced room_batches upstream_aggregates upstream_aggregated").split()]
 NATS_COUNTERS = ["gateway_nats_%s_total" % n for n in (
     "requests request_timeouts no_responders unavailable bad_replies remote_publishes "
     "publish_errors push_unconfirmed events_dropped events_confirmed events_resent "

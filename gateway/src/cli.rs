@@ -207,13 +207,22 @@ section_overrides! {
     hot = "rooms-hot": Vec<String>,
     /// A room's pushes per second on a core above which it becomes hot; 0 = never by rate [default: 100]
     hot_rate_per_s = "rooms-hot-rate-per-s": u32,
-    /// Pushes one batch carries at most; past it LOW, then NORMAL are dropped [default: 200]
+    /// Pushes one batch of coalesce_window_ms carries at most (more in a stretched window); past it LOW and NORMAL are dropped [default: 200]
     batch_pushes_max = "rooms-batch-pushes-max": u32,
+    /// Batch frames one hot room may cause per second per core; a bigger room gathers longer; 0 = never stretched [default: 50000]
+    frames_per_s_max = "rooms-frames-per-s-max": u32,
+    /// Longest window of a stretched room, and every hot room's window under overload, ms [default: 1000]
+    coalesce_window_max_ms = "rooms-coalesce-window-max-ms": u32,
     /// Upstream frames naming a room, per second per room and core; 0 = no limit [default: 0]
     upstream_rate_per_s = "rooms-upstream-rate-per-s": u32,
     /// Upstream frames naming a room taken at once before the rate applies [default: 1000]
     #[arg(id = "rooms_upstream_burst")]
     upstream_burst = "rooms-upstream-burst": u32,
+    /// Routes whose upstreams naming a room go to the backend as one request per room, core and window (comma-separated) [default: none]
+    #[arg(value_delimiter = ',')]
+    aggregate_routes = "rooms-aggregate-routes": Vec<String>,
+    /// Items one aggregated upstream request carries at most [default: 1000]
+    aggregate_items_max = "rooms-aggregate-items-max": u32,
 }
 
 section_overrides! {

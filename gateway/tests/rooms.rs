@@ -321,3 +321,28 @@ fn batches_wait_for_the_window_not_longer() {
     assert_eq!(next(&mut reader), "[r.n:0]");
     gw.shutdown(false);
 }
+
+#[test]
+fn a_room_with_many_members_here_gathers_longer_and_carries_more() {
+    // Three members on the one core at 10 frames/s: the window stretches
+    // from 50 to 300 ms and carries 6x the 2 pushes of a 50 ms window: 12.
+    let gw = start_rooms(|c| {
+        c.rooms.hot = vec!["r".into()];
+        c.rooms.batch_pushes_max = 2;
+        c.rooms.frames_per_s_max = 10;
+    });
+    let mut reader = member(&gw, "reader", true, "r");
+    let _other = member(&gw, "other", true, "r");
+    let mut sender = member(&gw, "sender", true, "r");
+    send(&mut sender, 2, "r", &format!("{}l", "n".repeat(12)));
+    let want: Vec<String> = (0..12).map(|i| format!("r.n:{i}")).collect();
+    assert_eq!(next(&mut reader), format!("[{}]+1", want.join(" ")));
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(gw.admin_addr.expect("admin"), "/stats").1).expect("stats");
+    let hot = &stats["cores"][0]["hot_rooms"][0];
+    assert_eq!(
+        (hot["room"].as_str(), hot["window_ms"].as_u64()),
+        (Some("r"), Some(300))
+    );
+    gw.shutdown(false);
+}

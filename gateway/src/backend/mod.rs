@@ -188,6 +188,13 @@ pub trait Backend {
     /// Handles one upstream frame. The core bounds how many are in flight and
     /// how long each may take (`upstream_timeout_ms`).
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply>;
+    /// Handles upstream frames of one route naming one room, gathered on
+    /// this core over one window (`rooms.aggregate_routes`): one answer per
+    /// item, in their order. By default each is handled alone; the NATS
+    /// backend sends them as one request (PROTOCOL.md §14.2.1).
+    fn upstream_batch(&self, items: Vec<UpstreamRequest>) -> Vec<LocalBoxFuture<BackendReply>> {
+        items.into_iter().map(|r| self.upstream(r)).collect()
+    }
     /// Reports a session event; must not block.
     fn event(&self, ev: SessionEvent);
     /// This core gained (`on`) its first or lost its last member of a user

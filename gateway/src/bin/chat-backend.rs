@@ -36,8 +36,8 @@ use gateway::backend::embedded::{
 };
 use gateway::backend::{BackendReply, PushOrder, UpstreamRequest};
 use gateway::nats::contract::{
-    self, header_value, Subjects, H_ACK, H_CONN, H_DEVICE, H_MSG_ID, H_NODE, H_ROOM, H_ROUTE,
-    H_USER,
+    self, header_value, Subjects, H_ACK, H_BATCH, H_CONN, H_DEVICE, H_MSG_ID, H_NODE, H_ROOM,
+    H_ROUTE, H_USER,
 };
 use gw_proto::pb::{self, push_order};
 use gw_proto::ErrorCode;
@@ -205,6 +205,30 @@ async fn serve(
             counts.bad.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        let batch = m.headers.as_ref().is_some_and(|h| h.get(H_BATCH).is_some());
+        if batch {
+            // An aggregated request (PROTOCOL.md §14.2.1): each item answered
+            // as if it had come alone, in order.
+            let answer = match batch_items(&m, &prefix) {
+                Some((items, node)) => {
+                    let mut replies = Vec::with_capacity(items.len());
+                    for req in &items {
+                        replies.push(handle(&client, &subjects, &state, req, node.clone()).await);
+                    }
+                    pb::BatchReply { replies }.encode_to_vec()
+                }
+                None => {
+                    // Without items there is nothing to answer one by one:
+                    // the gateway turns a wrong count into INTERNAL.
+                    counts.bad.fetch_add(1, Ordering::Relaxed);
+                    pb::BatchReply::default().encode_to_vec()
+                }
+            };
+            if let Err(e) = client.publish(reply_to, Bytes::from(answer)).await {
+                tracing::warn!(error = %e, "reply not sent");
+            }
+            continue;
+        }
         let answer = match request(&m, &prefix) {
             Some((req, node)) => handle(&client, &subjects, &state, &req, node).await,
             None => {
@@ -243,6 +267,30 @@ fn request(m: &async_nats::Message, prefix: &str) -> Option<(UpstreamRequest, St
         room: get(H_ROOM).unwrap_or_default(),
     };
     Some((req, get(H_NODE).unwrap_or_default()))
+}
+
+/// The items of an aggregated request, as the demo routes see them, and
+/// the node it came from.
+fn batch_items(m: &async_nats::Message, prefix: &str) -> Option<(Vec<UpstreamRequest>, String)> {
+    let route = m.subject.as_str().strip_prefix(prefix)?.to_string();
+    let h = m.headers.as_ref()?;
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_string());
+    let room = get(H_ROOM).unwrap_or_default();
+    let batch = pb::UpstreamBatch::decode(m.payload.clone()).ok()?;
+    let items = batch
+        .items
+        .into_iter()
+        .map(|i| UpstreamRequest {
+            conn_id: i.conn_id,
+            user: Rc::from(i.user.as_str()),
+            device: Rc::from(i.device.as_str()),
+            route: route.clone(),
+            client_msg_id: i.client_msg_id,
+            payload: i.payload,
+            room: room.clone(),
+        })
+        .collect();
+    Some((items, get(H_NODE).unwrap_or_default()))
 }
 
 /// The answer to one request.

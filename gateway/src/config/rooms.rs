@@ -11,6 +11,10 @@ pub const COALESCE_WINDOW_MAX_MS: u32 = 5_000;
 pub const BATCH_PUSHES_MAX: u32 = 10_000;
 /// Most `hot` patterns.
 pub const HOT_PATTERNS_MAX: usize = 1_024;
+/// Most routes in `aggregate_routes`.
+pub const AGGREGATE_ROUTES_MAX: usize = 64;
+/// Most items of one aggregated upstream request.
+pub const AGGREGATE_ITEMS_MAX: u32 = 10_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -25,14 +29,33 @@ pub struct RoomsConfig {
     /// and cools after a window under half of it, per s; 0 = only rooms
     /// named in `hot` or marked by a backend.
     pub hot_rate_per_s: u32,
-    /// Pushes one batch may carry; past it LOW, then NORMAL pushes of the
-    /// room are dropped until the window ends (HIGH are never batched).
+    /// Pushes one batch of `coalesce_window_ms` may carry (a stretched
+    /// window carries proportionally more, up to 10,000); past it LOW and
+    /// NORMAL pushes of the room are dropped until the window ends (HIGH
+    /// are never dropped).
     pub batch_pushes_max: u32,
+    /// Batch frames one hot room may cause per second on one core: a room
+    /// with more members there than `frames_per_s_max *
+    /// coalesce_window_ms / 1000` gathers for longer (members * 1000 /
+    /// frames_per_s_max ms), up to `coalesce_window_max_ms`; 0 = the
+    /// window is never stretched.
+    pub frames_per_s_max: u32,
+    /// Longest window of a stretched room, and the window of every hot
+    /// room while the core sheds load (overload), ms.
+    pub coalesce_window_max_ms: u32,
     /// Upstream frames naming a room (`Upstream.room`) per second per
     /// room, per core; over it: BUSY; 0 = no limit.
     pub upstream_rate_per_s: u32,
     /// Upstream frames a room takes at once before the rate applies.
     pub upstream_burst: u32,
+    /// Routes whose upstream frames naming a room (`Upstream.room`) are
+    /// gathered per room and core for `coalesce_window_ms` and sent to the
+    /// backend as one request (an UpstreamBatch, PROTOCOL.md §14.2.1); empty
+    /// = none.
+    pub aggregate_routes: Vec<String>,
+    /// Items one aggregated request carries at most: a full one goes at
+    /// once.
+    pub aggregate_items_max: u32,
 }
 
 impl Default for RoomsConfig {
@@ -42,8 +65,12 @@ impl Default for RoomsConfig {
             hot: Vec::new(),
             hot_rate_per_s: 100,
             batch_pushes_max: 200,
+            frames_per_s_max: 50_000,
+            coalesce_window_max_ms: 1_000,
             upstream_rate_per_s: 0,
             upstream_burst: 1_000,
+            aggregate_routes: Vec::new(),
+            aggregate_items_max: 1_000,
         }
     }
 }
@@ -54,6 +81,12 @@ impl RoomsConfig {
         if !(1..=COALESCE_WINDOW_MAX_MS).contains(&w) {
             return Err(format!(
                 "rooms.coalesce_window_ms ({w}) must be from 1 to {COALESCE_WINDOW_MAX_MS}"
+            ));
+        }
+        let m = self.coalesce_window_max_ms;
+        if !(w..=COALESCE_WINDOW_MAX_MS).contains(&m) {
+            return Err(format!(
+                "rooms.coalesce_window_max_ms ({m}) must be from coalesce_window_ms ({w}) to {COALESCE_WINDOW_MAX_MS}"
             ));
         }
         if !(1..=BATCH_PUSHES_MAX).contains(&self.batch_pushes_max) {
@@ -74,6 +107,21 @@ impl RoomsConfig {
         if self.hot_rate_per_s > BURST_MAX {
             return Err(format!("rooms.hot_rate_per_s must be at most {BURST_MAX}"));
         }
+        if self.aggregate_routes.len() > AGGREGATE_ROUTES_MAX
+            || self
+                .aggregate_routes
+                .iter()
+                .any(|r| r.is_empty() || r.len() > 128)
+        {
+            return Err(format!(
+                "rooms.aggregate_routes: at most {AGGREGATE_ROUTES_MAX} routes of 1 to 128 bytes"
+            ));
+        }
+        if !(1..=AGGREGATE_ITEMS_MAX).contains(&self.aggregate_items_max) {
+            return Err(format!(
+                "rooms.aggregate_items_max must be from 1 to {AGGREGATE_ITEMS_MAX}"
+            ));
+        }
         let (rate, burst) = (self.upstream_rate_per_s, self.upstream_burst);
         if rate > BURST_MAX || (rate > 0 && !(1..=BURST_MAX).contains(&burst)) {
             return Err(format!(
@@ -81,6 +129,37 @@ impl RoomsConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The window of a hot room with `members` on this core, ms: the
+    /// configured one, stretched so the room causes at most
+    /// `frames_per_s_max` frames a second here, and the longest one while
+    /// the core sheds load.
+    pub fn window_ms(&self, members: usize, shedding: bool) -> u32 {
+        let (w, max) = (self.coalesce_window_ms, self.coalesce_window_max_ms);
+        if shedding {
+            return max;
+        }
+        if self.frames_per_s_max == 0 {
+            return w;
+        }
+        let need = (members as u64 * 1_000).div_ceil(u64::from(self.frames_per_s_max));
+        need.clamp(u64::from(w), u64::from(max)) as u32
+    }
+
+    /// Pushes a batch of a `window_ms` window may carry.
+    pub fn batch_cap(&self, window_ms: u32) -> usize {
+        let scaled = u64::from(self.batch_pushes_max) * u64::from(window_ms)
+            / u64::from(self.coalesce_window_ms.max(1));
+        scaled.clamp(
+            u64::from(self.batch_pushes_max),
+            u64::from(BATCH_PUSHES_MAX.max(self.batch_pushes_max)),
+        ) as usize
+    }
+
+    /// Whether upstream frames of `route` naming a room are aggregated.
+    pub fn aggregated(&self, route: &str) -> bool {
+        self.aggregate_routes.iter().any(|r| r == route)
     }
 
     /// Whether `room` is named hot by `hot`.
@@ -112,5 +191,34 @@ mod tests {
             ..RoomsConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_window_stretches_with_the_members_and_under_overload() {
+        let c = RoomsConfig::default(); // 100 ms, 50,000 frames/s, 1 s
+        assert_eq!(c.window_ms(0, false), 100);
+        assert_eq!(c.window_ms(5_000, false), 100);
+        assert_eq!(c.window_ms(5_001, false), 101);
+        assert_eq!(c.window_ms(20_000, false), 400);
+        assert_eq!(c.window_ms(1_000_000, false), 1_000);
+        assert_eq!(c.window_ms(1, true), 1_000);
+        let off = RoomsConfig {
+            frames_per_s_max: 0,
+            ..RoomsConfig::default()
+        };
+        assert_eq!(off.window_ms(1_000_000, false), 100);
+        // The cap grows with the window, within BATCH_PUSHES_MAX.
+        assert_eq!(c.batch_cap(100), 200);
+        assert_eq!(c.batch_cap(400), 800);
+        let big = RoomsConfig {
+            batch_pushes_max: 5_000,
+            ..RoomsConfig::default()
+        };
+        assert_eq!(big.batch_cap(1_000), BATCH_PUSHES_MAX as usize);
+        let bad = RoomsConfig {
+            coalesce_window_max_ms: 50,
+            ..RoomsConfig::default()
+        };
+        assert!(bad.validate().is_err(), "max under the window");
     }
 }

@@ -380,7 +380,11 @@ async fn run_upstream(core: Rc<Core>, key: ConnKey, corr: u64, req: UpstreamRequ
     let id = key.id();
     let route = req.route.clone();
     let sent = Instant::now();
-    let fut = core.backend.upstream(req);
+    let fut = if !req.room.is_empty() && core.cfg().rooms.aggregated(&req.route) {
+        core.aggregated_upstream(req)
+    } else {
+        core.backend.upstream(req)
+    };
     let timeout = Duration::from_millis(core.cfg().upstream_timeout_ms as u64);
     let reply = futures_lite::future::or(async { Some(fut.await) }, async {
         core.sleep(timeout).await;

@@ -192,20 +192,20 @@ impl Core {
             // The room's key (when it has members here) and its rate.
             let room = {
                 let st = self.state.borrow();
-                st.rooms.get_key_value(r.as_str()).map(|(k, _)| {
+                st.rooms.get_key_value(r.as_str()).map(|(k, m)| {
                     let over = !self
                         .overload
                         .take_room(k, now, |k| st.rooms.contains_key(k));
-                    (k.clone(), over)
+                    (k.clone(), over, m.len())
                 })
             };
-            if let Some((key, over)) = room {
+            if let Some((key, over, members)) = room {
                 over_rate = over;
                 if over_rate {
                     self.metrics.rejected(Reject::RoomRate);
                 }
                 if !ack_required {
-                    match self.room_way(&key, body, priority, over_rate) {
+                    match self.room_way(&key, body, priority, over_rate, members) {
                         // Every member will have it (or its drop counted).
                         super::rooms::Way::Gathered | super::rooms::Way::Dropped(_) => return 1,
                         super::rooms::Way::GatheredLast => {

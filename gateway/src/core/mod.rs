@@ -12,6 +12,7 @@
 //! - `connz.rs`: connection inspection for the admin `/connz`.
 //! - `overload.rs`: queueing delay, priority admission and token buckets.
 
+pub mod aggregate;
 mod conn;
 pub mod connz;
 mod deliver;
@@ -159,6 +160,8 @@ pub struct Core {
     pub accepted: RefCell<HashMap<u64, Instant>>,
     /// Hot rooms: batches, shedding, the rooms' upstream rate (`rooms.rs`).
     pub rooms: rooms::Rooms,
+    /// Upstreams of aggregated routes gathering per room (`aggregate.rs`).
+    pub aggregates: aggregate::Aggregates,
     start: Instant,
 }
 
@@ -218,6 +221,7 @@ impl Core {
             delivery,
             accepted: Default::default(),
             rooms: Default::default(),
+            aggregates: Default::default(),
             start: Instant::now(),
         }
     }

@@ -27,12 +27,19 @@
 //! - **Upstream.** Upstream frames naming a room take a token of the
 //!   room's bucket (`rooms.upstream_rate_per_s`, per core): over it BUSY.
 //!
-//! Every window has the same length, so rooms come due in the order their
-//! batches started: one queue and one task per core (`run_rooms`) flush
-//! them, with no timer per room.
+//! - **Window.** A room with many members on this core gathers for longer:
+//!   its window is stretched so it causes at most `rooms.frames_per_s_max`
+//!   batch frames a second here (members * 1000 / frames_per_s_max ms), up
+//!   to `rooms.coalesce_window_max_ms`, which is also every hot room's
+//!   window while the core sheds load. A stretched window carries
+//!   proportionally more pushes (`RoomsConfig::batch_cap`).
+//!
+//! One queue ordered by due instant and one task per core (`run_rooms`)
+//! flush the batches, with no timer per room.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -110,6 +117,8 @@ struct Room {
     batch_bytes: usize,
     /// Dropped since the last batch went out.
     dropped: u32,
+    /// The gathering batch's window, ms.
+    window_ms: u32,
     /// When the gathering batch is due (its entry in the due queue); None
     /// when nothing gathers. An entry whose instant is not this one is
     /// stale (the batch went early, with a HIGH push or a full frame).
@@ -129,14 +138,20 @@ pub struct HotRoom {
     pub coalesced: u64,
     pub batches: u64,
     pub dropped: u64,
+    /// The window of its latest batch, ms (stretched for a room with many
+    /// members here, or while the core sheds load).
+    pub window_ms: u32,
 }
+
+/// A gathering batch's due instant and room, earliest first in the heap.
+type Due = Reverse<(Instant, Rc<str>)>;
 
 /// The rooms' state of one core.
 #[derive(Default)]
 pub struct Rooms {
     map: RefCell<HashMap<Rc<str>, Room>>,
-    /// Rooms whose batch is gathering, in the order they come due.
-    due: RefCell<VecDeque<(Instant, Rc<str>)>>,
+    /// Rooms whose batch is gathering, earliest due first.
+    due: RefCell<BinaryHeap<Due>>,
     waker: RefCell<Option<Waker>>,
     /// `run_rooms` has not ended yet.
     pub running: Cell<bool>,
@@ -173,6 +188,7 @@ impl Rooms {
                 coalesced: r.coalesced,
                 batches: r.batches,
                 dropped: r.dropped_total,
+                window_ms: r.window_ms,
             })
             .collect();
         v.sort_by_key(|r| std::cmp::Reverse(r.coalesced + r.dropped));
@@ -234,13 +250,15 @@ pub fn encode_batch(room: &str, pushes: &[Bytes], dropped: u32) -> Bytes {
 
 impl Core {
     /// Decides what happens to a push to `room` that needs no ack.
-    /// `over_rate`: the room is over `overload.room_broadcast_rate_per_s`.
+    /// `over_rate`: the room is over `overload.room_broadcast_rate_per_s`;
+    /// `members`: the room's members on this core.
     pub(super) fn room_way(
         &self,
         room: &Rc<str>,
         body: &Bytes,
         priority: Priority,
         over_rate: bool,
+        members: usize,
     ) -> Way {
         let cfg = self.cfg();
         let rc = &cfg.rooms;
@@ -276,9 +294,10 @@ impl Core {
             }
             return Way::Now;
         }
+        let shedding = self.overload.shedding();
         let shed = if over_rate {
             Some(Drop::RoomRate)
-        } else if self.overload.shedding() {
+        } else if shedding {
             Some(Drop::Overload)
         } else {
             None
@@ -296,7 +315,7 @@ impl Core {
         if !hot {
             return Way::Now;
         }
-        if r.batch.len() >= rc.batch_pushes_max as usize {
+        if r.due_at.is_some() && r.batch.len() >= rc.batch_cap(r.window_ms) {
             return self.dropped(r, Drop::BatchFull, priority);
         }
         if !fits {
@@ -311,13 +330,16 @@ impl Core {
         r.coalesced += 1;
         CoreMetrics::inc(&self.metrics.room_coalesced);
         if r.due_at.is_none() {
-            let at = now + Duration::from_millis(rc.coalesce_window_ms.into());
+            r.window_ms = rc.window_ms(members, shedding);
+            let at = now + Duration::from_millis(r.window_ms.into());
             r.due_at = Some(at);
             let was_empty = {
                 let mut due = self.rooms.due.borrow_mut();
-                due.push_back((at, room.clone()));
+                due.push(Reverse((at, room.clone())));
                 due.len() == 1
             };
+            // A flusher asleep wakes at least every coalesce_window_ms
+            // (run_rooms), never later than this batch is due.
             if was_empty {
                 self.rooms.wake();
             }
@@ -388,13 +410,13 @@ impl Core {
             let now = Instant::now();
             let next = {
                 let mut due = self.rooms.due.borrow_mut();
-                match due.front() {
-                    Some(&(at, _)) if at <= now => due.pop_front(),
-                    Some(&(at, _)) => return Some(at),
+                match due.peek() {
+                    Some(Reverse((at, _))) if *at <= now => due.pop(),
+                    Some(Reverse((at, _))) => return Some(*at),
                     None => return None,
                 }
             };
-            if let Some((at, room)) = next {
+            if let Some(Reverse((at, room))) = next {
                 let current = self.rooms.map.borrow().get(&room).and_then(|r| r.due_at) == Some(at);
                 if current {
                     self.flush_room(&room);
@@ -409,7 +431,11 @@ impl Core {
         while !self.stopping.get() {
             match self.flush_due() {
                 Some(at) => {
-                    self.sleep(at.saturating_duration_since(Instant::now()))
+                    // Not past the shortest window: a batch that starts
+                    // meanwhile may come due before `at` (windows differ).
+                    let shortest =
+                        Duration::from_millis(self.cfg().rooms.coalesce_window_ms.into());
+                    self.sleep(at.saturating_duration_since(Instant::now()).min(shortest))
                         .await
                 }
                 None => {
@@ -426,8 +452,8 @@ impl Core {
             }
         }
         // What is still gathering goes out before the connections close.
-        let rooms: Vec<_> = self.rooms.due.borrow_mut().drain(..).collect();
-        for (_, room) in rooms {
+        let rooms: Vec<_> = self.rooms.due.borrow_mut().drain().collect();
+        for Reverse((_, room)) in rooms {
             self.flush_room(&room);
         }
         self.rooms.running.set(false);

@@ -38,6 +38,14 @@ impl Members {
             }
         }
     }
+    /// Members in the list (at least one: an empty list is removed).
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        match self {
+            Members::One(_) => 1,
+            Members::Many(v) => v.len(),
+        }
+    }
     pub fn to_vec(&self) -> Vec<u32> {
         match self {
             Members::One(a) => vec![*a],

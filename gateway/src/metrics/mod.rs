@@ -124,6 +124,8 @@ counters! {
     ws_rejected: "WebSocket connections refused or closed for bad input (handshake, masking, text, size)",
     room_coalesced: "Room pushes gathered into batches (hot rooms)",
     room_batches: "Batches sent (one per hot room, coalescing window and core; each member gets one frame)",
+    upstream_aggregates: "Aggregated upstream requests sent (one per room, route, window and core; rooms.aggregate_routes)",
+    upstream_aggregated: "Upstream frames sent inside aggregated requests",
 }
 
 macro_rules! histograms {

@@ -6,9 +6,9 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use gw_proto::ErrorCode;
+use gw_proto::{pb, ErrorCode};
 
-use super::bridge::{BridgeStats, Call, CoreLink, ToNats};
+use super::bridge::{Answers, BridgeStats, Call, CoreLink, ToNats};
 use super::contract::{self, Subjects};
 use super::interest::{Event, Interest as Subscriptions};
 use crate::backend::{
@@ -121,7 +121,7 @@ impl Backend for NatsBackend {
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply> {
         let (reply, answer) = self.replies.expect();
         let msg = ToNats::Request(Box::new(Call {
-            headers: [
+            headers: vec![
                 (contract::H_NODE, self.node.clone()),
                 (contract::H_CONN, req.conn_id.to_string()),
                 (contract::H_USER, req.user.to_string()),
@@ -131,7 +131,7 @@ impl Backend for NatsBackend {
             ],
             route: req.route,
             payload: req.payload,
-            reply,
+            reply: Answers::One(reply),
         }));
         let tx = self.tx.clone();
         Box::pin(async move {
@@ -143,6 +143,64 @@ impl Backend for NatsBackend {
                 .await
                 .unwrap_or_else(|| unavailable("the NATS bridge dropped the request"))
         })
+    }
+
+    /// One request carrying an `UpstreamBatch` (PROTOCOL.md §14.2.1); each
+    /// item's answer comes back on its own.
+    fn upstream_batch(&self, items: Vec<UpstreamRequest>) -> Vec<LocalBoxFuture<BackendReply>> {
+        let Some(first) = items.first() else {
+            return Vec::new();
+        };
+        let (route, room) = (first.route.clone(), first.room.clone());
+        let n = items.len();
+        let mut tos = Vec::with_capacity(n);
+        let mut answers = Vec::with_capacity(n);
+        let mut batch = pb::UpstreamBatch::default();
+        for req in items {
+            debug_assert!(
+                req.route == route && req.room == room,
+                "one route and room per batch"
+            );
+            let (to, answer) = self.replies.expect();
+            tos.push(to);
+            answers.push(answer);
+            batch.items.push(pb::UpstreamItem {
+                conn_id: req.conn_id,
+                user: req.user.to_string(),
+                device: req.device.to_string(),
+                client_msg_id: req.client_msg_id,
+                payload: req.payload,
+            });
+        }
+        let msg = ToNats::Request(Box::new(Call {
+            headers: vec![
+                (contract::H_NODE, self.node.clone()),
+                (contract::H_ROOM, room),
+                (contract::H_BATCH, n.to_string()),
+            ],
+            route,
+            payload: contract::to_bytes(&batch),
+            reply: Answers::Batch(tos),
+        }));
+        // Sent once, from its own task; the answers wait on their own. If
+        // the bridge has stopped, the dropped ReplyTos answer
+        // BACKEND_UNAVAILABLE.
+        let tx = self.tx.clone();
+        crate::core::wake::spawn(async move {
+            let _ = crate::core::wake::send(&tx, msg).await;
+        })
+        .detach();
+        answers
+            .into_iter()
+            .map(|answer| -> LocalBoxFuture<BackendReply> {
+                Box::pin(async move {
+                    answer
+                        .get()
+                        .await
+                        .unwrap_or_else(|| unavailable("the NATS bridge dropped the request"))
+                })
+            })
+            .collect()
     }
 
     fn event(&self, ev: SessionEvent) {

@@ -33,10 +33,27 @@ pub enum ToNats {
 pub struct Call {
     pub route: String,
     /// An empty Gw-Room is left out.
-    pub headers: [(&'static str, String); 6],
+    pub headers: Vec<(&'static str, String)>,
     pub payload: Bytes,
     /// Where the answer goes (back to the core).
-    pub reply: super::replies::ReplyTo,
+    pub reply: Answers,
+}
+
+/// Where the answers of a request go: one, or one per item of an
+/// aggregated request (an `UpstreamBatch`, answered by a `BatchReply`).
+pub enum Answers {
+    One(super::replies::ReplyTo),
+    Batch(Vec<super::replies::ReplyTo>),
+}
+
+impl Answers {
+    /// The same answer to every item (an error).
+    fn send_all(self, r: BackendReply) {
+        match self {
+            Answers::One(to) => to.send(r),
+            Answers::Batch(tos) => tos.into_iter().for_each(|to| to.send(r.clone())),
+        }
+    }
 }
 
 /// Counters of the bridge, all cores together (read by /metrics).
@@ -291,7 +308,7 @@ async fn run_core(
                         "NATS is unreachable from this gateway; retry later",
                         ctx.retry_after_ms,
                     );
-                    call.reply.send(r);
+                    call.reply.send_all(r);
                     continue;
                 }
                 tokio::spawn(request(requests.clone(), ctx.clone(), *call));
@@ -337,52 +354,97 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
         .headers(h)
         .payload(payload)
         .timeout(Some(ctx.request_timeout));
-    let answer = match client.send_request(ctx.subjects.up(&route), req).await {
-        Ok(m) => match pb::BackendReply::decode(m.payload) {
-            Ok(r) => {
-                let mut orders = contract::split(r.pushes.clone(), r.ops.clone(), &ctx.node, true);
-                for why in orders.refused.drain(..) {
-                    tracing::warn!(%route, %why, "backend reply: order refused");
-                }
-                for remote in orders.remote.drain(..) {
-                    publish_remote(&requests, &ctx, remote).await;
-                }
-                contract::local_reply(&r, &mut orders)
+    let answer = client.send_request(ctx.subjects.up(&route), req).await;
+    match reply {
+        Answers::One(to) => {
+            let r = match answer {
+                Ok(m) => match pb::BackendReply::decode(m.payload) {
+                    Ok(r) => local(&requests, &ctx, &route, &r).await,
+                    Err(e) => malformed(&ctx, &route, &e.to_string()),
+                },
+                Err(e) => failed(&ctx, &route, e.kind()),
+            };
+            to.send(r);
+        }
+        Answers::Batch(tos) => {
+            let replies = match answer {
+                Ok(m) => match pb::BatchReply::decode(m.payload) {
+                    Ok(b) if b.replies.len() == tos.len() => b.replies,
+                    Ok(b) => {
+                        let why = format!("{} replies for {} items", b.replies.len(), tos.len());
+                        return Answers::Batch(tos).send_all(malformed(&ctx, &route, &why));
+                    }
+                    Err(e) => {
+                        return Answers::Batch(tos).send_all(malformed(
+                            &ctx,
+                            &route,
+                            &e.to_string(),
+                        ));
+                    }
+                },
+                Err(e) => return Answers::Batch(tos).send_all(failed(&ctx, &route, e.kind())),
+            };
+            for (to, r) in tos.into_iter().zip(replies) {
+                let r = local(&requests, &ctx, &route, &r).await;
+                to.send(r);
             }
-            Err(e) => {
-                ctx.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%route, error = %e, "backend reply is not a BackendReply protobuf: the client gets INTERNAL");
-                BackendReply::error(ErrorCode::Internal, "the backend sent a malformed reply")
-            }
-        },
-        Err(e) => match e.kind() {
-            RequestErrorKind::NoResponders => {
-                ctx.stats.no_responders.fetch_add(1, Ordering::Relaxed);
-                BackendReply::retry(
-                    ErrorCode::BackendUnavailable,
-                    &format!("no backend serves route {route:?}"),
-                    ctx.retry_after_ms,
-                )
-            }
-            RequestErrorKind::TimedOut => {
-                ctx.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
-                BackendReply::retry(
-                    ErrorCode::Timeout,
-                    "the backend did not answer within upstream_timeout_ms",
-                    ctx.retry_after_ms,
-                )
-            }
-            RequestErrorKind::Other => {
-                ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                BackendReply::retry(
-                    ErrorCode::BackendUnavailable,
-                    "NATS request failed; retry later",
-                    ctx.retry_after_ms,
-                )
-            }
-        },
-    };
-    reply.send(answer);
+        }
+    }
+}
+
+/// A backend's reply as the core applies it: orders for other nodes and
+/// rooms are published from here, the rest goes back with the reply.
+async fn local(
+    requests: &Requests,
+    ctx: &Arc<Ctx>,
+    route: &str,
+    r: &pb::BackendReply,
+) -> BackendReply {
+    let mut orders = contract::split(r.pushes.clone(), r.ops.clone(), &ctx.node, true);
+    for why in orders.refused.drain(..) {
+        tracing::warn!(%route, %why, "backend reply: order refused");
+    }
+    for remote in orders.remote.drain(..) {
+        publish_remote(requests, ctx, remote).await;
+    }
+    contract::local_reply(r, &mut orders)
+}
+
+/// The answer to a request whose reply did not decode.
+fn malformed(ctx: &Ctx, route: &str, error: &str) -> BackendReply {
+    ctx.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%route, %error, "backend reply is not a BackendReply (or, to Gw-Batch, a BatchReply with one reply per item) protobuf: the client gets INTERNAL");
+    BackendReply::error(ErrorCode::Internal, "the backend sent a malformed reply")
+}
+
+/// The answer to a request NATS could not complete.
+fn failed(ctx: &Ctx, route: &str, kind: RequestErrorKind) -> BackendReply {
+    match kind {
+        RequestErrorKind::NoResponders => {
+            ctx.stats.no_responders.fetch_add(1, Ordering::Relaxed);
+            BackendReply::retry(
+                ErrorCode::BackendUnavailable,
+                &format!("no backend serves route {route:?}"),
+                ctx.retry_after_ms,
+            )
+        }
+        RequestErrorKind::TimedOut => {
+            ctx.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+            BackendReply::retry(
+                ErrorCode::Timeout,
+                "the backend did not answer within upstream_timeout_ms",
+                ctx.retry_after_ms,
+            )
+        }
+        RequestErrorKind::Other => {
+            ctx.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            BackendReply::retry(
+                ErrorCode::BackendUnavailable,
+                "NATS request failed; retry later",
+                ctx.retry_after_ms,
+            )
+        }
+    }
 }
 
 /// Sends work that leaves this node: user and room pushes, user kicks,

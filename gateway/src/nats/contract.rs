@@ -20,6 +20,9 @@ pub const H_DEVICE: &str = "Gw-Device";
 pub const H_MSG_ID: &str = "Gw-Msg-Id";
 /// The room an upstream frame names (`Upstream.room`); absent when none.
 pub const H_ROOM: &str = "Gw-Room";
+/// On an aggregated upstream request: how many items its UpstreamBatch
+/// carries (PROTOCOL.md §14.2.1).
+pub const H_BATCH: &str = "Gw-Batch";
 /// Push headers on user and room subjects (anyone to gateways).
 pub const H_ROUTE: &str = "Gw-Route";
 pub const H_ACK: &str = "Gw-Ack";

@@ -11,16 +11,24 @@ fi
 # box_ticks: busy and total jiffies of the whole machine (/proc/stat).
 box_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 # gw_sum REGEX: the sum over every gateway of the /metrics samples whose
-# name (with labels) matches REGEX.
+# name (with labels) matches REGEX; "NA" when a gateway did not answer
+# (three tries of 10 s: a saturated box can be slow to scrape).
 gw_sum() {
-    local i total=0 v
+    local i total=0 v try
     for i in "${!GW_PIDS[@]}"; do
-        v=$(curl -fsS --max-time 5 "http://127.0.0.1:$((ADMIN_PORT + i))/metrics" 2>/dev/null |
-            awk -v re="$1" '$1 ~ re {s += $2} END {printf "%d", s}')
-        total=$(( total + ${v:-0} ))
+        v=
+        for try in 1 2 3; do
+            v=$(curl -fsS --max-time 10 "http://127.0.0.1:$((ADMIN_PORT + i))/metrics" 2>/dev/null |
+                awk -v re="$1" '$1 ~ re {s += $2} END {if (NR > 0) printf "%d", s}') && [[ -n $v ]] && break
+            v=
+        done
+        [[ -n $v ]] || { echo NA; return; }
+        total=$(( total + v ))
     done
     echo "$total"
 }
+# delta A B: B - A, or -1 when either is NA (written as null in the JSON).
+delta() { if [[ $1 == NA || $2 == NA ]]; then echo -1; else echo $(( $2 - $1 )); fi; }
 gw_ticks() { local p t=0; for p in "${GW_PIDS[@]}"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
 # gw_uticks: the gateways' user-space jiffies alone. On loopback the kernel
 # time of a write includes the receiving socket's TCP work and the reader's
@@ -60,14 +68,15 @@ room_phase() { # MODE RATE SECONDS
     k1=$(gw_sum '^gateway_room_batches_total'); d1=$(gw_sum '^gateway_room_pushes_dropped_total')
     s1=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
     jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" --arg u "$(( u1 - u0 ))" \
-        --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(( f1 - f0 ))" --arg c "$(( c1 - c0 ))" \
-        --arg k "$(( k1 - k0 ))" --arg d "$(( d1 - d0 ))" --arg sc "$(( s1 - s0 ))" --arg hz "$(getconf CLK_TCK)" \
+        --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(delta "$f0" "$f1")" --arg c "$(delta "$c0" "$c1")" \
+        --arg k "$(delta "$k0" "$k1")" --arg d "$(delta "$d0" "$d1")" --arg sc "$(delta "$s0" "$s1")" --arg hz "$(getconf CLK_TCK)" \
         '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
           gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), gateway_user_cpu_s: (($u|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
-          frames_out: ($f|tonumber), coalesced: ($c|tonumber), batches: ($k|tonumber), dropped: ($d|tonumber),
-          closed_slow_or_stale: ($sc|tonumber),
+          frames_out: ($f|tonumber|if . < 0 then null else . end), coalesced: ($c|tonumber|if . < 0 then null else . end),
+          batches: ($k|tonumber|if . < 0 then null else . end), dropped: ($d|tonumber|if . < 0 then null else . end),
+          closed_slow_or_stale: ($sc|tonumber|if . < 0 then null else . end),
           publisher: .}' "$TMP/pub.json" >>"$TMP/phases.jsonl"
-    echo "  [$mode $rate/s] $(jq -c '{published, published_high}' "$TMP/pub.json"), gateway CPU $(( g1 - g0 )) ticks, frames $(( f1 - f0 )), dropped $(( d1 - d0 ))"
+    echo "  [$mode $rate/s] $(jq -c '{published, published_high}' "$TMP/pub.json"), gateway CPU $(( g1 - g0 )) ticks, frames $(delta "$f0" "$f1"), dropped $(delta "$d0" "$d1") (-1 = a gateway did not answer its scrape)"
 }
 
 hot_room() {
@@ -153,13 +162,13 @@ hot_room() {
           {mode, rate, seconds: $secs, published: $p.publisher.published,
            published_by_priority: {low: $p.publisher.published_low, normal: $p.publisher.published_normal, high: $p.publisher.published_high},
            deliveries: $del, deliveries_per_s: ($del / $secs),
-           frames_out: $p.frames_out, frames_per_s: ($p.frames_out / $secs),
+           frames_out: $p.frames_out, frames_per_s: (if $p.frames_out == null then null else $p.frames_out / $secs end),
            gateway_cpu_s: $p.gateway_cpu_s,
            deliveries_per_gateway_cpu_s: (if $p.gateway_cpu_s > 0 then $del / $p.gateway_cpu_s else null end),
            gateway_cpu_us_per_delivery: (if $del > 0 then $p.gateway_cpu_s * 1e6 / $del else null end),
            gateway_user_cpu_s: $p.gateway_user_cpu_s,
            gateway_user_cpu_us_per_delivery: (if $del > 0 then $p.gateway_user_cpu_s * 1e6 / $del else null end),
-           gateway_cpu_us_per_frame: (if $p.frames_out > 0 then $p.gateway_cpu_s * 1e6 / $p.frames_out else null end),
+           gateway_cpu_us_per_frame: (if ($p.frames_out // 0) > 0 then $p.gateway_cpu_s * 1e6 / $p.frames_out else null end),
            box_cpu_pct: $p.box_cpu_pct,
            latency_p50_ms: ([$in[] | .latency_p50_ms // empty] | median),
            latency_p99_ms: ([$in[] | .latency_p99_ms // empty] | max),
@@ -181,7 +190,7 @@ hot_room() {
          flood_schema_version: $f.schema_version, gateway_version: $f.gateway_version,
          conns_dropped: $f.conns_dropped, conditions: $cond}' "$TMP/phases.jsonl" >"$OUT"
     echo "== result ($OUT)"
-    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s|floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery (user \(.gateway_user_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000)), \(.gateway_cpu_us_per_frame // 0 | . * 10 | floor / 10) us per frame, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
+    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s // -1 | floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery (user \(.gateway_user_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000)), \(.gateway_cpu_us_per_frame // 0 | . * 10 | floor / 10) us per frame, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
     jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x (user-space CPU alone: \(.deliveries_per_user_cpu_s // 0 | . * 10 | floor / 10)x)"' "$OUT"
     jq -r '"HIGH over the run: \(.high_received_total) of \(.high_expected_total) received (lost \(.high_lost_total))"' "$OUT"
 }

@@ -209,7 +209,7 @@ section_overrides! {
     hot_rate_per_s = "rooms-hot-rate-per-s": u32,
     /// Pushes one batch of coalesce_window_ms carries at most (more in a stretched window); past it LOW and NORMAL are dropped [default: 200]
     batch_pushes_max = "rooms-batch-pushes-max": u32,
-    /// Batch frames one hot room may cause per second per core; a bigger room gathers longer; 0 = never stretched [default: 50000]
+    /// Batch frames one hot room may cause per second per core; a bigger room gathers longer; 0 = never stretched [default: 20000]
     frames_per_s_max = "rooms-frames-per-s-max": u32,
     /// Longest window of a stretched room, and every hot room's window under overload, ms [default: 1000]
     coalesce_window_max_ms = "rooms-coalesce-window-max-ms": u32,

@@ -470,6 +470,15 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         self.io.validate().map_err(ConfigError::Invalid)?;
         self.rooms.validate().map_err(ConfigError::Invalid)?;
+        if !self.rooms.aggregate_routes.is_empty()
+            && self.rooms.coalesce_window_ms >= self.upstream_timeout_ms
+        {
+            // The window counts in each aggregated frame's timeout.
+            return Err(ConfigError::Invalid(format!(
+                "rooms.coalesce_window_ms ({}) must be under upstream_timeout_ms ({}) when rooms.aggregate_routes is set",
+                self.rooms.coalesce_window_ms, self.upstream_timeout_ms
+            )));
+        }
         Ok(())
     }
 
@@ -572,6 +581,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("outbound_bytes_max"));
+        // An aggregated frame waits for the window within its timeout.
+        let mut c = Config {
+            demo: true,
+            ..Config::default()
+        };
+        c.rooms.aggregate_routes = vec!["quiz.answer".into()];
+        c.validate().unwrap();
+        c.upstream_timeout_ms = c.rooms.coalesce_window_ms;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("upstream_timeout_ms"));
     }
 
     #[test]

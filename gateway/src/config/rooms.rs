@@ -65,7 +65,7 @@ impl Default for RoomsConfig {
             hot: Vec::new(),
             hot_rate_per_s: 100,
             batch_pushes_max: 200,
-            frames_per_s_max: 50_000,
+            frames_per_s_max: 20_000,
             coalesce_window_max_ms: 1_000,
             upstream_rate_per_s: 0,
             upstream_burst: 1_000,
@@ -195,11 +195,11 @@ mod tests {
 
     #[test]
     fn a_window_stretches_with_the_members_and_under_overload() {
-        let c = RoomsConfig::default(); // 100 ms, 50,000 frames/s, 1 s
+        let c = RoomsConfig::default(); // 100 ms, 20,000 frames/s, 1 s
         assert_eq!(c.window_ms(0, false), 100);
-        assert_eq!(c.window_ms(5_000, false), 100);
-        assert_eq!(c.window_ms(5_001, false), 101);
-        assert_eq!(c.window_ms(20_000, false), 400);
+        assert_eq!(c.window_ms(2_000, false), 100);
+        assert_eq!(c.window_ms(2_001, false), 101);
+        assert_eq!(c.window_ms(10_000, false), 500);
         assert_eq!(c.window_ms(1_000_000, false), 1_000);
         assert_eq!(c.window_ms(1, true), 1_000);
         let off = RoomsConfig {

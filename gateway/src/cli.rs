@@ -209,9 +209,9 @@ section_overrides! {
     hot_rate_per_s = "rooms-hot-rate-per-s": u32,
     /// Pushes one batch of coalesce_window_ms carries at most (more in a stretched window); past it LOW and NORMAL are dropped [default: 200]
     batch_pushes_max = "rooms-batch-pushes-max": u32,
-    /// Batch frames one hot room may cause per second per core; a bigger room gathers longer; 0 = never stretched [default: 20000]
+    /// Batch frames one hot room may cause per second per core; a bigger room gathers longer; 0 = not stretched by members [default: 20000]
     frames_per_s_max = "rooms-frames-per-s-max": u32,
-    /// Longest window of a stretched room, and every hot room's window under overload, ms [default: 1000]
+    /// Longest window of a stretched room, and every hot room's window under overload (coalesce_window_ms if longer), ms [default: 1000]
     coalesce_window_max_ms = "rooms-coalesce-window-max-ms": u32,
     /// Upstream frames naming a room, per second per room and core; 0 = no limit [default: 0]
     upstream_rate_per_s = "rooms-upstream-rate-per-s": u32,
@@ -223,6 +223,8 @@ section_overrides! {
     aggregate_routes = "rooms-aggregate-routes": Vec<String>,
     /// Items one aggregated upstream request carries at most [default: 1000]
     aggregate_items_max = "rooms-aggregate-items-max": u32,
+    /// Bytes one aggregated upstream request carries at most; keep it under the NATS server's max_payload [default: 524288]
+    aggregate_bytes_max = "rooms-aggregate-bytes-max": u32,
 }
 
 section_overrides! {

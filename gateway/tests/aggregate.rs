@@ -100,7 +100,8 @@ fn answers_of_a_room_reach_the_backend_as_one_request_and_each_client_its_reply(
     assert_eq!(h.get("Gw-Room").map(|v| v.as_str()), Some("quiz"));
     assert_eq!(h.get("Gw-Node").map(|v| v.as_str()), Some("gw-a"));
     let batch = pb::UpstreamBatch::decode(m.payload).expect("an UpstreamBatch");
-    let users: Vec<&str> = batch.items.iter().map(|i| i.user.as_str()).collect();
+    let mut users: Vec<&str> = batch.items.iter().map(|i| i.user.as_str()).collect();
+    users.sort_unstable(); // in the order the core read them
     assert_eq!(users, ["u0", "u1", "u2"]);
     assert!(batch.items.iter().all(|i| i.conn_id > 0));
     assert!(
@@ -168,11 +169,12 @@ fn without_nats_the_gathered_frames_are_answered_one_by_one() {
     let mut b = login(&gw, "b");
     send_in_room(&mut a, 1, "echo", "quiz", "x");
     send_in_room(&mut b, 1, "echo", "quiz", "y");
-    // Not aggregated: another room, and no room.
+    // Another room: a gathering of its own.
     send_in_room(&mut b, 2, "echo", "other", "z");
     assert_eq!(reply(&mut a, 1).payload.as_ref(), b"x");
     assert_eq!(reply(&mut b, 1).payload.as_ref(), b"y");
     assert_eq!(reply(&mut b, 2).payload.as_ref(), b"z");
+    // No room: not aggregated.
     assert_eq!(b.call(3, "echo", "w").payload.as_ref(), b"w");
     let snaps = gw.snapshots();
     let n = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
@@ -184,4 +186,65 @@ fn without_nats_the_gathered_frames_are_answered_one_by_one() {
         (2, 3)
     );
     gw.shutdown(false);
+}
+
+#[test]
+fn a_frame_that_would_take_a_gathering_past_its_bytes_sends_it_first() {
+    let mut cfg = test_config();
+    aggregating(&mut cfg, "echo");
+    cfg.rooms.aggregate_bytes_max = 1024;
+    let gw = common::start(cfg).0;
+    let mut c = login(&gw, "a");
+    // About 640 bytes each: two do not fit 1024.
+    let big = "x".repeat(600);
+    for corr in 1..=3 {
+        send_in_room(&mut c, corr, "echo", "quiz", &big);
+    }
+    for corr in 1..=3 {
+        assert_eq!(reply(&mut c, corr).payload.len(), 600);
+    }
+    let snaps = gw.snapshots();
+    let n = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (
+            n(|s| s.counters.upstream_aggregates),
+            n(|s| s.counters.upstream_aggregated)
+        ),
+        (3, 3)
+    );
+    gw.shutdown(false);
+}
+
+#[test]
+fn a_request_past_the_servers_max_payload_is_refused_and_nats_stays_up() {
+    let conf = std::env::temp_dir().join(format!(
+        "gw-aggregate-{}-{}.conf",
+        std::process::id(),
+        common::free_port()
+    ));
+    std::fs::write(&conf, "max_payload: 2048\n").expect("write nats.conf");
+    let nats_server = NatsServer::start_with(
+        common::free_port(),
+        vec!["-c".into(), conf.display().to_string()],
+    );
+    let _backend = ChatBackend::start(&nats_server.url(), &[]);
+    let mut cfg = nats_config("gw-a", &nats_server.url());
+    aggregating(&mut cfg, "echo");
+    let gw = common::start(cfg).0;
+    let mut clients: Vec<Client> = (0..3).map(|i| login(&gw, &format!("u{i}"))).collect();
+    until_served(&mut clients[0], "echo");
+    let big = "x".repeat(1000);
+    for c in clients.iter_mut() {
+        send_in_room(c, 7, "echo", "quiz", &big);
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(reply(c, 7).status, ErrorCode::Internal as u32);
+    }
+    // The connection to NATS was not closed by the server.
+    assert_eq!(
+        clients[0].call(8, "echo", "small").payload.as_ref(),
+        b"small"
+    );
+    gw.shutdown(false);
+    let _ = std::fs::remove_file(&conf);
 }

@@ -346,3 +346,29 @@ fn a_room_with_many_members_here_gathers_longer_and_carries_more() {
     );
     gw.shutdown(false);
 }
+
+#[test]
+fn a_room_with_a_shorter_window_goes_before_one_that_started_earlier() {
+    // At 2 frames/s a room of 3 members here gathers 1.5 s, a room of 1
+    // member 0.5 s: the second room's batch, started later, is due first.
+    let gw = start_rooms(|c| {
+        c.rooms.hot = vec!["big".into(), "small".into()];
+        c.rooms.frames_per_s_max = 2;
+        c.rooms.coalesce_window_max_ms = 5_000;
+    });
+    let mut reader = member(&gw, "reader", true, "big");
+    assert_eq!(reader.call(2, "room.join", r#"{"room":"small"}"#).status, 0);
+    let _b = member(&gw, "b", true, "big");
+    let mut sender = member(&gw, "sender", true, "big");
+    send(&mut sender, 2, "big", "n");
+    send(&mut sender, 3, "small", "n");
+    let mut rooms = Vec::new();
+    while rooms.len() < 2 {
+        rooms.push(reader.recv_until("a batch", |b| match b {
+            Body::Push(p) if !p.batch.is_empty() => Some(p.room.clone()),
+            _ => None,
+        }));
+    }
+    assert_eq!(rooms, ["small", "big"]);
+    gw.shutdown(false);
+}

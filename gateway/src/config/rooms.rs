@@ -15,6 +15,8 @@ pub const HOT_PATTERNS_MAX: usize = 1_024;
 pub const AGGREGATE_ROUTES_MAX: usize = 64;
 /// Most items of one aggregated upstream request.
 pub const AGGREGATE_ITEMS_MAX: u32 = 10_000;
+/// Most bytes of one aggregated upstream request.
+pub const AGGREGATE_BYTES_MAX: u32 = 64 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -37,11 +39,12 @@ pub struct RoomsConfig {
     /// Batch frames one hot room may cause per second on one core: a room
     /// with more members there than `frames_per_s_max *
     /// coalesce_window_ms / 1000` gathers for longer (members * 1000 /
-    /// frames_per_s_max ms), up to `coalesce_window_max_ms`; 0 = the
-    /// window is never stretched.
+    /// frames_per_s_max ms), up to `coalesce_window_max_ms`; 0 = not
+    /// stretched by members.
     pub frames_per_s_max: u32,
     /// Longest window of a stretched room, and the window of every hot
-    /// room while the core sheds load (overload), ms.
+    /// room while the core sheds load (overload), ms; a
+    /// `coalesce_window_ms` longer than this wins.
     pub coalesce_window_max_ms: u32,
     /// Upstream frames naming a room (`Upstream.room`) per second per
     /// room, per core; over it: BUSY; 0 = no limit.
@@ -56,6 +59,10 @@ pub struct RoomsConfig {
     /// Items one aggregated request carries at most: a full one goes at
     /// once.
     pub aggregate_items_max: u32,
+    /// Bytes one aggregated request carries at most (its items encoded),
+    /// under the NATS server's max_payload (1 MiB by default): an item
+    /// that would pass it sends the gathering first.
+    pub aggregate_bytes_max: u32,
 }
 
 impl Default for RoomsConfig {
@@ -71,6 +78,7 @@ impl Default for RoomsConfig {
             upstream_burst: 1_000,
             aggregate_routes: Vec::new(),
             aggregate_items_max: 1_000,
+            aggregate_bytes_max: 512 * 1024,
         }
     }
 }
@@ -84,9 +92,9 @@ impl RoomsConfig {
             ));
         }
         let m = self.coalesce_window_max_ms;
-        if !(w..=COALESCE_WINDOW_MAX_MS).contains(&m) {
+        if !(1..=COALESCE_WINDOW_MAX_MS).contains(&m) {
             return Err(format!(
-                "rooms.coalesce_window_max_ms ({m}) must be from coalesce_window_ms ({w}) to {COALESCE_WINDOW_MAX_MS}"
+                "rooms.coalesce_window_max_ms ({m}) must be from 1 to {COALESCE_WINDOW_MAX_MS}"
             ));
         }
         if !(1..=BATCH_PUSHES_MAX).contains(&self.batch_pushes_max) {
@@ -122,6 +130,11 @@ impl RoomsConfig {
                 "rooms.aggregate_items_max must be from 1 to {AGGREGATE_ITEMS_MAX}"
             ));
         }
+        if !(1024..=AGGREGATE_BYTES_MAX).contains(&self.aggregate_bytes_max) {
+            return Err(format!(
+                "rooms.aggregate_bytes_max must be from 1024 to {AGGREGATE_BYTES_MAX}"
+            ));
+        }
         let (rate, burst) = (self.upstream_rate_per_s, self.upstream_burst);
         if rate > BURST_MAX || (rate > 0 && !(1..=BURST_MAX).contains(&burst)) {
             return Err(format!(
@@ -136,7 +149,8 @@ impl RoomsConfig {
     /// `frames_per_s_max` frames a second here, and the longest one while
     /// the core sheds load.
     pub fn window_ms(&self, members: usize, shedding: bool) -> u32 {
-        let (w, max) = (self.coalesce_window_ms, self.coalesce_window_max_ms);
+        let w = self.coalesce_window_ms;
+        let max = self.coalesce_window_max_ms.max(w);
         if shedding {
             return max;
         }
@@ -215,10 +229,14 @@ mod tests {
             ..RoomsConfig::default()
         };
         assert_eq!(big.batch_cap(1_000), BATCH_PUSHES_MAX as usize);
-        let bad = RoomsConfig {
-            coalesce_window_max_ms: 50,
+        // A window longer than the max (a config from before the max): the
+        // window wins.
+        let long = RoomsConfig {
+            coalesce_window_ms: 2_000,
             ..RoomsConfig::default()
         };
-        assert!(bad.validate().is_err(), "max under the window");
+        assert!(long.validate().is_ok());
+        assert_eq!(long.window_ms(1_000_000, true), 2_000);
+        assert_eq!(long.window_ms(1, false), 2_000);
     }
 }

@@ -4,7 +4,8 @@
 //! A quiz room's members answer at once. For a route listed in
 //! `rooms.aggregate_routes`, the upstream frames naming the same room are
 //! gathered on this core for `rooms.coalesce_window_ms` (or until
-//! `rooms.aggregate_items_max` are waiting) and handed to the backend
+//! `rooms.aggregate_items_max` are waiting, or the next would take it past
+//! `rooms.aggregate_bytes_max`) and handed to the backend
 //! together (`Backend::upstream_batch`: over NATS one request carrying an
 //! `UpstreamBatch`, answered by one `BatchReply`). Each frame keeps its own
 //! answer: its task (`conn/frames.rs`, `run_upstream`) waits for it under
@@ -33,6 +34,14 @@ struct Gathering {
     /// Tells this batch's timer from a later batch's of the same key.
     generation: u64,
     items: Vec<(UpstreamRequest, Slot)>,
+    /// The items' bytes once encoded, about (`item_bytes`).
+    bytes: usize,
+}
+
+/// Bytes an item takes in an `UpstreamBatch`, at most: its fields, their
+/// tags and lengths, the conn id, the item's own tag and length.
+fn item_bytes(req: &UpstreamRequest) -> usize {
+    req.payload.len() + req.user.len() + req.device.len() + req.client_msg_id.len() + 40
 }
 
 /// The gathering batches of one core, by (route, room).
@@ -51,7 +60,24 @@ impl Core {
     ) -> LocalBoxFuture<BackendReply> {
         let (tx, rx) = flume::bounded(1);
         let key = (req.route.clone(), req.room.clone());
-        let items_max = self.cfg().rooms.aggregate_items_max as usize;
+        let (items_max, bytes_max) = {
+            let rc = &self.cfg().rooms;
+            (
+                rc.aggregate_items_max as usize,
+                rc.aggregate_bytes_max as usize,
+            )
+        };
+        let bytes = item_bytes(&req);
+        // This item would take the gathering past its bytes: it goes first.
+        let over = self
+            .aggregates
+            .map
+            .borrow()
+            .get(&key)
+            .is_some_and(|g| g.bytes + bytes > bytes_max);
+        if over {
+            self.send_aggregate(&key, None);
+        }
         let (started, full, generation) = {
             let mut map = self.aggregates.map.borrow_mut();
             let g = map.entry(key.clone()).or_insert_with(|| {
@@ -60,9 +86,11 @@ impl Core {
                 Gathering {
                     generation,
                     items: Vec::new(),
+                    bytes: 0,
                 }
             });
             g.items.push((req, tx));
+            g.bytes += bytes;
             (g.items.len() == 1, g.items.len() >= items_max, g.generation)
         };
         if full {

@@ -35,7 +35,8 @@
 //!   proportionally more pushes (`RoomsConfig::batch_cap`).
 //!
 //! One queue ordered by due instant and one task per core (`run_rooms`)
-//! flush the batches, with no timer per room.
+//! flush the batches, with no timer per room: the task sleeps until the
+//! earliest is due, and a batch that starts due sooner wakes it.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -153,6 +154,11 @@ pub struct Rooms {
     /// Rooms whose batch is gathering, earliest due first.
     due: RefCell<BinaryHeap<Due>>,
     waker: RefCell<Option<Waker>>,
+    /// When `run_rooms` will look at the heap next: None while it runs or
+    /// waits for a first batch.
+    until: Cell<Option<Instant>>,
+    /// A batch came due before `until`: `run_rooms` looks again.
+    kicked: Cell<bool>,
     /// `run_rooms` has not ended yet.
     pub running: Cell<bool>,
     upstream: RefCell<HashMap<Rc<str>, Bucket>>,
@@ -168,10 +174,19 @@ impl Rooms {
             .count() as u64
     }
 
-    /// Wakes `run_rooms` (a batch started, or the core stops).
+    /// Wakes `run_rooms` (the core stops).
     pub fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
+        }
+    }
+
+    /// A batch due `at` started: `run_rooms` looks again if it would not
+    /// look by then (windows differ per room, and change on a reload).
+    fn due_at(&self, at: Instant) {
+        if self.until.get().is_none_or(|u| at < u) {
+            self.kicked.set(true);
+            self.wake();
         }
     }
 
@@ -333,16 +348,11 @@ impl Core {
             r.window_ms = rc.window_ms(members, shedding);
             let at = now + Duration::from_millis(r.window_ms.into());
             r.due_at = Some(at);
-            let was_empty = {
-                let mut due = self.rooms.due.borrow_mut();
-                due.push(Reverse((at, room.clone())));
-                due.len() == 1
-            };
-            // A flusher asleep wakes at least every coalesce_window_ms
-            // (run_rooms), never later than this batch is due.
-            if was_empty {
-                self.rooms.wake();
-            }
+            self.rooms
+                .due
+                .borrow_mut()
+                .push(Reverse((at, room.clone())));
+            self.rooms.due_at(at);
         }
         Way::Gathered
     }
@@ -404,23 +414,26 @@ impl Core {
         debug_assert!(lost.is_empty(), "pushes without ack are never reported");
     }
 
-    /// Flushes every batch due by now; the next due instant, if any.
+    /// Flushes every batch due by now, and drops the stale entries (of
+    /// batches that went early) ahead of the next one; the next due
+    /// instant, if any.
     fn flush_due(&self) -> Option<Instant> {
         loop {
             let now = Instant::now();
-            let next = {
-                let mut due = self.rooms.due.borrow_mut();
+            let (at, room) = {
+                let due = self.rooms.due.borrow();
                 match due.peek() {
-                    Some(Reverse((at, _))) if *at <= now => due.pop(),
-                    Some(Reverse((at, _))) => return Some(*at),
+                    Some(Reverse((at, room))) => (*at, room.clone()),
                     None => return None,
                 }
             };
-            if let Some(Reverse((at, room))) = next {
-                let current = self.rooms.map.borrow().get(&room).and_then(|r| r.due_at) == Some(at);
-                if current {
-                    self.flush_room(&room);
-                }
+            let current = self.rooms.map.borrow().get(&room).and_then(|r| r.due_at) == Some(at);
+            if current && at > now {
+                return Some(at);
+            }
+            self.rooms.due.borrow_mut().pop();
+            if current {
+                self.flush_room(&room);
             }
         }
     }
@@ -429,26 +442,24 @@ impl Core {
     pub async fn run_rooms(self: Rc<Self>) {
         self.rooms.running.set(true);
         while !self.stopping.get() {
-            match self.flush_due() {
+            self.rooms.until.set(None);
+            let next = self.flush_due();
+            self.rooms.until.set(next);
+            // Until the next batch is due, or one due sooner starts (or the
+            // core stops).
+            let kicked = std::future::poll_fn(|cx| {
+                if self.stopping.get() || self.rooms.kicked.replace(false) {
+                    return Poll::Ready(());
+                }
+                *self.rooms.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            match next {
                 Some(at) => {
-                    // Not past the shortest window: a batch that starts
-                    // meanwhile may come due before `at` (windows differ).
-                    let shortest =
-                        Duration::from_millis(self.cfg().rooms.coalesce_window_ms.into());
-                    self.sleep(at.saturating_duration_since(Instant::now()).min(shortest))
-                        .await
+                    let wait = self.sleep(at.saturating_duration_since(Instant::now()));
+                    futures_lite::future::or(wait, kicked).await
                 }
-                None => {
-                    // Park until a batch starts (or the core stops).
-                    std::future::poll_fn(|cx| {
-                        if self.stopping.get() || !self.rooms.due.borrow().is_empty() {
-                            return Poll::Ready(());
-                        }
-                        *self.rooms.waker.borrow_mut() = Some(cx.waker().clone());
-                        Poll::Pending
-                    })
-                    .await
-                }
+                None => kicked.await,
             }
         }
         // What is still gathering goes out before the connections close.

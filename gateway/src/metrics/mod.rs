@@ -162,7 +162,7 @@ macro_rules! histograms {
 
 histograms! {
     upstream_rtt: "gateway_upstream_rtt_seconds",
-        "Upstream frames: from forwarding to the backend to its reply (timeouts are counted in gateway_upstream_timeouts_total instead)",
+        "Upstream frames: from forwarding to the backend to its reply; an aggregated frame (rooms.aggregate_routes) includes its window (timeouts are counted in gateway_upstream_timeouts_total instead)",
     push_ack: "gateway_push_ack_seconds",
         "Ack-required pushes: from their first send to the client's ack (retransmits included)",
     tls_handshake: "gateway_tls_handshake_seconds",

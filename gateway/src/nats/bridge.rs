@@ -344,6 +344,16 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
         reply,
     } = call;
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    // The server would close the connection over a message past its
+    // max_payload (async-nats does not check requests): refused here.
+    let max_payload = client.server_info().max_payload;
+    if max_payload > 0 && payload.len() > max_payload {
+        tracing::warn!(%route, bytes = payload.len(), max_payload, "upstream request larger than the NATS server's max_payload: the client gets INTERNAL; lower rooms.aggregate_bytes_max or frame_bytes_max, or raise max_payload");
+        return reply.send_all(BackendReply::error(
+            ErrorCode::Internal,
+            "request larger than the NATS server's max_payload",
+        ));
+    }
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         if !v.is_empty() || k != contract::H_ROOM {

@@ -854,6 +854,7 @@ class Client:
         timeout_s: Optional[float] = None,
         client_msg_id: Optional[str] = None,
         retries: int = 0,
+        room: str = "",
     ) -> UpstreamReply:
         """Sends an ``Upstream`` and returns its ``UpstreamReply`` (status 0).
 
@@ -865,6 +866,10 @@ class Client:
         flight. With ``retries`` > 0, BUSY, TIMEOUT, BACKEND_UNAVAILABLE and
         lost connections are retried after the server's ``retry_after_ms``
         (plus jitter) with the same ``client_msg_id``, within the timeout.
+        ``room`` names the room the request is about (a quiz answer, a
+        like: PROTOCOL.md §7.5): it counts against the room's upstream rate
+        and, for the gateway's ``rooms.aggregate_routes``, is gathered with
+        the room's other requests into one backend call (§14.2.1).
         """
         if not isinstance(route, str) or not _ROUTE.match(route):
             raise ValueError(f"route {route!r} is not 1..=64 bytes of [A-Za-z0-9._-]")
@@ -876,7 +881,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                return await self._request_once(route, data, cmid, deadline, timeout)
+                return await self._request_once(route, data, cmid, deadline, timeout, room)
             except _RETRYABLE as e:
                 if attempt >= retries:
                     raise
@@ -1028,7 +1033,7 @@ class Client:
                 raise RequestTimeout("no connection to the gateway within the timeout (reconnecting)") from None
 
     async def _request_once(
-        self, route: str, payload: bytes, cmid: str, deadline: float, timeout: float
+        self, route: str, payload: bytes, cmid: str, deadline: float, timeout: float, room: str = ""
     ) -> UpstreamReply:
         loop = asyncio.get_running_loop()
         if len(self._pending) + self._waiting >= self._pending_max:
@@ -1046,7 +1051,7 @@ class Client:
         try:
             try:
                 await asyncio.wait_for(
-                    s.send(Upstream(correlation_id=corr, route=route, client_msg_id=cmid, payload=payload)),
+                    s.send(Upstream(correlation_id=corr, route=route, client_msg_id=cmid, payload=payload, room=room)),
                     max(0.0, deadline - loop.time()),
                 )
                 reply: UpstreamReply = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))

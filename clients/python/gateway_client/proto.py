@@ -206,11 +206,13 @@ class Upstream(Message):
     route: str = ""
     client_msg_id: str = ""
     payload: bytes = b""
+    room: str = ""
     _FIELDS = {
         1: ("correlation_id", _U64),
         2: ("route", _STR),
         3: ("client_msg_id", _STR),
         4: ("payload", _BYTES),
+        5: ("room", _STR),
     }
 
 

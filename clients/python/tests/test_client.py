@@ -501,6 +501,34 @@ class Limits(unittest.IsolatedAsyncioTestCase):
             await in_thread(g.cleanup)
 
 
+class Rooms(unittest.IsolatedAsyncioTestCase):
+    @timeout(25)
+    async def test_requests_naming_a_room_are_aggregated_and_answered_each(self):
+        g = await in_thread(
+            lambda: Gateway("py-rooms", "--rooms-aggregate-routes", "echo", "--rooms-coalesce-window-ms", "200").start()
+        )
+        try:
+            async with Client(g.addr, demo_token("py-rooms")) as c:
+                replies = await asyncio.gather(
+                    *(c.request("echo", b"a%d" % i, room="quiz", timeout_s=5) for i in range(5))
+                )
+                self.assertEqual([r.payload for r in replies], [b"a%d" % i for i in range(5)])
+                # Without a room: one by one, as always.
+                self.assertEqual((await c.request("echo", b"x", timeout_s=5)).payload, b"x")
+            _, metrics = await in_thread(lambda: g.http("GET", "/metrics"))
+            aggregated = sum(
+                int(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gateway_upstream_aggregated_total{")
+            )
+            gathered = sum(
+                int(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gateway_upstream_aggregates_total{")
+            )
+            self.assertEqual(aggregated, 5)
+            self.assertGreaterEqual(gathered, 1)
+            self.assertLess(gathered, 5)  # sent together, not one by one
+        finally:
+            await in_thread(g.cleanup)
+
+
 class Heartbeats(unittest.IsolatedAsyncioTestCase):
     @timeout(20)
     async def test_heartbeats_keep_an_idle_connection_past_the_idle_timeout(self):

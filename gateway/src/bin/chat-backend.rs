@@ -206,10 +206,10 @@ async fn serve(
             continue;
         };
         let batch = m.headers.as_ref().is_some_and(|h| h.get(H_BATCH).is_some());
-        if batch {
+        let answer = if batch {
             // An aggregated request (PROTOCOL.md §14.2.1): each item answered
             // as if it had come alone, in order.
-            let answer = match batch_items(&m, &prefix) {
+            match batch_items(&m, &prefix) {
                 Some((items, node)) => {
                     let mut replies = Vec::with_capacity(items.len());
                     for req in &items {
@@ -223,29 +223,24 @@ async fn serve(
                     counts.bad.fetch_add(1, Ordering::Relaxed);
                     pb::BatchReply::default().encode_to_vec()
                 }
-            };
-            if let Err(e) = client.publish(reply_to, Bytes::from(answer)).await {
-                tracing::warn!(error = %e, "reply not sent");
             }
-            continue;
-        }
-        let answer = match request(&m, &prefix) {
-            Some((req, node)) => handle(&client, &subjects, &state, &req, node).await,
-            None => {
-                counts.bad.fetch_add(1, Ordering::Relaxed);
-                contract::encode_reply(&gateway::backend::BackendReply::error(
-                    gw_proto::ErrorCode::BadRequest,
-                    "request without the Gw-* headers",
-                ))
+        } else {
+            match request(&m, &prefix) {
+                Some((req, node)) => handle(&client, &subjects, &state, &req, node).await,
+                None => {
+                    counts.bad.fetch_add(1, Ordering::Relaxed);
+                    contract::encode_reply(&gateway::backend::BackendReply::error(
+                        gw_proto::ErrorCode::BadRequest,
+                        "request without the Gw-* headers",
+                    ))
+                }
             }
+            .encode_to_vec()
         };
         if args.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
         }
-        if let Err(e) = client
-            .publish(reply_to, Bytes::from(answer.encode_to_vec()))
-            .await
-        {
+        if let Err(e) = client.publish(reply_to, Bytes::from(answer)).await {
             tracing::warn!(error = %e, "reply not sent");
         }
     }

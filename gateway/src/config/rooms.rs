@@ -116,13 +116,14 @@ impl RoomsConfig {
             return Err(format!("rooms.hot_rate_per_s must be at most {BURST_MAX}"));
         }
         if self.aggregate_routes.len() > AGGREGATE_ROUTES_MAX
-            || self
+            || !self
                 .aggregate_routes
                 .iter()
-                .any(|r| r.is_empty() || r.len() > 128)
+                .all(|r| gw_proto::valid_route(r))
         {
             return Err(format!(
-                "rooms.aggregate_routes: at most {AGGREGATE_ROUTES_MAX} routes of 1 to 128 bytes"
+                "rooms.aggregate_routes: at most {AGGREGATE_ROUTES_MAX} routes, each 1 to {} bytes of A-Z, a-z, 0-9, '.', '_' and '-'",
+                gw_proto::ROUTE_BYTES_MAX
             ));
         }
         if !(1..=AGGREGATE_ITEMS_MAX).contains(&self.aggregate_items_max) {
@@ -238,5 +239,10 @@ mod tests {
         assert!(long.validate().is_ok());
         assert_eq!(long.window_ms(1_000_000, true), 2_000);
         assert_eq!(long.window_ms(1, false), 2_000);
+        let bad_route = RoomsConfig {
+            aggregate_routes: vec!["quiz answer".into()],
+            ..RoomsConfig::default()
+        };
+        assert!(bad_route.validate().is_err(), "not a route");
     }
 }

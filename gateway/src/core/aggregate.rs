@@ -119,14 +119,13 @@ impl Core {
     fn send_aggregate(&self, key: &(String, String), generation: Option<u64>) {
         let items = {
             let mut map = self.aggregates.map.borrow_mut();
-            match map.get(key) {
-                Some(g) if generation.is_none_or(|n| n == g.generation) => {}
-                _ => return,
+            let this = map
+                .get(key)
+                .is_some_and(|g| generation.is_none_or(|n| n == g.generation));
+            if !this {
+                return;
             }
-            match map.remove(key) {
-                Some(g) => g.items,
-                None => return,
-            }
+            map.remove(key).map(|g| g.items).unwrap_or_default()
         };
         debug_assert!(!items.is_empty(), "a gathering holds its first frame");
         CoreMetrics::inc(&self.metrics.upstream_aggregates);

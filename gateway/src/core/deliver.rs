@@ -218,9 +218,7 @@ impl Core {
                     over_rate = false; // HIGH is never dropped
                 }
                 // What the room gathered goes first: order is kept.
-                if self.room_pending(&key) {
-                    self.flush_room(&key);
-                }
+                self.flush_room(&key);
             }
         }
         let mut lost: Vec<Lost> = Vec::new();

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gw_proto::pb::Priority;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use serde::Serialize;
 
 use super::overload::{Bucket, Rate};
@@ -229,18 +230,9 @@ fn batch_len(room: &str, pushes_bytes: usize) -> usize {
     pushes_bytes + field_len(room.len()) + DROPPED_BYTES_MAX
 }
 
-/// Appends a protobuf varint.
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
-}
-
 /// Bytes a length-delimited field of `len` bytes takes.
 fn field_len(len: usize) -> usize {
-    1 + (64 - (len as u64 | 1).leading_zeros()).div_ceil(7) as usize + len
+    1 + encoded_len_varint(len as u64) + len
 }
 
 /// The shared body of a batch: a Push whose `batch` holds the gathered
@@ -250,15 +242,15 @@ pub fn encode_batch(room: &str, pushes: &[Bytes], dropped: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(batch_len(room, pushes_bytes));
     for p in pushes {
         out.put_u8(0x3a); // Push field 7 (batch), length-delimited
-        put_varint(&mut out, p.len() as u64);
+        encode_varint(p.len() as u64, &mut out);
         out.put_slice(p);
     }
     out.put_u8(0x42); // field 8 (room)
-    put_varint(&mut out, room.len() as u64);
+    encode_varint(room.len() as u64, &mut out);
     out.put_slice(room.as_bytes());
     if dropped > 0 {
         out.put_u8(0x48); // field 9 (dropped), varint
-        put_varint(&mut out, dropped.into());
+        encode_varint(dropped.into(), &mut out);
     }
     out.freeze()
 }
@@ -366,17 +358,9 @@ impl Core {
         Way::Dropped(why)
     }
 
-    /// Whether `room` has a batch gathering here.
-    pub(super) fn room_pending(&self, room: &str) -> bool {
-        self.rooms
-            .map
-            .borrow()
-            .get(room)
-            .is_some_and(|r| r.due_at.is_some())
-    }
-
     /// Sends `room`'s batch to its local members now: one shared body to
     /// the members that read batches, the pushes one by one to the others.
+    /// Nothing when nothing gathers.
     pub(super) fn flush_room(&self, room: &Rc<str>) {
         let (pushes, dropped) = {
             let mut map = self.rooms.map.borrow_mut();

@@ -120,15 +120,19 @@ impl NatsBackend {
 impl Backend for NatsBackend {
     fn upstream(&self, req: UpstreamRequest) -> LocalBoxFuture<BackendReply> {
         let (reply, answer) = self.replies.expect();
+        let mut headers = vec![
+            (contract::H_NODE, self.node.clone()),
+            (contract::H_CONN, req.conn_id.to_string()),
+            (contract::H_USER, req.user.to_string()),
+            (contract::H_DEVICE, req.device.to_string()),
+            (contract::H_MSG_ID, req.client_msg_id),
+        ];
+        // Gw-Room only when the client named a room (PROTOCOL.md §14.2).
+        if !req.room.is_empty() {
+            headers.push((contract::H_ROOM, req.room));
+        }
         let msg = ToNats::Request(Box::new(Call {
-            headers: vec![
-                (contract::H_NODE, self.node.clone()),
-                (contract::H_CONN, req.conn_id.to_string()),
-                (contract::H_USER, req.user.to_string()),
-                (contract::H_DEVICE, req.device.to_string()),
-                (contract::H_MSG_ID, req.client_msg_id),
-                (contract::H_ROOM, req.room),
-            ],
+            headers,
             route: req.route,
             payload: req.payload,
             reply: Answers::One(reply),
@@ -138,10 +142,7 @@ impl Backend for NatsBackend {
             if crate::core::wake::send(&tx, msg).await.is_err() {
                 return unavailable("the NATS bridge has stopped");
             }
-            answer
-                .get()
-                .await
-                .unwrap_or_else(|| unavailable("the NATS bridge dropped the request"))
+            answer.get().await
         })
     }
 
@@ -192,14 +193,7 @@ impl Backend for NatsBackend {
         .detach();
         answers
             .into_iter()
-            .map(|answer| -> LocalBoxFuture<BackendReply> {
-                Box::pin(async move {
-                    answer
-                        .get()
-                        .await
-                        .unwrap_or_else(|| unavailable("the NATS bridge dropped the request"))
-                })
-            })
+            .map(|answer| -> LocalBoxFuture<BackendReply> { Box::pin(answer.get()) })
             .collect()
     }
 

@@ -32,7 +32,6 @@ pub enum ToNats {
 /// One upstream request and where its answer goes.
 pub struct Call {
     pub route: String,
-    /// An empty Gw-Room is left out.
     pub headers: Vec<(&'static str, String)>,
     pub payload: Bytes,
     /// Where the answer goes (back to the core).
@@ -356,9 +355,7 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
     }
     let mut h = HeaderMap::new();
     for (k, v) in headers {
-        if !v.is_empty() || k != contract::H_ROOM {
-            h.insert(k, v.as_str());
-        }
+        h.insert(k, v.as_str());
     }
     let req = Request::new()
         .headers(h)
@@ -379,24 +376,22 @@ async fn request(requests: Requests, ctx: Arc<Ctx>, call: Call) {
         Answers::Batch(tos) => {
             let replies = match answer {
                 Ok(m) => match pb::BatchReply::decode(m.payload) {
-                    Ok(b) if b.replies.len() == tos.len() => b.replies,
+                    Ok(b) if b.replies.len() == tos.len() => Ok(b.replies),
                     Ok(b) => {
                         let why = format!("{} replies for {} items", b.replies.len(), tos.len());
-                        return Answers::Batch(tos).send_all(malformed(&ctx, &route, &why));
+                        Err(malformed(&ctx, &route, &why))
                     }
-                    Err(e) => {
-                        return Answers::Batch(tos).send_all(malformed(
-                            &ctx,
-                            &route,
-                            &e.to_string(),
-                        ));
-                    }
+                    Err(e) => Err(malformed(&ctx, &route, &e.to_string())),
                 },
-                Err(e) => return Answers::Batch(tos).send_all(failed(&ctx, &route, e.kind())),
+                Err(e) => Err(failed(&ctx, &route, e.kind())),
             };
-            for (to, r) in tos.into_iter().zip(replies) {
-                let r = local(&requests, &ctx, &route, &r).await;
-                to.send(r);
+            match replies {
+                Ok(replies) => {
+                    for (to, r) in tos.into_iter().zip(replies) {
+                        to.send(local(&requests, &ctx, &route, &r).await);
+                    }
+                }
+                Err(r) => Answers::Batch(tos).send_all(r),
             }
         }
     }

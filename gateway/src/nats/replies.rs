@@ -100,9 +100,15 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// Waits for the answer (local: the hand-out task sends it on this core).
-    pub async fn get(&self) -> Option<BackendReply> {
-        self.rx.recv_async().await.ok()
+    /// Waits for the answer (local: the hand-out task sends it on this
+    /// core); BACKEND_UNAVAILABLE if the hand-out task is gone.
+    pub async fn get(self) -> BackendReply {
+        self.rx.recv_async().await.unwrap_or_else(|_| {
+            BackendReply::error(
+                ErrorCode::BackendUnavailable,
+                "the NATS bridge dropped the request",
+            )
+        })
     }
 }
 

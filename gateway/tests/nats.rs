@@ -786,7 +786,8 @@ fn a_backlog_sent_concurrently_after_online_reaches_an_acking_client_in_order() 
 /// A room marked hot over NATS (`Gw-Room-Mode`, as a backend's `room_mode`
 /// op is sent): pushes published to the room come to a member that reads
 /// batches as one batch; a HIGH one ends the batch at once (one frame); a
-/// bad mode is refused and counted.
+/// mode that carries a Gw-Route is a push too; a bad mode is refused and
+/// counted.
 #[test]
 fn a_room_marked_hot_over_nats_sends_batches() {
     let nats_server = NatsServer::start();
@@ -810,7 +811,13 @@ fn a_room_marked_hot_over_nats_sends_batches() {
     wait_for_interest(&nats, "gw.room.live");
     nats.publish("gw.room.live", &[("Gw-Room-Mode", "hot")], b"");
     nats.publish("gw.room.live", &[("Gw-Room-Mode", "tepid")], b"");
-    for (text, prio) in [("1", "normal"), ("2", "low"), ("3", "high")] {
+    // A mode with a Gw-Route is a push as well ("1").
+    nats.publish(
+        "gw.room.live",
+        &[("Gw-Room-Mode", "hot"), ("Gw-Route", "r")],
+        b"1",
+    );
+    for (text, prio) in [("2", "low"), ("3", "high")] {
         nats.publish(
             "gw.room.live",
             &[("Gw-Route", "r"), ("Gw-Priority", prio)],

@@ -11,6 +11,9 @@ pub const COALESCE_WINDOW_MAX_MS: u32 = 5_000;
 pub const BATCH_PUSHES_MAX: u32 = 10_000;
 /// Most `hot` patterns.
 pub const HOT_PATTERNS_MAX: usize = 1_024;
+/// Longest room name in `rooms.hot` (without a trailing `*`): the NATS
+/// contract's room name limit (`nats::contract::NAME_BYTES_MAX`).
+pub const HOT_NAME_BYTES_MAX: usize = 256;
 /// Most routes in `aggregate_routes`.
 pub const AGGREGATE_ROUTES_MAX: usize = 64;
 /// Most items of one aggregated upstream request.
@@ -107,9 +110,13 @@ impl RoomsConfig {
                 "rooms.hot: at most {HOT_PATTERNS_MAX} names or prefixes"
             ));
         }
-        if let Some(p) = self.hot.iter().find(|p| p.is_empty() || p.len() > 129) {
+        if let Some(p) = self
+            .hot
+            .iter()
+            .find(|p| p.is_empty() || p.strip_suffix('*').unwrap_or(p).len() > HOT_NAME_BYTES_MAX)
+        {
             return Err(format!(
-                "rooms.hot: {p:?} must be a room name (1 to 128 bytes) or a prefix ending in *"
+                "rooms.hot: {p:?} must be a room name (1 to {HOT_NAME_BYTES_MAX} bytes) or a prefix of one ending in *"
             ));
         }
         if self.hot_rate_per_s > BURST_MAX {
@@ -206,6 +213,17 @@ mod tests {
             ..RoomsConfig::default()
         };
         assert!(bad.validate().is_err());
+        // A name or prefix as long as a room name may be, and no longer.
+        let with_hot = |p: String| RoomsConfig {
+            hot: vec![p],
+            ..RoomsConfig::default()
+        };
+        let longest = "r".repeat(HOT_NAME_BYTES_MAX);
+        assert!(with_hot(longest.clone()).validate().is_ok());
+        assert!(with_hot(format!("{longest}*")).validate().is_ok());
+        assert!(with_hot(format!("{longest}r")).validate().is_err());
+        assert!(with_hot(format!("{longest}r*")).validate().is_err());
+        assert!(with_hot(String::new()).validate().is_err());
     }
 
     #[test]

@@ -121,7 +121,10 @@ async fn handle(core: &Rc<Core>, ctx: &InboundCtx, m: Inbound) -> Result<(), Ref
             });
         };
         core.mark_room(room, hot);
-        return Ok(());
+        // With a Gw-Route it is a push too, sent under the new mode.
+        if contract::header(&m.headers, contract::H_ROUTE).is_none() {
+            return Ok(());
+        }
     }
     if let (Target::User(user), Some(message)) =
         (&target, contract::header(&m.headers, contract::H_KICK))

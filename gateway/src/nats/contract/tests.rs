@@ -179,3 +179,8 @@ fn node_commands_act_locally_and_bad_orders_are_refused() {
     assert!(o.remote.is_empty());
     assert_eq!(o.refused.len(), 3, "{:?}", o.refused);
 }
+
+#[test]
+fn hot_room_names_in_config_may_be_as_long_as_room_names() {
+    assert_eq!(crate::config::rooms::HOT_NAME_BYTES_MAX, NAME_BYTES_MAX);
+}

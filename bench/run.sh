@@ -96,16 +96,18 @@
 #   limit     the gateway against minimal C reference servers that speak
 #             its protocol (bench/ref: epoll_pong, uring_pong; built with
 #             gcc into target/ref) under the same `flood hold`: for each of
-#             $LIMIT_SYSTEMS [c-epoll c-uring gateway-epoll gateway-uring]
-#             (gateway-*: --demo --cores 1 --io-driver X; a gateway without
-#             --io-driver runs once, as "gateway"), one server pinned to
+#             $LIMIT_SYSTEMS [c-epoll c-uring gateway-epoll gateway-uring,
+#             and mosquitto when it is installed] (gateway-*: --demo --cores
+#             1 --io-driver X; a gateway without --io-driver runs once, as
+#             "gateway"; mosquitto answers MQTT PINGREQs), one server pinned to
 #             $SERVER_CPU [0], flood pinned to $LOAD_CPU [1], $N connections:
 #             CPU and syscalls per connection set up (the ramp) and per ping
 #             at each heartbeat of $LIMIT_HB_MS [30000 1000] (500 and 15,000
 #             pings/s), CPU over $CPU_WINDOW_S [30] s and syscalls (perf stat
 #             on the syscall tracepoints, or strace -c: $SYSCALL_TOOL) over
-#             $SYS_WINDOW_S [10] s in separate holds; the gateway / c-uring
-#             and gateway / c-epoll ratios, against issue 14's targets
+#             $SYS_WINDOW_S [10] s in separate holds; the gateway / c-uring,
+#             gateway / c-epoll and gateway / mosquitto ratios, against
+#             issue 14's targets
 #             (bench/run_limit.sh).
 #   slab      kernel slab (and its unreclaimable part) per connection pair
 #             on each socket driver: $SLAB_RUNS (3) alternating rounds of

@@ -158,7 +158,7 @@ sc_close() {
 # --- one flood hold at a time, pinned to $LOAD_CPU.
 lim_flood_start() { # RUN HEARTBEAT_MS SETTLE_S HOLD_S
     rm -f "$TMP/$1.ready"
-    taskset -c "$LOAD_CPU" "$FLOOD" hold --target "127.0.0.1:$GW_PORT" --conns "$N" --rate "$RATE" \
+    taskset -c "$LOAD_CPU" "$FLOOD" hold --protocol "$LIM_PROTO" --target "127.0.0.1:$GW_PORT" --conns "$N" --rate "$RATE" \
         --inflight "$INFLIGHT" --sources "$LIMIT_SOURCES" --heartbeat-ms "$2" --settle-s "$3" \
         --hold-s "$4" --pid "$SERVER_PID" --ready-file "$TMP/$1.ready" \
         --json "$STEM-$SYS-$1.json" >"$TMP/$SYS-$1.log" 2>&1 &
@@ -250,6 +250,7 @@ build_refs() {
 }
 start_limit_server() { # SYSTEM
     local log=$TMP/$1.server.log
+    LIM_PROTO=gw
     case $1 in
         c-epoll | c-uring)
             local bin=$REF_DIR/epoll_pong
@@ -276,7 +277,24 @@ start_limit_server() { # SYSTEM
                   jwt: "HS256 verified per connection (demo key)",
                   io_driver: (if ($f | test("--io-driver")) then ($f | sub(".*--io-driver "; "")) else "epoll (no --io-driver flag in this build)" end)}')
             ;;
-        *) echo "limit: unknown system $1 (c-epoll c-uring gateway-epoll gateway-uring gateway)" >&2; exit 2 ;;
+        mosquitto)
+            # At its best for this comparison, as in `peers` (../shared/DESIGN.md section 7);
+            # MQTT PINGREQ/PINGRESP where the others answer the gateway's Ping.
+            chmod 1777 "$TMP" # mosquitto drops to its own user and logs here
+            printf '%s\n' "listener $GW_PORT 127.0.0.1" "allow_anonymous true" "max_connections -1" \
+                "persistence false" "set_tcp_nodelay true" "log_dest file $TMP/mosquitto.log" \
+                "log_type error" "log_type warning" >"$TMP/mosquitto.conf"
+            taskset -c "$SERVER_CPU" mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 &
+            SERVER_PID=$!
+            STARTED+=("$SERVER_PID")
+            wait_port "$GW_PORT" "$SERVER_PID" "$log"
+            LIM_PROTO=mqtt
+            SERVER_INFO=$(jq -nc --arg v "$(mosquitto -h 2>/dev/null | sed -n 's/^mosquitto version //p')" \
+                --rawfile conf "$TMP/mosquitto.conf" \
+                '{processes: 1, threads: 1, version: $v, config: $conf, protocol: "MQTT 3.1.1 (PINGREQ/PINGRESP)",
+                  jwt: "none (anonymous CONNECT)"}')
+            ;;
+        *) echo "limit: unknown system $1 (c-epoll c-uring gateway-epoll gateway-uring gateway mosquitto)" >&2; exit 2 ;;
     esac
 }
 
@@ -346,7 +364,13 @@ measure_limit() {
 }
 
 limit_scenario() {
-    LIMIT_SYSTEMS=${LIMIT_SYSTEMS:-c-epoll c-uring gateway-epoll gateway-uring}
+    local with_mq=""
+    command -v mosquitto >/dev/null && with_mq=" mosquitto"
+    LIMIT_SYSTEMS=${LIMIT_SYSTEMS:-c-epoll c-uring gateway-epoll gateway-uring$with_mq}
+    if [[ " $LIMIT_SYSTEMS " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null; then
+        echo "limit: mosquitto is missing: apt-get install -y mosquitto (or leave it out of LIMIT_SYSTEMS)" >&2
+        exit 1
+    fi
     LIMIT_HB_MS=${LIMIT_HB_MS:-30000 1000}
     SETUP_HB_MS=${SETUP_HB_MS:-600000}
     SERVER_CPU=${SERVER_CPU:-0}
@@ -402,13 +426,16 @@ limit_scenario() {
             syscalls_per_ping: (g.syscalls_per_ping | with_entries(.value = r(.value; ref.syscalls_per_ping[.key])))};
         ($sys | keys | map(select(startswith("gateway")))) as $gws |
         {scenario: "limit", connections: ($n|tonumber), systems: $sys,
-         ratios: ([$gws[] as $g | ("c-uring", "c-epoll") as $ref | select($sys[$ref]) |
+         ratios: ([$gws[] as $g | ("c-uring", "c-epoll", "mosquitto") as $ref | select($sys[$ref]) |
                    {key: "\($g) / \($ref)", value: ratios($sys[$g]; $sys[$ref])}] | from_entries),
          targets: [$gws[] as $g | select($sys["c-uring"]) | $sys[$g] as $x | $sys["c-uring"] as $u |
                    ($x.us_per_ping | to_entries[] | {system: $g, figure: "us_per_ping at \(.key)/s", vs: "c-uring",
                         ratio: r(.value; $u.us_per_ping[.key]), limit: 1.1}),
                    {system: $g, figure: "us_per_conn_setup", vs: "c-uring",
                     ratio: r($x.us_per_conn_setup; $u.us_per_conn_setup), limit: 1.25},
+                   (select($sys.mosquitto) | $sys.mosquitto as $m | $x.us_per_ping | to_entries[] |
+                    select(.key == "500") | {system: $g, figure: "us_per_ping at \(.key)/s", vs: "mosquitto",
+                        ratio: r(.value; $m.us_per_ping[.key]), limit: 0.8}),
                    (select($g == "gateway-uring") | $x.socket_syscalls_per_ping | to_entries[] |
                     {system: $g, figure: "socket syscalls per ping at \(.key)/s", value: .value, limit: 0.05,
                      means: "about 0 (recv*, send*, epoll_*)"})]

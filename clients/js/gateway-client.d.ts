@@ -22,6 +22,8 @@ export interface Auth {
   resumeSeq: bigint;
   metadata: Record<string, string>;
   heartbeatIntervalMs: number;
+  /** The client reads a hot room's batches (PROTOCOL.md §7.5). */
+  pushBatches: boolean;
 }
 
 export interface AuthOk {
@@ -56,6 +58,8 @@ export interface Upstream {
   route: string;
   clientMsgId: string;
   payload: Uint8Array;
+  /** The room the request is about, or "" (PROTOCOL.md §2, Upstream.room). */
+  room: string;
 }
 
 export interface UpstreamReply {

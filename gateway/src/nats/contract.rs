@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use gw_proto::pb::{self, push_order, session_op, Priority};
-use gw_proto::CloseReason;
+use gw_proto::{CloseReason, ROUTE_BYTES_MAX};
 
 use crate::backend::{
     BackendReply, PushOrder, SessionOp, Target, UndeliveredPush, UndeliveredReason,
@@ -131,7 +131,7 @@ pub fn push_headers(headers: &[(String, String)]) -> Result<PushHeaders, HeaderE
             .map(|(_, v)| v.trim())
     };
     let route = get(H_ROUTE).ok_or(HeaderError::MissingRoute)?;
-    if route.is_empty() || route.len() > 64 {
+    if route.is_empty() || route.len() > ROUTE_BYTES_MAX {
         return Err(HeaderError::RouteLength);
     }
     let ack_required = match get(H_ACK).unwrap_or("0") {
@@ -225,6 +225,15 @@ pub fn split(
                 out.refused
                     .push(format!("push {:?}: {u:?} cannot be a subject", p.route))
             }
+            // Published with Gw-Route, which every gateway checks.
+            Some(push_order::Target::User(_)) | Some(push_order::Target::Room(_))
+                if fan_out && (p.route.is_empty() || p.route.len() > ROUTE_BYTES_MAX) =>
+            {
+                out.refused.push(format!(
+                    "push route {:?}: 1 to {ROUTE_BYTES_MAX} bytes",
+                    p.route
+                ))
+            }
             Some(push_order::Target::User(u)) if fan_out => out.remote.push(Remote::UserPush {
                 user: u.clone(),
                 order: order(Target::User(u.clone())),
@@ -238,13 +247,17 @@ pub fn split(
             Some(push_order::Target::Conn(c)) if local(c, node) => {
                 out.pushes.push(order(Target::Conn(c.conn_id)))
             }
-            Some(push_order::Target::Conn(c)) => out.remote.push(Remote::Node {
+            Some(push_order::Target::Conn(c)) if fan_out => out.remote.push(Remote::Node {
                 node: c.node.clone(),
                 cmd: pb::NodeCommand {
                     pushes: vec![p.clone()],
                     ops: vec![],
                 },
             }),
+            Some(push_order::Target::Conn(c)) => out.refused.push(format!(
+                "push {:?}: connection of node {:?}; a node command acts on its own node",
+                p.route, c.node
+            )),
         }
     }
     for op in ops {
@@ -254,6 +267,10 @@ pub fn split(
                        raw: &pb::SessionOp| match conn {
             None => out.refused.push("session op without a connection".into()),
             Some(c) if local(c, node) => out.ops.push(make(c.conn_id)),
+            Some(c) if !fan_out => out.refused.push(format!(
+                "session op: connection of node {:?}; a node command acts on its own node",
+                c.node
+            )),
             Some(c) => out.remote.push(Remote::Node {
                 node: c.node.clone(),
                 cmd: pb::NodeCommand {

@@ -181,6 +181,50 @@ fn node_commands_act_locally_and_bad_orders_are_refused() {
 }
 
 #[test]
+fn a_node_command_naming_another_node_is_refused_not_dropped() {
+    let elsewhere = Some(pb::ConnRef {
+        node: "gw-2".into(),
+        conn_id: 7,
+    });
+    let pushes = vec![pb::PushOrder {
+        target: Some(push_order::Target::Conn(
+            elsewhere.clone().unwrap_or_default(),
+        )),
+        route: "r".into(),
+        ..Default::default()
+    }];
+    let ops = vec![pb::SessionOp {
+        op: Some(session_op::Op::KickConn(pb::KickConn {
+            conn: elsewhere,
+            message: String::new(),
+        })),
+    }];
+    let o = split(pushes, ops, "gw-1", false);
+    assert!(o.pushes.is_empty() && o.ops.is_empty() && o.remote.is_empty());
+    assert_eq!(o.refused.len(), 2, "{:?}", o.refused);
+}
+
+#[test]
+fn a_user_or_room_push_with_a_route_no_gateway_takes_is_refused() {
+    for route in [String::new(), "r".repeat(ROUTE_BYTES_MAX + 1)] {
+        let p = pb::PushOrder {
+            target: Some(push_order::Target::Room("live".into())),
+            route,
+            ..Default::default()
+        };
+        let o = split(vec![p], vec![], "gw-1", true);
+        assert!(o.remote.is_empty());
+        assert_eq!(o.refused.len(), 1, "{:?}", o.refused);
+    }
+    let ok = pb::PushOrder {
+        target: Some(push_order::Target::Room("live".into())),
+        route: "r".repeat(ROUTE_BYTES_MAX),
+        ..Default::default()
+    };
+    assert_eq!(split(vec![ok], vec![], "gw-1", true).remote.len(), 1);
+}
+
+#[test]
 fn hot_room_names_in_config_may_be_as_long_as_room_names() {
     assert_eq!(crate::config::rooms::HOT_NAME_BYTES_MAX, NAME_BYTES_MAX);
 }

@@ -119,6 +119,8 @@ class ReceivedPush:
     retransmit: bool
     conn_id: int
     node_id: str
+    #: The room, for a push that came in a hot room's batch; else "".
+    room: str = ""
 
     def text(self) -> str:
         return self.payload.decode("utf-8")
@@ -173,6 +175,10 @@ class ClientStats:
     token_expiring_notices: int = 0
     goaways: int = 0
     server_errors: int = 0
+    #: Hot rooms' batches received (each push in one also counts in ``pushes``).
+    batches: int = 0
+    #: Pushes of hot rooms the gateway shed before sending (``Push.dropped``).
+    room_pushes_dropped: int = 0
 
 
 def parse_endpoint(ep: Union[str, Tuple[str, int]]) -> Tuple[str, int]:
@@ -457,6 +463,20 @@ class _Session:
 
     async def _on_push(self, p: Push) -> None:
         c = self.c
+        if p.batch or p.room:
+            # A hot room's batch (PROTOCOL.md §7.5): never acked; each push
+            # in it is handled as if it had come alone, naming the room.
+            c.stats.batches += 1
+            c.stats.room_pushes_dropped += p.dropped
+            for q in p.batch:
+                if q.ack_required or q.batch:
+                    raise ProtocolError("a batch may hold only plain pushes")
+                await self._on_one(q, p.room)
+            return
+        await self._on_one(p, "")
+
+    async def _on_one(self, p: Push, room: str) -> None:
+        c = self.c
         c.stats.pushes += 1
         if p.ack_required:
             if p.seq == 0:
@@ -479,6 +499,7 @@ class _Session:
             retransmit=p.retransmit,
             conn_id=self.ok.conn_id,
             node_id=self.ok.node_id,
+            room=room,
         )
         await self.pushes.put(rp)  # bounded: a slow handler stops the reader
 
@@ -655,6 +676,7 @@ class Client:
         resume_seq: int = 0,
         resume_seq_of: Optional[Callable[[ReceivedPush], Optional[int]]] = None,
         heartbeat_interval_ms: int = 0,
+        push_batches: bool = True,
         pong_timeout_s: float = 10.0,
         connect_timeout_s: float = 10.0,
         request_timeout_s: float = 10.0,
@@ -712,6 +734,7 @@ class Client:
         self._resume_seq = resume_seq
         self._resume_seq_of = resume_seq_of
         self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._push_batches = push_batches
         self._pong_timeout_s = pong_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
@@ -1101,6 +1124,7 @@ class Client:
                 resume_seq=self._resume_seq,
                 metadata=self._metadata,
                 heartbeat_interval_ms=self._heartbeat_interval_ms,
+                push_batches=self._push_batches,
             )
             writer.write(frame_bytes(auth))
             await asyncio.wait_for(writer.drain(), left())

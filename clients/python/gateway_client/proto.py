@@ -126,6 +126,8 @@ class Priority(enum.IntEnum):
 
 # Field kinds. Each message lists {field number: (attribute, kind)}.
 _U32, _U64, _BOOL, _STR, _BYTES, _STRS, _MAP = "u32", "u64", "bool", "str", "bytes", "strs", "map"
+#: Repeated ``Push`` messages (``Push.batch``).
+_PUSHES = "pushes"
 _ENUMS: Dict[str, Type[enum.IntEnum]] = {
     "ErrorCode": ErrorCode,
     "CloseReason": CloseReason,
@@ -147,6 +149,7 @@ class Auth(Message):
     resume_seq: int = 0
     metadata: Dict[str, str] = field(default_factory=dict)
     heartbeat_interval_ms: int = 0
+    push_batches: bool = False
     _FIELDS = {
         1: ("protocol_version", _U32),
         2: ("token", _STR),
@@ -154,6 +157,7 @@ class Auth(Message):
         4: ("resume_seq", _U64),
         5: ("metadata", _MAP),
         6: ("heartbeat_interval_ms", _U32),
+        7: ("push_batches", _BOOL),
     }
 
 
@@ -238,6 +242,12 @@ class Push(Message):
     ack_required: bool = False
     priority: Union[Priority, int] = Priority.NORMAL
     retransmit: bool = False
+    #: A hot room's batch (PROTOCOL.md §7.5): its pushes, in order.
+    batch: List["Push"] = field(default_factory=list)
+    #: The room of a batch.
+    room: str = ""
+    #: Pushes of the room the gateway dropped since its previous batch.
+    dropped: int = 0
     _FIELDS = {
         1: ("seq", _U64),
         2: ("route", _STR),
@@ -245,6 +255,9 @@ class Push(Message):
         4: ("ack_required", _BOOL),
         5: ("priority", "Priority"),
         6: ("retransmit", _BOOL),
+        7: ("batch", _PUSHES),
+        8: ("room", _STR),
+        9: ("dropped", _U32),
     }
 
 
@@ -366,6 +379,9 @@ def _encode_message(msg: Message) -> bytes:
         elif kind == _STRS:
             for s in v:
                 _len_field(number, s.encode("utf-8"), out)
+        elif kind == _PUSHES:
+            for item in v:
+                _len_field(number, _encode_message(item), out)
         elif kind == _MAP:
             for k, val in v.items():
                 entry = bytearray()
@@ -473,7 +489,7 @@ def _decode_into(msg: Message, r: _Reader, depth: int) -> None:
             r.skip(number, wire, depth)
             continue
         name, kind = known
-        want = _LEN if kind in (_STR, _BYTES, _STRS, _MAP) else _VARINT
+        want = _LEN if kind in (_STR, _BYTES, _STRS, _MAP, _PUSHES) else _VARINT
         if wire != want:
             raise DecodeError(f"{type(msg).__name__}.{name}: wire type {wire}, expected {want}")
         if want == _VARINT:
@@ -500,6 +516,12 @@ def _decode_into(msg: Message, r: _Reader, depth: int) -> None:
             setattr(msg, name, bytes(data))
         elif kind == _STRS:
             getattr(msg, name).append(_utf8(data))
+        elif kind == _PUSHES:
+            if depth + 1 >= _DEPTH_MAX:
+                raise DecodeError("messages nested too deep")
+            item = Push()
+            _decode_into(item, _Reader(r.buf, r.pos - len(data), r.pos), depth + 1)
+            getattr(msg, name).append(item)
         else:  # _MAP: an entry message {1: key, 2: value}
             if depth + 1 >= _DEPTH_MAX:
                 raise DecodeError("messages nested too deep")

@@ -503,6 +503,41 @@ class Limits(unittest.IsolatedAsyncioTestCase):
 
 class Rooms(unittest.IsolatedAsyncioTestCase):
     @timeout(25)
+    async def test_a_hot_rooms_pushes_come_in_batches_and_each_is_handled(self):
+        g = await in_thread(
+            lambda: Gateway("py-hot", "--rooms-hot", "live", "--rooms-coalesce-window-ms", "300").start()
+        )
+        try:
+            got: dict = {"batched": [], "plain": []}
+            done = asyncio.Event()
+
+            def collect(key: str) -> Callable:
+                def on_push(p) -> None:
+                    got[key].append((p.room, json.loads(p.payload)["text"], p.ack_required))
+                    if len(got["batched"]) == 3 and len(got["plain"]) == 3:
+                        done.set()
+
+                return on_push
+
+            async with Client(g.addr, demo_token("py-hot-a"), on_push=collect("batched")) as a, Client(
+                g.addr, demo_token("py-hot-b"), on_push=collect("plain"), push_batches=False
+            ) as b:
+                for c in (a, b):
+                    await c.request("room.join", json.dumps({"room": "live"}), timeout_s=5)
+                for text in ("1", "2", "3"):
+                    await a.request("room.send", json.dumps({"room": "live", "text": text}), timeout_s=5)
+                await asyncio.wait_for(done.wait(), 10)
+                self.assertEqual(got["batched"], [("live", t, False) for t in "123"])
+                self.assertEqual(got["plain"], [("", t, False) for t in "123"])
+                # Gathered: fewer frames than pushes for the client that reads batches.
+                self.assertGreaterEqual(a.stats.batches, 1)
+                self.assertLess(a.stats.batches, 3)
+                self.assertEqual(a.stats.pushes, 3)
+                self.assertEqual(b.stats.batches, 0)
+        finally:
+            await in_thread(g.cleanup)
+
+    @timeout(25)
     async def test_requests_naming_a_room_are_aggregated_and_answered_each(self):
         g = await in_thread(
             lambda: Gateway("py-rooms", "--rooms-aggregate-routes", "echo", "--rooms-coalesce-window-ms", "200").start()

@@ -113,12 +113,18 @@ class ProstEncoding(unittest.TestCase):
         err = decode_frame(bytes.fromhex("5a0b081612046275737918fa01"))
         self.assertEqual(err, Error(code=ErrorCode.BUSY, message="busy", retry_after_ms=250))
 
+    def test_a_batch_as_the_gateway_writes_it(self):
+        # core/rooms.rs encode_batch: each push as field 7, then room (8), then dropped (9).
+        b = decode_frame(bytes.fromhex("4210" + "3a061201611a0131" + "42046c697665" + "4802"))
+        self.assertEqual(b, Push(room="live", dropped=2, batch=[Push(route="a", payload=b"1")]))
+        self.assertEqual(Auth(push_batches=True), decode_frame(bytes.fromhex("0a023801")))
+
     def test_defaults_unknown_fields_and_unknown_enum_values(self):
         self.assertEqual(decode_frame(bytes.fromhex("4200")), Push())
         # Unknown varint field 15 and fixed64 field 16 are skipped.
         self.assertEqual(decode_frame(bytes.fromhex("420e0805780181010102030405060708")).seq, 5)
-        # An unknown fixed32 (field 9, wire 5) and an unknown group (field 10).
-        self.assertEqual(decode_frame(bytes.fromhex("420b08074d0102030453080154")).seq, 7)
+        # An unknown fixed32 (field 14, wire 5) and an unknown group (field 10).
+        self.assertEqual(decode_frame(bytes.fromhex("420b0807750102030453080154")).seq, 7)
         # An unknown Frame field before the body is skipped too.
         self.assertEqual(decode_frame(bytes.fromhex("780142020809")), Push(seq=9))
         # Enum values this client does not know are kept as ints (open enums).
@@ -140,6 +146,7 @@ class ProstEncoding(unittest.TestCase):
             Upstream(correlation_id=U64_MAX, route="chat.send", client_msg_id="x", payload=bytes(range(256))),
             UpstreamReply(correlation_id=2, status=1000, payload=b"p", retry_after_ms=3),
             Push(seq=2, route="r", payload=b"\0", ack_required=True, priority=Priority.LOW, retransmit=True),
+            Push(room="live", dropped=2, batch=[Push(route="a", payload=b"1"), Push(route="b", priority=Priority.HIGH)]),
             Ack(seq=U64_MAX),
             GoAway(reason=CloseReason.KICKED, endpoints=["h:1", ""], message="m"),
             Error(code=ErrorCode.SERVER_FULL, message="full", retry_after_ms=1000),

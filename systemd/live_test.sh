@@ -53,7 +53,7 @@ ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 tree="$root/root/gateway"
 rm -rf "$tree" "$root/root/live.log"
 mkdir -p "$tree/target/release"
-cp -r "$repo/systemd" "$repo/tuning" "$repo/OPERATIONS.md" "$tree/"
+cp -r "$repo/systemd" "$repo/tuning" "$repo/README.md" "$repo/OPERATIONS.md" "$repo/PROTOCOL.md" "$tree/"
 # The binaries stand where the install steps expect them (cargo build --release).
 cp "$bin/gateway" "$bin/gwcat" "$tree/target/release/"
 cat > "$tree/my-gateway.toml" <<'EOF'

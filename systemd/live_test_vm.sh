@@ -131,7 +131,7 @@ run systemctl show -p ActiveState -p SubState -p StatusText gateway
 while [ "$(systemctl is-active gateway)" != inactive ] && [ "$(systemctl is-active gateway)" != failed ]; do sleep 0.2; done
 ok "stopped after $(since "$t0")"
 cat /root/carol.out
-grep -q "GoAway" /root/carol.out && ok "carol got GoAway" || fail "no GoAway"
+grep -q "server going away: drain" /root/carol.out && ok "carol got GoAway" || fail "no GoAway"
 journal gateway "$ts"
 run systemctl show -p ActiveState -p Result gateway
 
@@ -149,7 +149,7 @@ systemctl is-active gateway@a >/dev/null && ok "gateway@a still active" || fail 
 t0="$(now)"
 run systemctl disable --now gateway@a && ok "gateway@a drained and stopped after $(since "$t0")"
 cat /root/dave.out
-grep -q "GoAway" /root/dave.out && ok "dave got GoAway from a" || fail "no GoAway for dave"
+grep -q "server going away: drain" /root/dave.out && ok "dave got GoAway from a" || fail "no GoAway for dave"
 client erin
 grep -q "node=$(hostname)-b" /root/erin.out && ok "a new login lands on $(hostname)-b" || fail "erin not on b"
 journal gateway@a "$ts" | tail -n 5

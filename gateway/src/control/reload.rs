@@ -162,7 +162,12 @@ pub(crate) fn reload(shared: &Shared) -> Result<String, String> {
     for k in &changes.kept {
         tracing::warn!(setting = %k, "changed in the configuration, but takes a restart: the running value stays");
     }
-    let summary = changes.summary();
+    let mut summary = changes.summary();
+    if tls.is_some() {
+        // Said even when no setting changed: a renewed certificate is
+        // what most reloads are for.
+        summary.push_str("; TLS certificate reloaded");
+    }
     tracing::info!(
         applied = ?changes.applied,
         tls_reloaded = tls.is_some(),

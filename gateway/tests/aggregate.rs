@@ -72,6 +72,16 @@ fn until_served(c: &mut Client, route: &str) {
     }
 }
 
+/// Aggregated requests sent, and the frames they carried, over all cores.
+fn aggregation_counts(gw: &gateway::GatewayHandle) -> (u64, u64) {
+    let snaps = gw.snapshots();
+    let n = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    (
+        n(|s| s.counters.upstream_aggregates),
+        n(|s| s.counters.upstream_aggregated),
+    )
+}
+
 #[test]
 fn answers_of_a_room_reach_the_backend_as_one_request_and_each_client_its_reply() {
     let nats_server = NatsServer::start();
@@ -123,15 +133,7 @@ fn a_batch_answered_with_the_wrong_count_is_internal_for_every_item() {
     let nats_server = NatsServer::start();
     let nats = Nats::connect(&nats_server.url());
     // A backend that answers every batch with a single reply.
-    let client = nats.client.clone();
-    let mut sub = nats
-        .rt
-        .block_on(async {
-            let s = client.subscribe("gw.up.vote").await;
-            client.flush().await.map(|_| s)
-        })
-        .expect("flush")
-        .expect("subscribe");
+    let mut sub = nats.subscribe("gw.up.vote");
     let responder = nats.client.clone();
     nats.rt.spawn(async move {
         while let Some(m) = sub.next().await {
@@ -176,15 +178,7 @@ fn without_nats_the_gathered_frames_are_answered_one_by_one() {
     assert_eq!(reply(&mut b, 2).payload.as_ref(), b"z");
     // No room: not aggregated.
     assert_eq!(b.call(3, "echo", "w").payload.as_ref(), b"w");
-    let snaps = gw.snapshots();
-    let n = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-    assert_eq!(
-        (
-            n(|s| s.counters.upstream_aggregates),
-            n(|s| s.counters.upstream_aggregated)
-        ),
-        (2, 3)
-    );
+    assert_eq!(aggregation_counts(&gw), (2, 3));
     gw.shutdown(false);
 }
 
@@ -203,15 +197,7 @@ fn a_frame_that_would_take_a_gathering_past_its_bytes_sends_it_first() {
     for corr in 1..=3 {
         assert_eq!(reply(&mut c, corr).payload.len(), 600);
     }
-    let snaps = gw.snapshots();
-    let n = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-    assert_eq!(
-        (
-            n(|s| s.counters.upstream_aggregates),
-            n(|s| s.counters.upstream_aggregated)
-        ),
-        (3, 3)
-    );
+    assert_eq!(aggregation_counts(&gw), (3, 3));
     gw.shutdown(false);
 }
 

@@ -283,15 +283,7 @@ fn collect_events(urls: &str, ledger: Arc<Ledger>) -> Nats {
         .ignore_discovered_servers()
         .reconnect_delay_callback(|_| Duration::from_millis(20));
     let nats = Nats::connect_with(urls, opts);
-    let c = nats.client.clone();
-    let mut sub = nats
-        .rt
-        .block_on(async {
-            let s = c.subscribe("gw.evt.>").await;
-            c.flush().await.map(|_| s)
-        })
-        .expect("flush")
-        .expect("subscribe");
+    let mut sub = nats.subscribe("gw.evt.>");
     let c = nats.client.clone();
     nats.rt.spawn(async move {
         while let Some(m) = sub.next().await {

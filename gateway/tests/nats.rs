@@ -290,15 +290,8 @@ fn an_ack_required_push_to_nobody_is_reported_undelivered() {
     drop(backend); // it answers every route (UNKNOWN_ROUTE for the rest)
                    // A backend that does not check: its reply pushes to the user named
                    // in the payload, ack-required. The gateway reports it undelivered.
+    let mut sub = nats.subscribe("gw.up.to.user");
     let client = nats.client.clone();
-    let mut sub = nats
-        .rt
-        .block_on(async {
-            let s = client.subscribe("gw.up.to.user").await;
-            client.flush().await.map(|_| s)
-        })
-        .unwrap()
-        .unwrap();
     nats.rt.spawn(async move {
         while let Some(m) = sub.next().await {
             let reply = pb::BackendReply {
@@ -630,15 +623,8 @@ fn ack_required_pushes_to_connections_on_other_nodes() {
     let (mut bob, ok_b) = Client::login(b.local_addr, "bob");
     // A backend whose reply pushes to the connection named in the payload
     // ("node conn_id"), ack-required.
+    let mut sub = nats.subscribe("gw.up.to.conn");
     let client = nats.client.clone();
-    let mut sub = nats
-        .rt
-        .block_on(async {
-            let s = client.subscribe("gw.up.to.conn").await;
-            client.flush().await.map(|_| s)
-        })
-        .unwrap()
-        .unwrap();
     nats.rt.spawn(async move {
         while let Some(m) = sub.next().await {
             let text = String::from_utf8_lossy(&m.payload).to_string();
@@ -704,15 +690,7 @@ fn a_backlog_sent_concurrently_after_online_reaches_an_acking_client_in_order() 
     let gw = start(nats_config("gw-a", &nats.url()));
     let backend = Nats::connect(&nats.url());
     let undelivered = backend.watch("gw.evt.undelivered");
-    let c = backend.client.clone();
-    let mut online = backend
-        .rt
-        .block_on(async {
-            let s = c.subscribe("gw.evt.online").await;
-            c.flush().await.map(|_| s)
-        })
-        .expect("flush")
-        .expect("subscribe");
+    let mut online = backend.subscribe("gw.evt.online");
     let c = backend.client.clone();
     let replay = backend.rt.spawn(async move {
         let ev = online.next().await.expect("an online event");

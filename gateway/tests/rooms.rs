@@ -133,6 +133,13 @@ fn total(snaps: &[Snapshot], f: impl Fn(&Snapshot) -> u64) -> u64 {
     snaps.iter().map(f).sum()
 }
 
+/// The first hot room core 0 lists in `/stats`.
+fn busiest_hot_room(gw: &gateway::GatewayHandle) -> serde_json::Value {
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(gw.admin_addr.expect("admin"), "/stats").1).expect("stats");
+    stats["cores"][0]["hot_rooms"][0].clone()
+}
+
 #[test]
 fn a_hot_room_sends_one_batch_to_readers_and_the_same_pushes_to_the_others() {
     let gw = start_rooms(|c| c.rooms.hot = vec!["live-*".into()]);
@@ -206,9 +213,7 @@ fn over_the_rate_low_is_shed_normal_coalesced_and_high_sent() {
             .contains("gateway_room_pushes_dropped_total{reason=\"room_rate\",priority=\"low\"} 2"),
         "{metrics}"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&http_get(gw.admin_addr.expect("admin"), "/stats").1).expect("stats");
-    let hot = &stats["cores"][0]["hot_rooms"][0];
+    let hot = busiest_hot_room(&gw);
     assert_eq!(
         (hot["room"].as_str(), hot["dropped"].as_u64()),
         (Some("r"), Some(2))
@@ -337,9 +342,7 @@ fn a_room_with_many_members_here_gathers_longer_and_carries_more() {
     send(&mut sender, 2, "r", &format!("{}l", "n".repeat(12)));
     let want: Vec<String> = (0..12).map(|i| format!("r.n:{i}")).collect();
     assert_eq!(next(&mut reader), format!("[{}]+1", want.join(" ")));
-    let stats: serde_json::Value =
-        serde_json::from_str(&http_get(gw.admin_addr.expect("admin"), "/stats").1).expect("stats");
-    let hot = &stats["cores"][0]["hot_rooms"][0];
+    let hot = busiest_hot_room(&gw);
     assert_eq!(
         (hot["room"].as_str(), hot["window_ms"].as_u64()),
         (Some("r"), Some(300))

@@ -122,6 +122,11 @@ pub enum HeaderError {
     RoomMode(String),
 }
 
+/// Whether a push route fits `Gw-Route`: 1 to `ROUTE_BYTES_MAX` bytes.
+fn push_route_fits(route: &str) -> bool {
+    (1..=ROUTE_BYTES_MAX).contains(&route.len())
+}
+
 /// Reads Gw-Route (required), Gw-Ack and Gw-Priority.
 pub fn push_headers(headers: &[(String, String)]) -> Result<PushHeaders, HeaderError> {
     let get = |k: &str| {
@@ -131,7 +136,7 @@ pub fn push_headers(headers: &[(String, String)]) -> Result<PushHeaders, HeaderE
             .map(|(_, v)| v.trim())
     };
     let route = get(H_ROUTE).ok_or(HeaderError::MissingRoute)?;
-    if route.is_empty() || route.len() > ROUTE_BYTES_MAX {
+    if !push_route_fits(route) {
         return Err(HeaderError::RouteLength);
     }
     let ack_required = match get(H_ACK).unwrap_or("0") {
@@ -227,7 +232,7 @@ pub fn split(
             }
             // Published with Gw-Route, which every gateway checks.
             Some(push_order::Target::User(_)) | Some(push_order::Target::Room(_))
-                if fan_out && (p.route.is_empty() || p.route.len() > ROUTE_BYTES_MAX) =>
+                if fan_out && !push_route_fits(&p.route) =>
             {
                 out.refused.push(format!(
                     "push route {:?}: 1 to {ROUTE_BYTES_MAX} bytes",

@@ -253,18 +253,23 @@ impl Nats {
     }
 
     /// Subscribes; messages collect in the returned receiver.
-    pub fn watch(&self, subject: &str) -> std::sync::mpsc::Receiver<async_nats::Message> {
-        use futures_util::StreamExt;
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Subscribes to `subject`, in place at the server when this returns
+    /// (flushed).
+    pub fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
         let c = self.client.clone();
-        let mut sub = self
-            .rt
+        self.rt
             .block_on(async move {
                 let s = c.subscribe(subject.to_string()).await;
                 c.flush().await.map(|_| s)
             })
             .expect("flush")
-            .expect("subscribe");
+            .expect("subscribe")
+    }
+
+    pub fn watch(&self, subject: &str) -> std::sync::mpsc::Receiver<async_nats::Message> {
+        use futures_util::StreamExt;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut sub = self.subscribe(subject);
         self.rt.spawn(async move {
             while let Some(m) = sub.next().await {
                 if tx.send(m).is_err() {

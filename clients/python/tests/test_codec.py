@@ -118,6 +118,12 @@ class ProstEncoding(unittest.TestCase):
         b = decode_frame(bytes.fromhex("4210" + "3a061201611a0131" + "42046c697665" + "4802"))
         self.assertEqual(b, Push(room="live", dropped=2, batch=[Push(route="a", payload=b"1")]))
         self.assertEqual(Auth(push_batches=True), decode_frame(bytes.fromhex("0a023801")))
+        # Batches inside batches past the nesting bound are refused, not recursed into.
+        deep = Push()
+        for _ in range(10):
+            deep = Push(batch=[deep])
+        with self.assertRaises(DecodeError):
+            decode_frame(proto.encode_frame(deep))
 
     def test_defaults_unknown_fields_and_unknown_enum_values(self):
         self.assertEqual(decode_frame(bytes.fromhex("4200")), Push())

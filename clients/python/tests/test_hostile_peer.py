@@ -160,6 +160,15 @@ class HostilePeer(unittest.IsolatedAsyncioTestCase):
 
         self.assertIsInstance(await self.session_fails(b), ProtocolError)
 
+    async def test_an_ack_required_push_inside_a_batch(self):
+        async def b(r, w):
+            await read_auth(r)
+            bad = Push(room="live", batch=[Push(seq=1, route="r", ack_required=True)])
+            w.write(auth_ok() + frame_bytes(bad))
+            await asyncio.sleep(10)
+
+        self.assertIsInstance(await self.session_fails(b), ProtocolError)
+
     async def test_half_a_frame_then_silence_is_a_dead_connection(self):
         async def b(r, w):
             await read_auth(r)

@@ -34,6 +34,34 @@ gw_ticks() { local p t=0; for p in "${GW_PIDS[@]}"; do t=$(( t + $(cpu_ticks "$p
 # time of a write includes the receiving socket's TCP work and the reader's
 # wake-up, which a real network puts on another machine.
 gw_uticks() { local p t=0 u; for p in "${GW_PIDS[@]}"; do u=$(awk '{print $14}' "/proc/$p/stat" 2>/dev/null); t=$(( t + ${u:-0} )); done; echo "$t"; }
+# PERF_SPLIT=1: perf samples the gateways over each phase, and the share of
+# their samples inside the kernel's loopback receive path (`net_rx_action`:
+# the receiving socket's TCP work and the reader's wake-up, run in the
+# writer's context on loopback and on the client's machine on a network)
+# is written per phase, with the CPU left without it ("sender side").
+# PERF_KEEP=DIR keeps each phase's perf.data there.
+perf_start() { # NAME
+    PERF_PID=""
+    [[ ${PERF_SPLIT:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || { echo "PERF_SPLIT=1 needs perf" >&2; exit 1; }
+    perf record -q -g -F "${PERF_HZ:-999}" -p "$(IFS=,; echo "${GW_PIDS[*]}")" -o "$TMP/$1.perf" >/dev/null 2>&1 &
+    PERF_PID=$!
+    STARTED+=("$PERF_PID")
+    sleep 0.5
+}
+# perf_stop NAME: sets RX_SHARE to the share (0..1) of the samples in
+# net_rx_action, or to null without PERF_SPLIT. (Not in a subshell: it
+# must wait for perf to finish writing.)
+perf_stop() {
+    RX_SHARE=null
+    [[ -n ${PERF_PID:-} ]] || return 0
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    forget "$PERF_PID"
+    if [[ -n ${PERF_KEEP:-} ]]; then mkdir -p "$PERF_KEEP" && cp "$TMP/$1.perf" "$PERF_KEEP/"; fi
+    RX_SHARE=$(perf report -i "$TMP/$1.perf" --children --sort sym -g none --stdio 2>/dev/null |
+        awk '$NF == "net_rx_action" {gsub("%", "", $1); v = $1 / 100} END {printf "%s", (v == "" ? 0 : v)}')
+}
 # drain: waits (at most DRAIN_MAX_S) until the gateways are idle: less than
 # 5% of one core each over a second, i.e. everything published was written.
 drain() {
@@ -58,11 +86,13 @@ room_phase() { # MODE RATE SECONDS
     f0=$(gw_sum '^gateway_pushes_total'); c0=$(gw_sum '^gateway_room_coalesced_total')
     k0=$(gw_sum '^gateway_room_batches_total'); d0=$(gw_sum '^gateway_room_pushes_dropped_total')
     s0=$(gw_sum '^gateway_closes_total[{]reason="(slow_consumer|stale_heartbeat)"')
+    perf_start "$mode-$rate"
     ./target/release/natspub --url "nats://127.0.0.1:$NATS_PORT" --subject gw.room.bench --rate "$rate" \
         --duration-s "$secs" --payload-bytes "$PAYLOAD" --priority-mix "$MIX" >"$TMP/pub.json" 2>"$TMP/pub.err" ||
         { cat "$TMP/pub.err" >&2; exit 1; }
     sleep "$TAIL_S"
     drain
+    perf_stop "$mode-$rate"
     t1=$(date +%s%3N); g1=$(gw_ticks); u1=$(gw_uticks); read -r b1 bt1 < <(box_ticks)
     f1=$(gw_sum '^gateway_pushes_total'); c1=$(gw_sum '^gateway_room_coalesced_total')
     k1=$(gw_sum '^gateway_room_batches_total'); d1=$(gw_sum '^gateway_room_pushes_dropped_total')
@@ -70,8 +100,8 @@ room_phase() { # MODE RATE SECONDS
     jq -c --arg m "$mode" --arg r "$rate" --arg t0 "$t0" --arg t1 "$t1" --arg g "$(( g1 - g0 ))" --arg u "$(( u1 - u0 ))" \
         --arg bb "$(( b1 - b0 ))" --arg bt "$(( bt1 - bt0 ))" --arg f "$(delta "$f0" "$f1")" --arg c "$(delta "$c0" "$c1")" \
         --arg k "$(delta "$k0" "$k1")" --arg d "$(delta "$d0" "$d1")" --arg sc "$(delta "$s0" "$s1")" --arg hz "$(getconf CLK_TCK)" \
-        '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
-          gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), gateway_user_cpu_s: (($u|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
+        --argjson rx "$RX_SHARE" '{mode: $m, rate: ($r|tonumber), t0_ms: ($t0|tonumber), t1_ms: ($t1|tonumber),
+          gateway_cpu_s: (($g|tonumber) / ($hz|tonumber)), loopback_rx_share: $rx, gateway_user_cpu_s: (($u|tonumber) / ($hz|tonumber)), box_cpu_pct: (($bb|tonumber) / ([($bt|tonumber), 1] | max) * 100),
           frames_out: ($f|tonumber|if . < 0 then null else . end), coalesced: ($c|tonumber|if . < 0 then null else . end),
           batches: ($k|tonumber|if . < 0 then null else . end), dropped: ($d|tonumber|if . < 0 then null else . end),
           closed_slow_or_stale: ($sc|tonumber|if . < 0 then null else . end),
@@ -168,6 +198,9 @@ hot_room() {
            gateway_cpu_us_per_delivery: (if $del > 0 then $p.gateway_cpu_s * 1e6 / $del else null end),
            gateway_user_cpu_s: $p.gateway_user_cpu_s,
            gateway_user_cpu_us_per_delivery: (if $del > 0 then $p.gateway_user_cpu_s * 1e6 / $del else null end),
+           loopback_rx_share: $p.loopback_rx_share,
+           gateway_sender_cpu_us_per_delivery: (if $del > 0 and $p.loopback_rx_share != null
+               then $p.gateway_cpu_s * (1 - $p.loopback_rx_share) * 1e6 / $del else null end),
            gateway_cpu_us_per_frame: (if ($p.frames_out // 0) > 0 then $p.gateway_cpu_s * 1e6 / $p.frames_out else null end),
            box_cpu_pct: $p.box_cpu_pct,
            latency_p50_ms: ([$in[] | .latency_p50_ms // empty] | median),
@@ -186,11 +219,13 @@ hot_room() {
             {rate: $on.rate, deliveries_per_cpu_s: (if ($off.deliveries_per_gateway_cpu_s // 0) > 0 and $on.deliveries_per_gateway_cpu_s != null
                then $on.deliveries_per_gateway_cpu_s / $off.deliveries_per_gateway_cpu_s else null end),
              deliveries_per_user_cpu_s: (if ($on.gateway_user_cpu_us_per_delivery // 0) > 0 and $off.gateway_user_cpu_us_per_delivery != null
-               then $off.gateway_user_cpu_us_per_delivery / $on.gateway_user_cpu_us_per_delivery else null end)} ],
+               then $off.gateway_user_cpu_us_per_delivery / $on.gateway_user_cpu_us_per_delivery else null end),
+             deliveries_per_sender_cpu_s: (if ($on.gateway_sender_cpu_us_per_delivery // 0) > 0 and $off.gateway_sender_cpu_us_per_delivery != null
+               then $off.gateway_sender_cpu_us_per_delivery / $on.gateway_sender_cpu_us_per_delivery else null end)} ],
          flood_schema_version: $f.schema_version, gateway_version: $f.gateway_version,
          conns_dropped: $f.conns_dropped, conditions: $cond}' "$TMP/phases.jsonl" >"$OUT"
     echo "== result ($OUT)"
-    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s // -1 | floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery (user \(.gateway_user_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000)), \(.gateway_cpu_us_per_frame // 0 | . * 10 | floor / 10) us per frame, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped), HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
-    jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x (user-space CPU alone: \(.deliveries_per_user_cpu_s // 0 | . * 10 | floor / 10)x)"' "$OUT"
+    jq -r '.phases[] | "\(.mode) \(.rate)/s (members \(.members_open_at_start) -> \(.members_open_at_end), closed \(.closed_slow_or_stale)): \(.deliveries_per_s|floor) deliveries/s, \(.frames_per_s // -1 | floor) frames/s, \(.gateway_cpu_us_per_delivery // 0 | . * 100 | floor / 100) us gateway CPU per delivery (user \(.gateway_user_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000)), \(.gateway_cpu_us_per_frame // 0 | . * 10 | floor / 10) us per frame, p50 \(.latency_p50_ms) p99 \(.latency_p99_ms) ms, dropped \(.dropped),\(if .loopback_rx_share != null then " loopback receive path \(.loopback_rx_share * 100 | floor)% of gateway samples (sender side \(.gateway_sender_cpu_us_per_delivery // 0 | . * 1000 | floor / 1000) us per delivery)," else "" end) HIGH lost \(.high_lost), box CPU \(.box_cpu_pct|floor)%"' "$OUT"
+    jq -r '.ratio_on_off[] | "rate \(.rate)/s: deliveries per gateway CPU-second, on / off = \(.deliveries_per_cpu_s // 0 | . * 10 | floor / 10)x (user-space CPU alone: \(.deliveries_per_user_cpu_s // 0 | . * 10 | floor / 10)x)\(if .deliveries_per_sender_cpu_s then "; without the loopback receive path (perf): \(.deliveries_per_sender_cpu_s | . * 10 | floor / 10)x" else "" end)"' "$OUT"
     jq -r '"HIGH over the run: \(.high_received_total) of \(.high_expected_total) received (lost \(.high_lost_total))"' "$OUT"
 }

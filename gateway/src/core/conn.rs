@@ -97,6 +97,37 @@ pub struct Conn {
     pub extra: Option<Box<Extra>>,
 }
 
+impl Conn {
+    /// A connection just accepted on `fd`: not authenticated, nothing
+    /// queued, not on the wheel yet.
+    pub fn new(id: u64, fd: i32, now: Tick, heartbeat_ms: u32) -> Conn {
+        Conn {
+            id,
+            fd,
+            flags: Flags::new_readable(),
+            ws: WsPhase::None,
+            user: None,
+            device: None,
+            created: now,
+            last_in: now,
+            due: 0,
+            heartbeat_ms,
+            out: VecDeque::new(),
+            out_off: 0,
+            out_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            window: Window::default(),
+            partial: Vec::new(),
+            close: None,
+            inflight: 0,
+            expires: 0,
+            upstream_bucket: Default::default(),
+            extra: None,
+        }
+    }
+}
+
 /// A connection's WebSocket phase after the upgrade (the upgrade itself
 /// and message fragments live in `Extra::ws`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]

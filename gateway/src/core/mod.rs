@@ -49,7 +49,7 @@ use crate::auth::Verifier;
 use crate::backend::{Backend, SessionOp, Target};
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, Snapshot};
-use push::{Out, Window};
+use push::Out;
 pub use session::Members;
 pub use wake::{CoreTx, Wake, WakeTx};
 use wheel::{Tick, Wheel};
@@ -283,30 +283,7 @@ impl Core {
         let entry = st.conns.vacant_entry();
         let idx = entry.key() as u32;
         let id = conn_id(self.index, gen, idx);
-        entry.insert(Conn {
-            id,
-            fd,
-            flags: Flags::new_readable(),
-            ws: WsPhase::None,
-            user: None,
-            device: None,
-            created: now,
-            last_in: now,
-            due: 0,
-            heartbeat_ms: self.cfg().heartbeat_interval_ms,
-            out: VecDeque::new(),
-            out_off: 0,
-            out_bytes: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            window: Window::default(),
-            partial: Vec::new(),
-            close: None,
-            inflight: 0,
-            expires: 0,
-            upstream_bucket: Default::default(),
-            extra: None,
-        });
+        entry.insert(Conn::new(id, fd, now, self.cfg().heartbeat_interval_ms));
         let due = now + self.ticks(self.cfg().auth_timeout_ms);
         let at = st.wheel.schedule(ConnKey::from_id(id), due, 0);
         if let Err(e) = self.io.register(fd, id) {

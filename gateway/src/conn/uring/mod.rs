@@ -82,6 +82,9 @@ const GETEVENTS_EVERY_BUSY: u32 = 8;
 /// and the wait must not hold other connections' input back for it.
 const SEND_WAIT_MAX: Duration = Duration::from_millis(10);
 
+/// Completions taken from the ring at a time.
+const REAP_BATCH: usize = 256;
+
 /// One core's io_uring loop.
 pub struct Loop {
     core: Rc<Core>,
@@ -106,6 +109,8 @@ pub struct Loop {
     sends_unsubmitted: u32,
     /// Finished sends kept for reuse (`SendOp::recycle`).
     spare: sends::Spare,
+    /// Completions taken from the ring, handled after (reused).
+    cqes: Vec<(u64, i32, u32)>,
 }
 
 impl Loop {
@@ -136,6 +141,7 @@ impl Loop {
             rearm: Vec::new(),
             sends_unsubmitted: 0,
             spare: Default::default(),
+            cqes: Vec::with_capacity(REAP_BATCH),
         })
     }
 
@@ -258,18 +264,22 @@ impl Loop {
     /// Handles every completion; true when any did something.
     fn reap(&mut self) -> bool {
         let mut any = false;
+        // Reused: no allocation per wake-up.
+        let mut batch = std::mem::take(&mut self.cqes);
         loop {
-            let batch: Vec<(u64, i32, u32)> = self
-                .ring
-                .completion()
-                .take(256)
-                .map(|c| (c.user_data(), c.result(), c.flags()))
-                .collect();
+            batch.clear();
+            batch.extend(
+                self.ring
+                    .completion()
+                    .take(REAP_BATCH)
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             if batch.is_empty() {
+                self.cqes = batch;
                 return any;
             }
             any = true;
-            for (ud, res, flags) in batch {
+            for &(ud, res, flags) in &batch {
                 match kind_of(ud) {
                     Some(Kind::Accept) => self.accepted(res, flags),
                     Some(Kind::Recv) => self.received(ud & VALUE_MASK, res, flags),

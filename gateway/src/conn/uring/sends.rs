@@ -267,7 +267,7 @@ mod tests {
                 return std::slice::from_raw_parts(p, len as usize).to_vec();
             }
             let msg = &*op.msg();
-            let iov = std::slice::from_raw_parts(msg.msg_iov, msg.msg_iovlen as usize);
+            let iov = std::slice::from_raw_parts(msg.msg_iov, msg.msg_iovlen);
             iov.iter()
                 .flat_map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
                 .copied()

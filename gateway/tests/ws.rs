@@ -301,6 +301,81 @@ fn messages_after_a_violation_in_the_same_read_are_not_handled() {
     gw.shutdown(false);
 }
 
+/// The next binary message from the gateway (unmasked), as a frame body.
+fn read_message(s: &mut TcpStream) -> Body {
+    loop {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).unwrap();
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                s.read_exact(&mut l).unwrap();
+                u64::from_be_bytes(l) as usize
+            }
+            l => l as usize,
+        };
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        match h[0] & 0x0f {
+            2 => return Frame::decode(&payload[..]).unwrap().body.unwrap(),
+            8 => panic!("closed: {payload:?}"),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn a_message_over_the_preauth_limit_right_after_auth_in_one_read_is_handled() {
+    let cfg = test_config();
+    let big = "x".repeat(cfg.auth_frame_bytes_max as usize + 2000);
+    assert!(big.len() + 64 < cfg.frame_bytes_max as usize);
+    let (gw, _) = common::start(cfg);
+    let frame = |body| Frame { body: Some(body) }.encode_to_vec();
+    let auth = frame(Body::Auth(pb::Auth {
+        protocol_version: gw_proto::PROTOCOL_VERSION,
+        token: common::token("pia", 600),
+        ..Default::default()
+    }));
+    let up = frame(Body::Upstream(pb::Upstream {
+        correlation_id: 7,
+        route: "echo".into(),
+        payload: big.clone().into_bytes().into(),
+        ..Default::default()
+    }));
+    // Auth and the large message in one write (one read on the gateway).
+    let mut s = raw_upgrade(gw.local_addr, "/ws", None);
+    let mut both = masked(2, &auth);
+    both.extend(masked(2, &up));
+    s.write_all(&both).unwrap();
+    assert!(matches!(read_message(&mut s), Body::AuthOk(_)));
+    match read_message(&mut s) {
+        Body::UpstreamReply(r) => {
+            assert_eq!((r.correlation_id, r.status), (7, 0));
+            assert_eq!(r.payload.len(), big.len());
+        }
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    // After an Auth that is refused, the same message is not handled: the
+    // connection closes (AuthError and a close frame, no echo).
+    let mut s = raw_upgrade(gw.local_addr, "/ws", None);
+    let mut bad = masked(2, &frame(Body::Auth(pb::Auth::default())));
+    bad.extend(masked(2, &up));
+    s.write_all(&bad).unwrap();
+    let rest = read_all(&mut s);
+    assert!(
+        !rest.is_empty() && rest.len() < 1000,
+        "{} bytes",
+        rest.len()
+    );
+    assert!(rest.windows(2).any(|w| w[0] == 0x88), "a close frame");
+    gw.shutdown(false);
+}
+
 #[test]
 fn a_ping_flood_from_a_client_that_does_not_read_ends_as_a_slow_consumer() {
     let mut cfg = test_config();

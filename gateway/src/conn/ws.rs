@@ -46,7 +46,7 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
     }) else {
         return;
     };
-    let (state, rest, result) = match state {
+    let (mut state, mut rest, mut result) = match state {
         Some(Ws::Handshake(mut buf)) => {
             // Look for the blank line only in what is new (and 3 bytes back).
             let from = buf.len().saturating_sub(3);
@@ -56,15 +56,32 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         Some(Ws::Fragments(message)) => frames(core, key, partial, Some(message), data),
         None => frames(core, key, partial, None, data),
     };
-    let (messages, failed) = result;
-    for m in messages {
-        // Nothing more once the connection is closing (a bad frame, a
-        // slow consumer, the client's close).
-        if core.with_conn(key, |c| c.close.is_some()).unwrap_or(true) {
-            break;
+    let failed = loop {
+        let (messages, failed) = result;
+        for m in messages {
+            // Nothing more once the connection is closing (a bad frame, a
+            // slow consumer, the client's close).
+            if core.with_conn(key, |c| c.close.is_some()).unwrap_or(true) {
+                break;
+            }
+            super::input::on_bytes(core, key, &m);
         }
-        super::input::on_bytes(core, key, &m);
-    }
+        // Over the pre-auth limit after whole messages: if those held an
+        // accepted Auth, the rest of the read is parsed again under
+        // frame_bytes_max (as frames pipelined after Auth are).
+        let Some(Failed::PreauthTooLarge(why)) = failed else {
+            break failed.map(Failed::into_close);
+        };
+        let live = core.with_conn(key, |c| c.authed() && c.close.is_none());
+        if live != Some(true) {
+            break Some((CloseReason::FrameTooLarge, why));
+        }
+        let message = match state.take() {
+            Some(Ws::Fragments(m)) => Some(m),
+            _ => None,
+        };
+        (state, rest, result) = frames(core, key, std::mem::take(&mut rest), message, &[]);
+    };
     if let Some((reason, why)) = failed {
         if reason != CloseReason::HttpAnswered {
             CoreMetrics::inc(&core.metrics.ws_rejected);
@@ -83,13 +100,36 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
 
 /// Whole messages (length-prefixed frames for the decoder), and why the
 /// connection closes, if it does (after those messages).
-type Outcome = (Vec<Vec<u8>>, Option<(CloseReason, String)>);
+type Outcome = (Vec<Vec<u8>>, Option<Failed>);
+
+/// Why parsing stopped short.
+enum Failed {
+    /// The connection closes for this reason.
+    Close(CloseReason, String),
+    /// Before auth, a message over the pre-auth limit came after whole
+    /// messages, which may hold the Auth that lifts it (the bytes from that
+    /// message on are kept): parse again once they are handled.
+    PreauthTooLarge(String),
+}
+
+impl Failed {
+    fn into_close(self) -> (CloseReason, String) {
+        match self {
+            Failed::Close(reason, why) => (reason, why),
+            Failed::PreauthTooLarge(why) => (CloseReason::FrameTooLarge, why),
+        }
+    }
+}
 /// The state to keep, the bytes of a frame not complete yet, the outcome.
 type Step = (Option<Ws>, Vec<u8>, Outcome);
 
 /// A step that closes the connection for `why`.
 fn closing_step(reason: CloseReason, why: impl Into<String>) -> Step {
-    (None, Vec::new(), (Vec::new(), Some((reason, why.into()))))
+    (
+        None,
+        Vec::new(),
+        (Vec::new(), Some(Failed::Close(reason, why.into()))),
+    )
 }
 
 fn handshake(core: &Rc<Core>, key: ConnKey, buf: Vec<u8>, from: usize) -> Step {
@@ -165,7 +205,10 @@ fn frames(
     let mut out = Vec::new();
     // `Conn::ws` stays open on a failure, so the close frame with the
     // reason goes out.
-    let fail = |out, reason, why: &str| (None, Vec::new(), (out, Some((reason, why.to_string()))));
+    let fail = |out, reason, why: &str| {
+        let failed = Failed::Close(reason, why.to_string());
+        (None, Vec::new(), (out, Some(failed)))
+    };
     for ev in parsed.events {
         match ev {
             Event::Message(m) => out.push(m),
@@ -200,6 +243,11 @@ fn frames(
         }
     }
     if let Some(e) = parsed.error {
+        if e == FrameError::TooLarge && !authed && !out.is_empty() {
+            let rest = partial.split_off(parsed.used);
+            let failed = Failed::PreauthTooLarge(e.to_string());
+            return (message.map(Ws::Fragments), rest, (out, Some(failed)));
+        }
         return fail(out, e.close_reason(), &e.to_string());
     }
     let rest = if parsed.used == partial.len() {

@@ -36,6 +36,9 @@
 #             Per phase: deliveries/s, frames/s, gateway CPU per delivery (and user-space alone),
 #             latency p50/p99 (publish to receipt), drops, HIGH lost, box CPU;
 #             the on/off ratio of deliveries per gateway CPU-second.
+#             PERF_SPLIT=1 (needs perf): per phase, the share of the
+#             gateways' CPU in the kernel's loopback receive path and the
+#             ratio without it (PERF_HZ [999], PERF_KEEP=DIR keeps perf.data).
 #   nats-broadcast  $GW_PROCS (4) gateway processes (--cores 1, one port,
 #             distinct --node-id) + nats-server + chat-backend; `flood
 #             broadcast` (room.send) with $N_BCAST connections.

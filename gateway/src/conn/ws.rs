@@ -74,6 +74,9 @@ pub fn input(core: &Rc<Core>, key: ConnKey, data: &[u8]) {
         };
         let live = core.with_conn(key, |c| c.authed() && c.close.is_none());
         if live != Some(true) {
+            // Closing: nothing of the read is kept (nor counted as pre-auth
+            // bytes until the teardown).
+            (state, rest) = (None, Vec::new());
             break Some((CloseReason::FrameTooLarge, why));
         }
         let message = match state.take() {

@@ -178,7 +178,7 @@ impl SendOp {
         if op.len <= COPY_BYTES_MAX {
             // Small: one buffer, one SEND (the bodies' bytes are copied, so
             // the op need not keep them).
-            op.copy.reserve(op.len);
+            op.copy.reserve_exact(op.len);
             for iov in &v.iov[..n] {
                 // SAFETY: each iovec points into a head copy in `v` or a
                 // body `op.bodies` holds, `iov_len` bytes long.

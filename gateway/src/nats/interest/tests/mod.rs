@@ -37,6 +37,9 @@ fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
+/// Starts of a nats-server that exits at once before a test gives up.
+const SPAWN_TRIES: u64 = 4;
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -99,11 +102,40 @@ impl NatsServer {
             monitor_port,
             args,
         };
-        s.spawn();
+        // A port picked free can be taken (by another test's connection)
+        // before nats-server binds it: then it exits at once, and a fresh
+        // client port is tried.
+        for attempt in 1.. {
+            match s.try_spawn() {
+                Ok(()) => break,
+                Err(st) if attempt < SPAWN_TRIES => {
+                    eprintln!("nats-server exited at start ({st}); trying again");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                    s.port = free_port();
+                }
+                Err(st) => panic!("nats-server exited at start: {st} (args {:?})", s.args),
+            }
+        }
         s
     }
 
+    /// Starts it again on the same ports (a restart), trying again a few
+    /// times when it exits at once.
     fn spawn(&mut self) {
+        for attempt in 1.. {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(st) if attempt < SPAWN_TRIES => {
+                    eprintln!("nats-server exited at start ({st}); trying again");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                }
+                Err(st) => panic!("nats-server exited at start: {st} (args {:?})", self.args),
+            }
+        }
+    }
+
+    /// Starts the process and waits for its ports; Err when it exited first.
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let bin = std::env::var_os("NATS_SERVER_BIN").filter(|b| !b.is_empty());
         let spawned = Command::new(bin.as_deref().unwrap_or("nats-server".as_ref()))
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
@@ -132,7 +164,8 @@ impl NatsServer {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("nats-server exited at start: {st} (args {:?})", self.args);
+                    self.child = None;
+                    return Err(st);
                 }
             }
             assert!(Instant::now() < deadline, "nats-server did not start");
@@ -144,6 +177,7 @@ impl NatsServer {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        Ok(())
     }
 
     fn kill(&mut self) {

@@ -102,32 +102,29 @@ impl NatsServer {
             monitor_port,
             args,
         };
-        // A port picked free can be taken (by another test's connection)
-        // before nats-server binds it: then it exits at once, and a fresh
-        // client port is tried.
-        for attempt in 1.. {
-            match s.try_spawn() {
-                Ok(()) => break,
-                Err(st) if attempt < SPAWN_TRIES => {
-                    eprintln!("nats-server exited at start ({st}); trying again");
-                    std::thread::sleep(Duration::from_millis(100 * attempt));
-                    s.port = free_port();
-                }
-                Err(st) => panic!("nats-server exited at start: {st} (args {:?})", s.args),
-            }
-        }
+        s.spawn_trying(true);
         s
     }
 
-    /// Starts it again on the same ports (a restart), trying again a few
-    /// times when it exits at once.
+    /// Starts it again on the same ports (a restart).
     fn spawn(&mut self) {
+        self.spawn_trying(false);
+    }
+
+    /// Starts it, again a few times when it exits at once: a port picked
+    /// free can be taken (by another test's connection) before nats-server
+    /// binds it. With `fresh_port` (a first start) each try picks a new
+    /// client port; a restart keeps its ports.
+    fn spawn_trying(&mut self, fresh_port: bool) {
         for attempt in 1.. {
             match self.try_spawn() {
                 Ok(()) => return,
                 Err(st) if attempt < SPAWN_TRIES => {
                     eprintln!("nats-server exited at start ({st}); trying again");
                     std::thread::sleep(Duration::from_millis(100 * attempt));
+                    if fresh_port {
+                        self.port = free_port();
+                    }
                 }
                 Err(st) => panic!("nats-server exited at start: {st} (args {:?})", self.args),
             }

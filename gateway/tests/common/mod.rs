@@ -391,10 +391,21 @@ pub fn closes(gw: &GatewayHandle, reason: &str) -> u64 {
 }
 
 /// A port nothing listens on right now (the OS picks it; another process
-/// could take it before the caller binds it, which tests accept).
+/// could take it before the caller binds it, which tests accept), and not
+/// handed out before in this test process: two tests running at once
+/// never get the same one (the gateways listen with SO_REUSEPORT, so a
+/// shared port would split one test's requests between their gateways).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }

@@ -40,9 +40,21 @@ fn on_ci() -> bool {
 /// Starts of a nats-server that exits at once before a test gives up.
 const SPAWN_TRIES: u64 = 4;
 
+/// A port nothing listens on now, not handed out before in this process
+/// (tests run at once must not share one).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn unique() -> u64 {

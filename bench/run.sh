@@ -111,7 +111,11 @@
 #             $SYS_WINDOW_S [10] s in separate holds; the gateway / c-uring,
 #             gateway / c-epoll and gateway / mosquitto ratios, against
 #             issue 14's targets
-#             (bench/run_limit.sh).
+#             (bench/run_limit.sh). LIMIT_ROUNDS [1] > 1 runs every system
+#             that many times, round r starting with system r, and reports
+#             each figure as the median over the rounds, plus the ratios
+#             paired within each round (one window on this VM can come out
+#             2x another, for the C reference as for the gateway).
 #   slab      kernel slab (and its unreclaimable part) per connection pair
 #             on each socket driver: $SLAB_RUNS (3) alternating rounds of
 #             one gateway (--cores 1) per driver of $SLAB_DRIVERS [uring

@@ -398,27 +398,61 @@ limit_scenario() {
         fi
     done
     [[ -z $note ]] || echo "  note: $note"
-    echo "== limit: ${systems[*]}; syscalls counted with $SC_TOOL"
-    local sys_json='{}'
-    for s in "${systems[@]}"; do
-        measure_limit "$s"
-        sys_json=$(jq -c --arg s "$s" --slurpfile j "$TMP/limit-$s.json" '. + {($s): $j[0]}' <<<"$sys_json")
+    LIMIT_ROUNDS=${LIMIT_ROUNDS:-1}
+    ((LIMIT_ROUNDS >= 1)) || { echo "limit: LIMIT_ROUNDS must be at least 1" >&2; exit 2; }
+    echo "== limit: ${systems[*]}; $LIMIT_ROUNDS round(s); syscalls counted with $SC_TOOL"
+    # Round r starts with system r (modulo): each takes its turn first, so
+    # drift on the box over the rounds hits every system alike.
+    local r i k stem=$STEM round_json round_files=()
+    for r in $(seq "$LIMIT_ROUNDS"); do
+        ((LIMIT_ROUNDS == 1)) || { STEM="$stem-r$r"; echo "== round $r of $LIMIT_ROUNDS"; }
+        round_json='{}'
+        for ((i = 0; i < ${#systems[@]}; i++)); do
+            k=$(((i + r - 1) % ${#systems[@]}))
+            s=${systems[$k]}
+            measure_limit "$s"
+            round_json=$(jq -c --arg s "$s" --slurpfile j "$TMP/limit-$s.json" '. + {($s): $j[0]}' <<<"$round_json")
+        done
+        printf '%s\n' "$round_json" >"$TMP/limit-round-$r.json"
+        round_files+=("$TMP/limit-round-$r.json")
     done
+    jq -s '.' "${round_files[@]}" >"$TMP/limit-rounds.json"
+    STEM=$stem
+    # Each system's figures: the median over the rounds (one round: its
+    # figures); every round's figures stay in .rounds.
+    local sys_json
+    sys_json=$(jq -c '
+        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+            else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        . as $rs | $rs[0] | with_entries(.key as $s | .value |= (
+            . + {us_per_conn_setup: ([$rs[][$s].us_per_conn_setup] | median),
+                 syscalls_per_conn_setup: ([$rs[][$s].syscalls_per_conn_setup] | median),
+                 us_per_ping: (.us_per_ping | with_entries(.key as $h | .value = ([$rs[][$s].us_per_ping[$h]] | median))),
+                 syscalls_per_ping: (.syscalls_per_ping | with_entries(.key as $h | .value = ([$rs[][$s].syscalls_per_ping[$h]] | median))),
+                 socket_syscalls_per_ping: (.socket_syscalls_per_ping | with_entries(.key as $h |
+                     .value = ([$rs[][$s].socket_syscalls_per_ping[$h]] | median))),
+                 rounds: ($rs | length)}
+            | if ($rs | length) > 1 then del(.rates, .conn_setup, .server_log_tail, .syscalls_per_ping_by_name,
+                  .syscalls_per_conn_setup_by_name) + {figures_are: "medians over the rounds (each round in .rounds)"}
+              else . end))' "$TMP/limit-rounds.json")
     COND=$(conditions "$(jq -nc --arg sc "$SERVER_CPU" --arg lc "$LOAD_CPU" --arg hb "$LIMIT_HB_MS" \
         --arg shb "$SETUP_HB_MS" --arg cw "$CPU_WINDOW_S" --arg sw "$SYS_WINDOW_S" --arg st "$LIMIT_SETTLE_S" \
         --arg src "$LIMIT_SOURCES" --arg tool "$SC_TOOL" --arg gcc "$(gcc --version | head -1)" \
-        --arg perf "$(perf --version 2>/dev/null || echo none)" --arg thp "$GW_ALLOW_THP" --arg note "$note" '{
+        --arg perf "$(perf --version 2>/dev/null || echo none)" --arg thp "$GW_ALLOW_THP" --arg note "$note" \
+        --arg rounds "$LIMIT_ROUNDS" '{
           pinning: {server_cpu: ($sc|tonumber), load_cpu: ($lc|tonumber), how: "taskset -c; one server process, one flood process"},
           processes: {server: 1, flood: 1}, heartbeat_ms: ($hb | split(" ") | map(select(length > 0) | tonumber)),
           setup_heartbeat_ms: ($shb|tonumber), cpu_window_s: ($cw|tonumber), syscall_window_s: ($sw|tonumber),
           settle_s: ($st|tonumber), source_addresses: ($src|tonumber), syscall_tool: $tool, perf: $perf, gcc: $gcc,
+          rounds: ($rounds|tonumber), order: "round r starts with system r (modulo), then the others in turn",
           gateway_mimalloc_allow_thp: ($thp|tonumber),
           cpu: "time on CPU of all server threads (/proc/PID/task/*/schedstat), over a window inside the hold; loopback: the server is also charged the client side of what it sends",
           pings: "Pongs/s counted by flood over its window (which contains ours) times our window",
           socket_syscalls: "recv*, send*, epoll_*",
           note: (if $note == "" then null else $note end)}')")
-    jq -n --arg n "$N" --argjson sys "$sys_json" --argjson cond "$COND" '
+    jq -n --arg n "$N" --argjson sys "$sys_json" --argjson cond "$COND" --slurpfile rounds "$TMP/limit-rounds.json" '
         def r(a; b): if (a|type) == "number" and (b|type) == "number" and b > 0 then a / b else null end;
+        ($rounds[0]) as $rounds |
         def ratios(g; ref): {
             us_per_conn_setup: r(g.us_per_conn_setup; ref.us_per_conn_setup),
             syscalls_per_conn_setup: r(g.syscalls_per_conn_setup; ref.syscalls_per_conn_setup),
@@ -440,11 +474,18 @@ limit_scenario() {
                     {system: $g, figure: "socket syscalls per ping at \(.key)/s", value: .value, limit: 0.05,
                      means: "about 0 (recv*, send*, epoll_*)"})]
                   | map(. + {met: ((.ratio // .value) != null and (.ratio // .value) <= .limit)}),
+         rounds: (if ($rounds | length) > 1 then $rounds else null end),
+         paired_ratios: (if ($rounds | length) > 1 then
+             [$rounds[] as $x | [$x | keys[] | select(startswith("gateway"))][] as $g |
+              ("c-uring", "mosquitto") as $ref | select($x[$ref]) |
+              {key: "\($g) / \($ref)", value: ratios($x[$g]; $x[$ref])}]
+             | group_by(.key) | map({key: .[0].key, value: map(.value)}) | from_entries
+           else null end),
          conditions: $cond}' >"$OUT"
     echo "== result ($OUT)"
     jq -r '
         def f(x; d): if x == null then "-" else (x * d | round / d | tostring) end;
-        (.systems | to_entries[0].value.rates | keys_unsorted) as $rates |
+        (.systems | to_entries[0].value.us_per_ping | keys_unsorted) as $rates |
         "system            us/setup  sc/setup" + ([$rates[] | "  us/ping@\(.)  sc/ping@\(.)"] | join("")),
         (.systems | to_entries[] | .value as $v |
          "\(.key | . + " " * (16 - length))  \(f($v.us_per_conn_setup; 10))  \(f($v.syscalls_per_conn_setup; 100))" +
@@ -452,6 +493,10 @@ limit_scenario() {
         (.ratios | to_entries[] | "\(.key): setup \(f(.value.us_per_conn_setup; 100))x CPU, \(f(.value.syscalls_per_conn_setup; 100))x syscalls; " +
          ([.value.us_per_ping | to_entries[] | "per ping at \(.key)/s \(f(.value; 100))x CPU"] | join(", ")) + "; " +
          ([.value.syscalls_per_ping | to_entries[] | "\(f(.value; 100))x syscalls at \(.key)/s"] | join(", "))),
+        (.paired_ratios // {} | to_entries[] | .value as $v | "\(.key) per round: setup " +
+         ([$v[].us_per_conn_setup | f(.; 100)] | join(" ")) + "x; " +
+         ([$v[0].us_per_ping | keys_unsorted[] as $k | "per ping at \($k)/s " +
+           ([$v[].us_per_ping[$k] | f(.; 100)] | join(" ")) + "x"] | join("; "))),
         (.targets[] | "target \(.system) \(.figure)\(if .vs then " / " + .vs else "" end): \(f(.ratio // .value; 100)) (limit \(.limit)): \(if .met then "met" else "MISSED" end)")' "$OUT"
 }
 

@@ -209,10 +209,7 @@ fn a_request_past_the_servers_max_payload_is_refused_and_nats_stays_up() {
         common::free_port()
     ));
     std::fs::write(&conf, "max_payload: 2048\n").expect("write nats.conf");
-    let nats_server = NatsServer::start_with(
-        common::free_port(),
-        vec!["-c".into(), conf.display().to_string()],
-    );
+    let nats_server = NatsServer::start_args(vec!["-c".into(), conf.display().to_string()]);
     let _backend = ChatBackend::start(&nats_server.url(), &[]);
     let mut cfg = nats_config("gw-a", &nats_server.url());
     aggregating(&mut cfg, "echo");

@@ -566,10 +566,7 @@ fn two_nodes_on_a_three_server_cluster() {
 
 #[test]
 fn token_authentication_to_nats() {
-    let nats = NatsServer::start_with(
-        common::nats::free_port(),
-        vec!["--auth".into(), "s3cret".into()],
-    );
+    let nats = NatsServer::start_args(vec!["--auth".into(), "s3cret".into()]);
     let _backend = ChatBackend::start(&nats.url(), &["--nats-token", "s3cret"]);
     let mut cfg = nats_config("gw-a", &nats.url());
     cfg.nats.token = "s3cret".into();
@@ -593,10 +590,7 @@ fn token_authentication_to_nats() {
 /// logins are refused with a retryable BACKEND_UNAVAILABLE.
 #[test]
 fn a_wrong_nats_token_makes_the_node_not_ready_and_refuses_logins() {
-    let nats = NatsServer::start_with(
-        common::nats::free_port(),
-        vec!["--auth".into(), "s3cret".into()],
-    );
+    let nats = NatsServer::start_args(vec!["--auth".into(), "s3cret".into()]);
     let mut cfg = nats_config("gw-a", &nats.url());
     cfg.nats.token = "wrong".into();
     cfg.auth_timeout_ms = 300;

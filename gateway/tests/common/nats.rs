@@ -24,9 +24,20 @@ pub fn nats_server_bin() -> String {
 
 pub use super::free_port;
 
-fn wait_listening(port: u16) {
+/// Starts of a nats-server that exits at once, before one is given up.
+const SPAWN_TRIES: u64 = 4;
+
+/// Waits until `child` listens on `port`; Err with its exit status when it
+/// exited first (then whatever listens there is not it).
+fn wait_listening(child: &mut Child, port: u16) -> Result<(), std::process::ExitStatus> {
     let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(st);
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
         assert!(t.elapsed() < WAIT, "nats-server did not listen on {port}");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -41,10 +52,21 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        Self::start_with(free_port(), Vec::new())
+        Self::start_args(Vec::new())
     }
 
+    /// A server with these options on a port of its own (another one if
+    /// the first picked is taken before it binds).
+    pub fn start_args(extra: Vec<String>) -> NatsServer {
+        Self::starting(free_port(), extra, true)
+    }
+
+    /// A server on `port`, which the caller relies on.
     pub fn start_with(port: u16, extra: Vec<String>) -> NatsServer {
+        Self::starting(port, extra, false)
+    }
+
+    fn starting(port: u16, extra: Vec<String>, fresh_port: bool) -> NatsServer {
         let mut args = vec![
             "-a".into(),
             "127.0.0.1".into(),
@@ -57,7 +79,7 @@ impl NatsServer {
             args,
             child: None,
         };
-        s.restart();
+        s.spawn_trying(fresh_port);
         s
     }
 
@@ -80,14 +102,37 @@ impl NatsServer {
     /// Starts (again) on the same port with the same options.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(nats_server_bin())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        wait_listening(self.port);
+        self.spawn_trying(false);
+    }
+
+    /// Starts it, again a few times when it exits at once: a port picked
+    /// free can be taken (by another test's connection) before nats-server
+    /// binds it. With `fresh_port` (a first start) each try picks a new
+    /// client port; a restart keeps its ports.
+    fn spawn_trying(&mut self, fresh_port: bool) {
+        for attempt in 1.. {
+            let mut child = Command::new(nats_server_bin())
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            match wait_listening(&mut child, self.port) {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(st) if attempt < SPAWN_TRIES => {
+                    eprintln!("nats-server exited at start ({st}); trying again");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                    if fresh_port {
+                        self.port = free_port();
+                        self.args[3] = self.port.to_string();
+                    }
+                }
+                Err(st) => panic!("nats-server exited at start: {st} (args {:?})", self.args),
+            }
+        }
     }
 }
 
@@ -133,19 +178,16 @@ fn cluster_starting() -> Vec<NatsServer> {
         .iter()
         .enumerate()
         .map(|(i, cp)| {
-            NatsServer::start_with(
-                free_port(),
-                vec![
-                    "-n".into(),
-                    format!("s{i}"),
-                    "--cluster_name".into(),
-                    "test".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{cp}"),
-                    "--routes".into(),
-                    routes.clone(),
-                ],
-            )
+            NatsServer::start_args(vec![
+                "-n".into(),
+                format!("s{i}"),
+                "--cluster_name".into(),
+                "test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{cp}"),
+                "--routes".into(),
+                routes.clone(),
+            ])
         })
         .collect()
 }

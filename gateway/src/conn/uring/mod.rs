@@ -111,6 +111,12 @@ pub struct Loop {
     spare: sends::Spare,
     /// Completions taken from the ring, handled after (reused).
     cqes: Vec<(u64, i32, u32)>,
+    /// The socket whose final send was just queued, hard-linked to what
+    /// comes next in the queue: its shutdown and close go through the ring
+    /// behind it. Any other socket is shut down at once (`shutdown(2)`:
+    /// the ring would run it in an io-wq worker thread) and closed through
+    /// the ring.
+    linked_close: Option<i32>,
 }
 
 impl Loop {
@@ -142,6 +148,7 @@ impl Loop {
             sends_unsubmitted: 0,
             spare: Default::default(),
             cqes: Vec::with_capacity(REAP_BATCH),
+            linked_close: None,
         })
     }
 
@@ -406,23 +413,35 @@ impl Loop {
         }
     }
 
-    /// Shutdown then close for each socket the core let go of, linked so
-    /// that the close follows the FIN.
+    /// Shutdown then close for each socket the core let go of. The shutdown
+    /// (the FIN, and the end of the socket's multishot recv) comes first.
+    /// Behind a final send it is queued, hard-linked to that send and to
+    /// the close, so the frame goes out before the FIN; otherwise it is
+    /// done at once and only the close is queued.
     fn queue_closes(&mut self) {
+        let linked = self.linked_close.take();
         let closes = match self.pending() {
             Some(p) => std::mem::take(&mut *p.closes.borrow_mut()),
             None => return,
         };
         for fd in closes {
-            let sd = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
-                .build()
-                .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
-                .user_data(user_data(Kind::Close, 0));
+            if linked == Some(fd) {
+                let sd = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+                    .build()
+                    .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
+                    .user_data(user_data(Kind::Close, 0));
+                self.push(sd);
+            } else {
+                // SAFETY: the connection's socket, which the core let go of
+                // and nothing else uses: no send of it is queued or in
+                // flight (a closing connection's send is cancelled and
+                // waited for first), and it is closed once, below.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
             let cl = opcode::Close::new(types::Fd(fd))
                 .build()
                 .flags(squeue::Flags::SKIP_SUCCESS)
                 .user_data(user_data(Kind::Close, 1));
-            self.push(sd);
             self.push(cl);
         }
     }
@@ -540,6 +559,9 @@ impl Loop {
         let e = e.flags(flags).user_data(user_data(Kind::Send, slot as u64));
         self.push(e);
         self.sends_unsubmitted += 1;
+        if last {
+            self.linked_close = Some(fd);
+        }
     }
 
     /// The core stopped: cancel what is in flight, submit the last closes,

@@ -32,8 +32,9 @@ impl Core {
             let c = st.conns.remove(idx as usize);
             self.preauth.release(super::preauth::bytes(&c));
             // FIN now (shutdown first, even if something else holds the
-            // file), then close: directly, or through the ring.
-            self.io.close(c.fd);
+            // file), then close: directly, or through the ring (behind a
+            // send still queued or in flight there).
+            self.io.close(c.fd, c.flags.send_inflight());
             if let Some(u) = &c.user {
                 if remove_member(&mut st.users, u, idx) {
                     self.backend.interest(Interest::User(u), false);

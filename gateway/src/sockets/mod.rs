@@ -32,14 +32,16 @@ impl Io {
     }
 
     /// Shuts a connection's socket down (FIN now) and closes it.
-    pub fn close(&self, fd: i32) {
+    /// `send_inflight`: the io_uring loop has a send of it queued or in
+    /// flight, which the shutdown must follow.
+    pub fn close(&self, fd: i32, send_inflight: bool) {
         match self {
             // SAFETY: the connection's socket, closed exactly once, by teardown.
             Io::Epoll(_) => unsafe {
                 libc::shutdown(fd, libc::SHUT_RDWR);
                 libc::close(fd);
             },
-            Io::Uring(p) => p.close(fd),
+            Io::Uring(p) => p.close(fd, send_inflight),
         }
     }
 
@@ -57,8 +59,9 @@ impl Io {
 pub struct Pending {
     /// New connections: arm their multishot recv.
     pub(crate) arms: RefCell<Vec<(i32, u64)>>,
-    /// Sockets to shut down and close.
-    pub(crate) closes: RefCell<Vec<i32>>,
+    /// Sockets to shut down and close, and whether a send of theirs is
+    /// queued or in flight on the ring.
+    pub(crate) closes: RefCell<Vec<(i32, bool)>>,
     /// The loop has ended: sockets are closed at once.
     pub(crate) ended: Cell<bool>,
 }
@@ -67,7 +70,7 @@ impl Pending {
     pub fn arm(&self, fd: i32, id: u64) {
         self.arms.borrow_mut().push((fd, id));
     }
-    pub fn close(&self, fd: i32) {
+    pub fn close(&self, fd: i32, send_inflight: bool) {
         if self.ended.get() {
             // SAFETY: the connection's socket, closed exactly once, by teardown.
             unsafe {
@@ -75,7 +78,7 @@ impl Pending {
                 libc::close(fd);
             }
         } else {
-            self.closes.borrow_mut().push(fd);
+            self.closes.borrow_mut().push((fd, send_inflight));
         }
     }
 }

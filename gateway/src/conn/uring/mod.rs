@@ -388,6 +388,15 @@ impl Loop {
         let Some(p) = self.pending() else { return };
         let arms = std::mem::take(&mut *p.arms.borrow_mut());
         for (fd, id) in arms.into_iter().chain(std::mem::take(&mut self.rearm)) {
+            // Not for a connection closed meanwhile: its close is queued
+            // already, and a recv armed behind it would read whatever
+            // socket gets that descriptor number next (on any core).
+            let open = self
+                .core
+                .with_conn(ConnKey::from_id(id), |c| c.fd == fd && c.close.is_none());
+            if open != Some(true) {
+                continue;
+            }
             let e = opcode::RecvMulti::new(types::Fd(fd), bufs::GROUP)
                 .build()
                 .user_data(user_data(Kind::Recv, id));
@@ -415,17 +424,27 @@ impl Loop {
 
     /// Shutdown then close for each socket the core let go of. The shutdown
     /// (the FIN, and the end of the socket's multishot recv) comes first.
-    /// Behind a final send it is queued, hard-linked to that send and to
-    /// the close, so the frame goes out before the FIN; otherwise it is
-    /// done at once and only the close is queued.
+    /// Behind a send of the socket (its final frame, just queued, or one
+    /// queued or in flight when the core closed it at once: a drain's
+    /// deadline, a stop) it is queued, hard-linked to the close, so the
+    /// kernel runs it after that send; the final frame's send is
+    /// hard-linked to it too, so the frame goes out before the FIN.
+    /// Otherwise it is done at once (the ring would run it in an io-wq
+    /// worker thread) and only the close is queued.
     fn queue_closes(&mut self) {
         let linked = self.linked_close.take();
-        let closes = match self.pending() {
+        let mut closes = match self.pending() {
             Some(p) => std::mem::take(&mut *p.closes.borrow_mut()),
             None => return,
         };
-        for fd in closes {
-            if linked == Some(fd) {
+        // The socket behind the final send first: the entry right after
+        // a hard-linked send is the next in its chain.
+        if let Some(i) = linked.and_then(|fd| closes.iter().position(|&(f, _)| f == fd)) {
+            let first = closes.remove(i);
+            closes.insert(0, (first.0, true));
+        }
+        for (fd, behind_send) in closes {
+            if behind_send {
                 let sd = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
                     .build()
                     .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
@@ -434,8 +453,8 @@ impl Loop {
             } else {
                 // SAFETY: the connection's socket, which the core let go of
                 // and nothing else uses: no send of it is queued or in
-                // flight (a closing connection's send is cancelled and
-                // waited for first), and it is closed once, below.
+                // flight (`Conn::flags.send_inflight` was clear at its
+                // teardown), and it is closed once, below.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
             let cl = opcode::Close::new(types::Fd(fd))

@@ -424,11 +424,12 @@ impl Loop {
 
     /// Shutdown then close for each socket the core let go of. The shutdown
     /// (the FIN, and the end of the socket's multishot recv) comes first.
-    /// Behind a send of the socket (its final frame, just queued, or one
-    /// queued or in flight when the core closed it at once: a drain's
-    /// deadline, a stop) it is queued, hard-linked to the close, so the
-    /// kernel runs it after that send; the final frame's send is
-    /// hard-linked to it too, so the frame goes out before the FIN.
+    /// After the socket's final frame it is queued, hard-linked to the
+    /// frame's send before it and to the close after it, so the frame goes
+    /// out before the FIN. When the core closed the socket at once (a
+    /// drain's deadline, a stop) with a send of it queued or in flight, it
+    /// is queued too, after that send in the queue (not linked to it: a
+    /// send already submitted may still be cut short, as on epoll).
     /// Otherwise it is done at once (the ring would run it in an io-wq
     /// worker thread) and only the close is queued.
     fn queue_closes(&mut self) {
@@ -576,11 +577,22 @@ impl Loop {
                 .build(),
         };
         let e = e.flags(flags).user_data(user_data(Kind::Send, slot as u64));
-        self.push(e);
-        self.sends_unsubmitted += 1;
         if last {
+            // The send, its shutdown and its close go in one submission: a
+            // chain cut by a full queue would leave the send to an io-wq
+            // worker, racing the close (and a reused descriptor).
+            let free = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if free < 3 {
+                let _ = self.ring.submit();
+                self.sends_unsubmitted = 0;
+            }
             self.linked_close = Some(fd);
         }
+        self.push(e);
+        self.sends_unsubmitted += 1;
     }
 
     /// The core stopped: cancel what is in flight, submit the last closes,

@@ -82,6 +82,9 @@ const GETEVENTS_EVERY_BUSY: u32 = 8;
 /// and the wait must not hold other connections' input back for it.
 const SEND_WAIT_MAX: Duration = Duration::from_millis(10);
 
+/// Entries of a final send's chain: the send, the shutdown, the close.
+const CLOSE_CHAIN_ENTRIES: usize = 3;
+
 /// Completions taken from the ring at a time.
 const REAP_BATCH: usize = 256;
 
@@ -112,10 +115,7 @@ pub struct Loop {
     /// Completions taken from the ring, handled after (reused).
     cqes: Vec<(u64, i32, u32)>,
     /// The socket whose final send was just queued, hard-linked to what
-    /// comes next in the queue: its shutdown and close go through the ring
-    /// behind it. Any other socket is shut down at once (`shutdown(2)`:
-    /// the ring would run it in an io-wq worker thread) and closed through
-    /// the ring.
+    /// comes next in the queue: `queue_closes` queues its shutdown first.
     linked_close: Option<i32>,
 }
 
@@ -441,8 +441,8 @@ impl Loop {
         // The socket behind the final send first: the entry right after
         // a hard-linked send is the next in its chain.
         if let Some(i) = linked.and_then(|fd| closes.iter().position(|&(f, _)| f == fd)) {
-            let first = closes.remove(i);
-            closes.insert(0, (first.0, true));
+            debug_assert!(closes[i].1, "a final send is in flight");
+            closes.swap(0, i);
         }
         for (fd, behind_send) in closes {
             if behind_send {
@@ -585,7 +585,7 @@ impl Loop {
                 let sq = self.ring.submission();
                 sq.capacity() - sq.len()
             };
-            if free < 3 {
+            if free < CLOSE_CHAIN_ENTRIES {
                 let _ = self.ring.submit();
                 self.sends_unsubmitted = 0;
             }

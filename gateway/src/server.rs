@@ -250,7 +250,7 @@ fn spawn_cores(
         let h = LocalExecutorBuilder::new(Placement::Fixed(i % plan.cpus))
             .name(&format!("gw-core-{i}"))
             .io_memory(cfg.io_memory_bytes as usize)
-            .spawn(move || wake::Counted(async move {
+            .spawn(move || wake::Counted::new(async move {
                 if driver == Chosen::Uring {
                     // Before any task: they wait through the loop from the start.
                     wake::set_own_loop(true);

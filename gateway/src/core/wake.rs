@@ -15,8 +15,9 @@
 //! - a task waiting for room in another thread's channel ([`WakeTx::send_async`])
 //!   retries on the core's timers.
 //!
-//! The loop waits in its ring only when no other task ran since it last
-//! looked ([`polls`], counted by [`spawn`]); otherwise it yields to them.
+//! The loop waits in its ring only when no task of the core was woken
+//! since it last looked ([`wakes`], counted by [`spawn`] and the wakers of
+//! the tasks it spawns); otherwise it yields to them.
 //! With the epoll driver glommio parks and wakes itself: all of this falls
 //! back to flume's own waiting, and the waker does nothing.
 
@@ -33,8 +34,8 @@ thread_local! {
     static OWN_LOOP: Cell<bool> = const { Cell::new(false) };
     /// Tasks waiting for the core's eventfd.
     static WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
-    /// Polls of the core's tasks (see [`spawn`]).
-    static POLLS: Cell<u64> = const { Cell::new(0) };
+    /// Wake-ups (and spawns) of the core's tasks (see [`spawn`]).
+    static WAKES: Cell<u64> = const { Cell::new(0) };
 }
 
 /// How often a task waiting for room in another thread's full channel
@@ -117,26 +118,73 @@ pub async fn send<T>(tx: &flume::Sender<T>, m: T) -> Result<(), flume::SendError
     }
 }
 
-/// Polls of the core's tasks so far (those spawned with [`spawn`]).
-pub fn polls() -> u64 {
-    POLLS.with(|p| p.get())
+/// Wake-ups of the core's tasks so far (those spawned with [`spawn`]),
+/// spawns included: when it has not moved since the loop last looked, no
+/// task of the core is runnable but the loop.
+pub fn wakes() -> u64 {
+    WAKES.with(|w| w.get())
 }
 
-/// Spawns a task on this core whose polls count in [`polls`], so the
-/// io_uring loop knows it ran.
+fn count_wake() {
+    // From another thread (epoll driver) it counts there, which is harmless:
+    // only a core's own loop reads its count.
+    let _ = WAKES.try_with(|w| w.set(w.get() + 1));
+}
+
+/// Spawns a task on this core whose wake-ups count in [`wakes`], so the
+/// io_uring loop knows when it is runnable.
 pub fn spawn<F: Future + 'static>(f: F) -> glommio::Task<F::Output> {
-    glommio::spawn_local(Counted(f))
+    count_wake(); // a new task is runnable
+    glommio::spawn_local(Counted::new(f))
 }
 
-/// A future whose polls are counted in [`polls`].
-pub struct Counted<F>(pub F);
+/// A future whose wake-ups are counted in [`wakes`]: it is polled with a
+/// waker that counts, then wakes glommio's.
+pub struct Counted<F> {
+    f: F,
+    /// glommio's waker of the task, and the counting one made from it
+    /// (made once: a task keeps its waker).
+    wakers: Option<(Waker, Waker)>,
+}
+
+impl<F> Counted<F> {
+    pub fn new(f: F) -> Counted<F> {
+        Counted { f, wakers: None }
+    }
+}
 
 impl<F: Future> Future for Counted<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        POLLS.with(|p| p.set(p.get() + 1));
-        // SAFETY: structural pinning of the only field.
-        unsafe { self.map_unchecked_mut(|c| &mut c.0) }.poll(cx)
+        // SAFETY: `f` is structurally pinned and never moved out; `wakers`
+        // is not pinned (plain replacement).
+        let this = unsafe { self.get_unchecked_mut() };
+        let wakers = match this.wakers.take() {
+            Some(w) if w.0.will_wake(cx.waker()) => w,
+            _ => {
+                let inner = cx.waker().clone();
+                let counting = Waker::from(Arc::new(CountWake(inner.clone())));
+                (inner, counting)
+            }
+        };
+        let (_, counting) = this.wakers.insert(wakers);
+        let mut cx = Context::from_waker(counting);
+        // SAFETY: see above.
+        unsafe { Pin::new_unchecked(&mut this.f) }.poll(&mut cx)
+    }
+}
+
+/// A task's waker that counts its wake-ups in [`wakes`].
+struct CountWake(Waker);
+
+impl std::task::Wake for CountWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        count_wake();
+        self.0.wake_by_ref();
     }
 }
 
@@ -272,5 +320,42 @@ impl<T> WakeTx<T> {
     /// Wakes the core without a message (it freed room it waits on).
     pub fn wake(&self) {
         self.wake.wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    #[test]
+    fn spawns_and_wake_ups_of_counted_tasks_are_counted() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("a glommio executor (io_uring)");
+        ex.run(async {
+            let (tx, rx) = glommio::channels::local_channel::new_bounded::<u32>(1);
+            let parked = Rc::new(Cell::new(false));
+            let before = wakes();
+            let p = parked.clone();
+            let t = spawn(async move {
+                p.set(true);
+                rx.recv().await // parks in the same poll that set the flag
+            });
+            assert_eq!(wakes(), before + 1, "a spawn makes a task runnable");
+            while !parked.get() {
+                futures_lite::future::yield_now().await;
+            }
+            let idle = wakes();
+            futures_lite::future::yield_now().await; // not counted: not spawned here
+            assert_eq!(wakes(), idle, "nothing woke the parked task");
+            tx.send(7).await.expect("open channel");
+            assert_eq!(
+                wakes(),
+                idle + 1,
+                "the send woke it through the counting waker"
+            );
+            assert_eq!(t.await, Some(7));
+        });
     }
 }

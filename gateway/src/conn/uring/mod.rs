@@ -13,10 +13,10 @@
 //!   timer of the core (`core/timers.rs`).
 //!
 //! How it lives with glommio: the loop is a glommio task that never parks
-//! through glommio. After an iteration that did something it yields, so
-//! that the tasks it woke (upstream requests, the inbox) run; when no other
-//! task of the core ran since it last looked (`wake::polls`), it waits in
-//! its own ring instead. glommio's park costs about 8 `io_uring_enter` and
+//! through glommio. When a task of the core was woken since it last looked
+//! (`wake::wakes`: by the loop's work, a timer or the eventfd), it yields,
+//! so that the woken tasks (upstream requests, the inbox) run; otherwise it
+//! waits in its own ring at once. glommio's park costs about 8 `io_uring_enter` and
 //! a `membarrier` per wake-up (measured, ARCHITECTURE.md): waiting in our
 //! ring is one. Other threads wake the loop through the core's eventfd
 //! (`core/wake.rs`), which it always has a read armed on; the core's
@@ -168,27 +168,28 @@ impl Loop {
     async fn serve(&mut self) {
         // Spawned tasks run at once: let the spawner go on first.
         futures_lite::future::yield_now().await;
-        let mut seen = wake::polls();
+        let mut seen = wake::wakes();
         let mut busy = 0u32;
         loop {
             if self.core.stopping.get() {
                 return;
             }
-            let mut worked = self.reap();
-            worked |= self.core.timers.fire(Instant::now());
+            self.reap();
+            self.core.timers.fire(Instant::now());
             self.accepting();
-            worked |= self.serve_ready();
+            self.serve_ready();
             self.queue_pending();
             self.bufs.publish();
             // Wait in our ring only when nothing else on this core can run:
-            // no other task ran since the last look (a task woken since was
-            // woken by one that ran, or by this loop's work).
-            let polls = wake::polls();
-            let others = polls != seen;
-            seen = polls;
-            if worked || others || !self.ring.completion().is_empty() {
-                // Let the core's other tasks run; what this iteration queued
-                // is submitted by the wait that follows, in the same
+            // no task was woken since the last look (glommio has run every
+            // task woken before the loop's last yield, which queued the
+            // loop behind them).
+            let wakes = wake::wakes();
+            let others = wakes != seen;
+            seen = wakes;
+            if others || !self.ring.completion().is_empty() {
+                // Let the woken tasks run; what this iteration queued is
+                // submitted by the wait that follows, in the same
                 // io_uring_enter. While the loop stays busy it enters now
                 // and then, so that completions deferred as task work are
                 // posted (an enter per busy iteration was a second
@@ -197,8 +198,10 @@ impl Loop {
                 if busy.is_multiple_of(GETEVENTS_EVERY_BUSY) {
                     self.enter_nowait();
                 }
-                futures_lite::future::yield_now().await;
-                seen += 1; // this poll of the loop itself
+                if others {
+                    futures_lite::future::yield_now().await;
+                    seen += 1; // the loop's own wake-up, by its yield
+                }
                 continue;
             }
             busy = 0;
@@ -268,9 +271,8 @@ impl Loop {
         at.saturating_duration_since(now)
     }
 
-    /// Handles every completion; true when any did something.
-    fn reap(&mut self) -> bool {
-        let mut any = false;
+    /// Handles every completion.
+    fn reap(&mut self) {
         // Reused: no allocation per wake-up.
         let mut batch = std::mem::take(&mut self.cqes);
         loop {
@@ -283,9 +285,8 @@ impl Loop {
             );
             if batch.is_empty() {
                 self.cqes = batch;
-                return any;
+                return;
             }
-            any = true;
             for &(ud, res, flags) in &batch {
                 match kind_of(ud) {
                     Some(Kind::Accept) => self.accepted(res, flags),
@@ -468,11 +469,9 @@ impl Loop {
 
     /// Serves the connections on the core's ready list: a send for each
     /// with output and none in flight; teardown for the closing ones (after
-    /// one last send of their final frame). True when any was served.
-    fn serve_ready(&mut self) -> bool {
-        let mut any = false;
+    /// one last send of their final frame).
+    fn serve_ready(&mut self) {
         while let Some(id) = self.core.next_ready() {
-            any = true;
             let key = ConnKey::from_id(id);
             let Some((closing, inflight, fd)) = self.core.with_conn(key, |c| {
                 c.flags.set_queued(false);
@@ -509,7 +508,6 @@ impl Loop {
             }
             self.send(key, fd, false);
         }
-        any
     }
 
     /// Cancels the send in flight for connection `id`, if any.

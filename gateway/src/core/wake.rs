@@ -142,33 +142,40 @@ pub fn spawn<F: Future + 'static>(f: F) -> glommio::Task<F::Output> {
 /// waker that counts, then wakes glommio's.
 pub struct Counted<F> {
     f: F,
-    /// glommio's waker of the task, and the counting one made from it
-    /// (made once: a task keeps its waker).
-    wakers: Option<(Waker, Waker)>,
+    /// The counting waker last made, kept weakly: a strong one would hold
+    /// the task (glommio's waker inside it) from within the task itself,
+    /// and a task pending forever would never be freed once the wakers
+    /// held elsewhere are dropped (`Core::drop_wakers` relies on that).
+    waker: std::sync::Weak<CountWake>,
 }
 
 impl<F> Counted<F> {
     pub fn new(f: F) -> Counted<F> {
-        Counted { f, wakers: None }
+        Counted {
+            f,
+            waker: std::sync::Weak::new(),
+        }
     }
 }
 
 impl<F: Future> Future for Counted<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `f` is structurally pinned and never moved out; `wakers`
+        // SAFETY: `f` is structurally pinned and never moved out; `waker`
         // is not pinned (plain replacement).
         let this = unsafe { self.get_unchecked_mut() };
-        let wakers = match this.wakers.take() {
+        // The one made before, while something still holds it (a channel,
+        // a timer); else a new one.
+        let counting = match this.waker.upgrade() {
             Some(w) if w.0.will_wake(cx.waker()) => w,
             _ => {
-                let inner = cx.waker().clone();
-                let counting = Waker::from(Arc::new(CountWake(inner.clone())));
-                (inner, counting)
+                let w = Arc::new(CountWake(cx.waker().clone()));
+                this.waker = Arc::downgrade(&w);
+                w
             }
         };
-        let (_, counting) = this.wakers.insert(wakers);
-        let mut cx = Context::from_waker(counting);
+        let counting = Waker::from(counting);
+        let mut cx = Context::from_waker(&counting);
         // SAFETY: see above.
         unsafe { Pin::new_unchecked(&mut this.f) }.poll(&mut cx)
     }
@@ -328,34 +335,86 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
+    fn on_executor(f: impl Future<Output = ()> + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("a glommio executor (io_uring)")
+            .run(f);
+    }
+
+    /// Yields until `cond` holds (the other tasks get their turns).
+    async fn until(cond: impl Fn() -> bool) {
+        while !cond() {
+            futures_lite::future::yield_now().await;
+        }
+    }
+
     #[test]
     fn spawns_and_wake_ups_of_counted_tasks_are_counted() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("a glommio executor (io_uring)");
-        ex.run(async {
+        on_executor(async {
             let (tx, rx) = glommio::channels::local_channel::new_bounded::<u32>(1);
-            let parked = Rc::new(Cell::new(false));
+            let parks = Rc::new(Cell::new(0u32));
             let before = wakes();
-            let p = parked.clone();
+            let p = parks.clone();
             let t = spawn(async move {
-                p.set(true);
-                rx.recv().await // parks in the same poll that set the flag
+                let mut sum = 0;
+                for _ in 0..3 {
+                    p.set(p.get() + 1);
+                    // parks in the same poll that counted the park
+                    sum += rx.recv().await.unwrap_or(0);
+                }
+                sum
             });
             assert_eq!(wakes(), before + 1, "a spawn makes a task runnable");
-            while !parked.get() {
+            for round in 1..=3 {
+                until(|| parks.get() == round).await;
+                let idle = wakes();
+                futures_lite::future::yield_now().await; // not counted: not spawned here
+                assert_eq!(wakes(), idle, "nothing woke the parked task");
+                tx.send(round).await.expect("open channel");
+                assert_eq!(
+                    wakes(),
+                    idle + 1,
+                    "the send woke it through the counting waker (park {round})"
+                );
+            }
+            assert_eq!(t.await, 6);
+        });
+    }
+
+    /// A detached task pending forever is freed once the wakers held
+    /// elsewhere are dropped: its own future holds no strong one.
+    #[test]
+    fn a_task_pending_forever_is_freed_when_its_wakers_go() {
+        struct Guard(Rc<Cell<bool>>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        on_executor(async {
+            let dropped = Rc::new(Cell::new(false));
+            let held: Rc<RefCell<Option<Waker>>> = Default::default();
+            let (g, h) = (Guard(dropped.clone()), held.clone());
+            spawn(async move {
+                let _g = g;
+                std::future::poll_fn(|cx| {
+                    *h.borrow_mut() = Some(cx.waker().clone());
+                    Poll::<()>::Pending
+                })
+                .await;
+            })
+            .detach();
+            until(|| held.borrow().is_some()).await;
+            assert!(!dropped.get(), "pending, its waker held");
+            held.borrow_mut().take(); // the last waker goes
+            for _ in 0..100 {
+                if dropped.get() {
+                    break;
+                }
                 futures_lite::future::yield_now().await;
             }
-            let idle = wakes();
-            futures_lite::future::yield_now().await; // not counted: not spawned here
-            assert_eq!(wakes(), idle, "nothing woke the parked task");
-            tx.send(7).await.expect("open channel");
-            assert_eq!(
-                wakes(),
-                idle + 1,
-                "the send woke it through the counting waker"
-            );
-            assert_eq!(t.await, Some(7));
+            assert!(dropped.get(), "the task (and what it held) was freed");
         });
     }
 }
